@@ -1,0 +1,234 @@
+//! `subpass bench`: the same seeded synthetic records through (a) the monolithic reference on one
+//! thread, (b) the decomposed pipeline fed from memory, and optionally (c) the whole stream path
+//! with JSON parsing and formatting, side by side in one process.
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use ndarray::{ArrayD, IxDyn};
+use serde::Serialize;
+
+use crate::graph::Plan;
+use crate::runtime::trace::Tracer;
+use crate::runtime::{run_bench_pipeline, run_stream, RunError, RunOptions};
+use crate::weights::seeded_stream;
+
+#[derive(Debug, Clone)]
+pub struct BenchOptions {
+    pub records: usize,
+    /// Also run (c), the JSON stream path.
+    pub io: bool,
+    pub trace: Option<PathBuf>,
+    /// Show progress on stderr (only when it is a terminal).
+    pub progress: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchStage {
+    pub name: String,
+    pub replicas: usize,
+    pub busy_pct: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    pub pipeline: String,
+    pub records: usize,
+    pub batch_size: usize,
+    pub flops_per_record: u64,
+    pub monolithic_records_per_s: f64,
+    pub pipeline_records_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub io_records_per_s: Option<f64>,
+    /// (b) over (a).
+    pub speedup: f64,
+    /// GFLOP/s of the decomposed pipeline, from the plan's FLOP count.
+    pub gflops: f64,
+    pub monolithic_gflops: f64,
+    pub latency_p50_ms: f64,
+    pub latency_p99_ms: f64,
+    pub peak_rss_bytes: u64,
+    pub memory_bound_bytes: u64,
+    pub bottleneck: String,
+    pub stages: Vec<BenchStage>,
+}
+
+/// Peak resident set size of this process so far (VmHWM), in bytes; 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i].as_secs_f64() * 1e3
+}
+
+/// Distinct synthetic chunks, reused round-robin so generating data is not what is measured.
+fn synthetic_chunks(plan: &Plan, count: usize) -> Vec<Vec<f32>> {
+    let len = plan.input_len() * plan.batch.size;
+    (0..count)
+        .map(|c| {
+            let mut next = seeded_stream(c as u64, "bench-records");
+            (0..len).map(|_| next()).collect()
+        })
+        .collect()
+}
+
+fn step(progress: bool, what: &str) {
+    if progress {
+        eprint!("\rbench: {what:<60}");
+        let _ = std::io::stderr().flush();
+    }
+}
+
+pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, RunError> {
+    let progress = options.progress && std::io::stderr().is_terminal();
+    let records = options.records.max(1);
+    let size = plan.batch.size;
+    let chunks = synthetic_chunks(&plan, 4);
+    let flops = plan.flops_per_record() as f64;
+
+    // (a) The monolithic reference, one thread, chunk by chunk.
+    step(progress, "[1/3] monolithic reference, one thread");
+    let t = Instant::now();
+    let mut done = 0;
+    let mut c = 0;
+    while done < records {
+        let rows = size.min(records - done);
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&plan.graph.input_shape);
+        let input = ArrayD::from_shape_vec(
+            IxDyn(&shape),
+            chunks[c % chunks.len()][..rows * plan.input_len()].to_vec(),
+        )
+        .expect("rows × len");
+        std::hint::black_box(plan.graph.forward(input));
+        done += rows;
+        c += 1;
+    }
+    let mono = records as f64 / t.elapsed().as_secs_f64();
+
+    // (b) The decomposed pipeline, fed from memory.
+    step(progress, "[2/3] decomposed pipeline");
+    let tracer = options.trace.as_ref().map(|_| Tracer::new(Instant::now()));
+    let run = run_bench_pipeline(plan.clone(), chunks, records, tracer.clone())?;
+    if let (Some(tracer), Some(path)) = (&tracer, &options.trace) {
+        tracer.write(path).map_err(RunError::Output)?;
+    }
+    let piped = records as f64 / run.elapsed.as_secs_f64();
+    let mut lat = run.latencies.clone();
+    lat.sort();
+
+    // (c) The stream path: JSON text in, JSON text out, all in memory.
+    let io_rate = if options.io {
+        step(progress, "[3/3] JSON lines in and out");
+        let text = crate::verify::synthetic_jsonl(&plan, records, 2);
+        let (_keep, never) = crossbeam_channel::bounded(1);
+        let t = Instant::now();
+        run_stream(
+            plan.clone(),
+            Box::new(std::io::Cursor::new(text)),
+            Box::new(std::io::sink()),
+            Box::new(std::io::sink()),
+            &RunOptions::default(),
+            never,
+        )?;
+        Some(records as f64 / t.elapsed().as_secs_f64())
+    } else {
+        None
+    };
+    if progress {
+        eprintln!("\rbench: done{:<60}", "");
+    }
+    let stages: Vec<BenchStage> = run
+        .stats
+        .stages
+        .iter()
+        .skip(1) // the parser does not run when feeding from memory
+        .map(|s| BenchStage {
+            name: s.name.clone(),
+            replicas: s.replicas,
+            busy_pct: s.busy_pct,
+        })
+        .collect();
+    let bottleneck = stages
+        .iter()
+        .max_by(|a, b| a.busy_pct.total_cmp(&b.busy_pct))
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    Ok(BenchReport {
+        pipeline: plan.name.clone(),
+        records,
+        batch_size: size,
+        flops_per_record: plan.flops_per_record(),
+        monolithic_records_per_s: mono,
+        pipeline_records_per_s: piped,
+        io_records_per_s: io_rate,
+        speedup: piped / mono,
+        gflops: piped * flops / 1e9,
+        monolithic_gflops: mono * flops / 1e9,
+        latency_p50_ms: percentile(&lat, 0.5),
+        latency_p99_ms: percentile(&lat, 0.99),
+        peak_rss_bytes: peak_rss_bytes(),
+        memory_bound_bytes: plan.budget.activation_bytes(),
+        bottleneck,
+        stages,
+    })
+}
+
+impl BenchReport {
+    pub fn describe(&self) -> String {
+        let mut s = format!(
+            "{}: {} records, batch {}, {:.2} MFLOP/record\n",
+            self.pipeline,
+            self.records,
+            self.batch_size,
+            self.flops_per_record as f64 / 1e6
+        );
+        s += &format!(
+            "  (a) monolithic, 1 thread : {:>10.0} records/s  {:>6.1} GFLOP/s\n",
+            self.monolithic_records_per_s, self.monolithic_gflops
+        );
+        s += &format!(
+            "  (b) decomposed pipeline  : {:>10.0} records/s  {:>6.1} GFLOP/s  ({:.2}x (a))\n",
+            self.pipeline_records_per_s, self.gflops, self.speedup
+        );
+        if let Some(io) = self.io_records_per_s {
+            s += &format!(
+                "  (c) JSON in and out      : {:>10.0} records/s  ({:.0}% of (b))\n",
+                io,
+                100.0 * io / self.pipeline_records_per_s
+            );
+        }
+        s += &format!(
+            "  chunk latency p50 {:.3} ms, p99 {:.3} ms\n",
+            self.latency_p50_ms, self.latency_p99_ms
+        );
+        s += &format!(
+            "  peak RSS {} (activation bound {})\n",
+            crate::graph::plan::human_bytes(self.peak_rss_bytes),
+            crate::graph::plan::human_bytes(self.memory_bound_bytes)
+        );
+        for st in &self.stages {
+            s += &format!(
+                "  stage {:16} x{}  busy {:>5.1}%\n",
+                st.name, st.replicas, st.busy_pct
+            );
+        }
+        s += &format!("  bottleneck: {}\n", self.bottleneck);
+        s
+    }
+}

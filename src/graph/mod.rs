@@ -1,0 +1,426 @@
+//! The layer graph: names resolved to values, shapes inferred, parameters loaded.
+//!
+//! [`Graph::build`] turns a parsed [`PipelineConfig`] into nodes whose inputs are [`ValueId`]s and
+//! whose output shapes are known, reporting every dangling name, cycle and shape mismatch with the
+//! key path it comes from. [`plan`] then cuts the graph into stages.
+
+pub mod plan;
+
+use std::collections::{HashMap, HashSet};
+
+use crate::config::{suggest, ConfigError, ConfigErrors, OpConfig, PipelineConfig, WeightsSource};
+use crate::layers::{self, Layer, ParamSpec};
+use crate::weights::{InitKind, WeightStore};
+
+pub use plan::Plan;
+
+/// A value flowing through the graph: the model input, or the output of a layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ValueId(pub usize);
+
+impl ValueId {
+    /// The records as they come in.
+    pub const INPUT: ValueId = ValueId(0);
+
+    /// The value a layer produces.
+    pub fn of_layer(index: usize) -> ValueId {
+        ValueId(index + 1)
+    }
+
+    /// The layer that produces this value, or `None` for the model input.
+    pub fn layer(self) -> Option<usize> {
+        self.0.checked_sub(1)
+    }
+}
+
+/// One layer, resolved.
+#[derive(Debug)]
+pub struct Node {
+    pub name: String,
+    pub op: OpConfig,
+    pub inputs: Vec<ValueId>,
+    /// Per-record output shape.
+    pub shape: Vec<usize>,
+    /// Parameter tensors, by full name, with their shapes.
+    pub params: Vec<(String, Vec<usize>)>,
+    pub flops_per_record: u64,
+    /// Key path of the layer in the pipeline file.
+    pub path: String,
+}
+
+/// The model as a DAG of layers in evaluation order, with weights loaded.
+#[derive(Debug)]
+pub struct Graph {
+    pub input_shape: Vec<usize>,
+    pub nodes: Vec<Node>,
+    /// Runnable layers, one per node.
+    pub layers: Vec<Box<dyn Layer>>,
+    /// The values written out, in output order.
+    pub outputs: Vec<ValueId>,
+    /// Tensors in the weights file that no layer reads.
+    pub unused_tensors: Vec<String>,
+}
+
+impl Graph {
+    pub fn shape(&self, v: ValueId) -> &[usize] {
+        match v.layer() {
+            None => &self.input_shape,
+            Some(i) => &self.nodes[i].shape,
+        }
+    }
+
+    pub fn value_name(&self, v: ValueId) -> &str {
+        match v.layer() {
+            None => "input",
+            Some(i) => &self.nodes[i].name,
+        }
+    }
+
+    pub fn param_count(&self, node: usize) -> usize {
+        self.nodes[node]
+            .params
+            .iter()
+            .map(|(_, s)| s.iter().product::<usize>())
+            .sum()
+    }
+
+    /// Resolve names, infer shapes and load weights, reporting every error found.
+    pub fn build(config: &PipelineConfig) -> Result<Graph, ConfigErrors> {
+        let mut errors = Vec::new();
+        let mut err = |path: &str, message: String| {
+            errors.push(ConfigError {
+                path: path.to_string(),
+                location: None,
+                message,
+            })
+        };
+
+        // Names first, so a forward reference can be told apart from a typo.
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, layer) in config.layers.iter().enumerate() {
+            if layer.name == "input" {
+                err(
+                    &format!("{}.name", layer.path),
+                    "`input` names the model input; choose another layer name".into(),
+                );
+            } else if let Some(first) = index.get(layer.name.as_str()) {
+                err(
+                    &format!("{}.name", layer.path),
+                    format!(
+                        "duplicate layer name `{}` (first used by layers[{first}])",
+                        layer.name
+                    ),
+                );
+            } else {
+                index.insert(&layer.name, i);
+            }
+        }
+        let all_names: Vec<&str> = std::iter::once("input")
+            .chain(config.layers.iter().map(|l| l.name.as_str()))
+            .collect();
+
+        let store = match &config.weights {
+            WeightsSource::File { path, key_path } => match WeightStore::open_file(path) {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    err(key_path, e);
+                    None
+                }
+            },
+            WeightsSource::Init { seed } => Some(WeightStore::Init { seed: *seed }),
+            WeightsSource::None => Some(WeightStore::None),
+        };
+
+        let mut nodes: Vec<Node> = Vec::new();
+        let mut layers_out: Vec<Box<dyn Layer>> = Vec::new();
+        // Index of each layer's node, or None where the layer could not be resolved.
+        let mut resolved: Vec<Option<usize>> = Vec::new();
+        let mut used_tensors = HashSet::new();
+        for (i, layer) in config.layers.iter().enumerate() {
+            let mut inputs = Vec::new();
+            let mut ok = true;
+            for input in &layer.inputs {
+                let name = input.value.as_str();
+                if name == "input" {
+                    inputs.push(ValueId::INPUT);
+                    continue;
+                }
+                match index.get(name) {
+                    Some(&j) if j < i => match resolved[j] {
+                        Some(_) => inputs.push(ValueId::of_layer(j)),
+                        None => ok = false, // its own error is already reported
+                    },
+                    Some(&j) => {
+                        ok = false;
+                        let msg = match find_cycle(config, &index, i) {
+                            Some(cycle) => format!("layers form a cycle: {}", cycle.join(" -> ")),
+                            None => format!(
+                                "`{name}` is defined later (layers[{j}]); list every layer after the layers it reads"
+                            ),
+                        };
+                        err(&input.path, msg);
+                    }
+                    None => {
+                        ok = false;
+                        let hint = suggest(name, &all_names)
+                            .map(|s| format!(" (did you mean `{s}`?)"))
+                            .unwrap_or_default();
+                        err(&input.path, format!("unknown input `{name}`{hint}; inputs are `input` or names of layers"));
+                    }
+                }
+            }
+            if !ok {
+                resolved.push(None);
+                continue;
+            }
+            let shapes: Vec<&[usize]> = inputs
+                .iter()
+                .map(|v| match v.layer() {
+                    None => config.input.shape.as_slice(),
+                    Some(j) => nodes[resolved[j].unwrap()].shape.as_slice(),
+                })
+                .collect();
+            let shape = match layers::infer_shape(&layer.op, &shapes) {
+                Ok(s) => s,
+                Err(e) => {
+                    err(
+                        &layer.path,
+                        format!("layer `{}` ({}): {e}", layer.name, layer.op.name()),
+                    );
+                    resolved.push(None);
+                    continue;
+                }
+            };
+            let specs = layers::param_specs(&layer.op, shapes[0]);
+            let mut params = Vec::new();
+            let mut values = Vec::new();
+            for ParamSpec {
+                suffix,
+                shape: pshape,
+            } in &specs
+            {
+                let full = format!("{}.{suffix}", layer.params);
+                if let Some(store) = &store {
+                    match store.fetch(&full, pshape, init_kind(&layer.op, suffix, &specs)) {
+                        Ok(v) => values.push(v),
+                        Err(e) => {
+                            let path = if matches!(store, WeightStore::None) {
+                                "weights".to_string()
+                            } else {
+                                layer.path.clone()
+                            };
+                            err(&path, format!("layer `{}`: {e}", layer.name));
+                        }
+                    }
+                }
+                used_tensors.insert(full.clone());
+                params.push((full, pshape.clone()));
+            }
+            let flops = layers::flops(&layer.op, &shapes, &shape);
+            if values.len() == specs.len() {
+                layers_out.push(layers::build(&layer.op, &shapes, &shape, values));
+            }
+            resolved.push(Some(nodes.len()));
+            // Remap inputs from layer indices to node indices: identical when nothing failed.
+            let inputs = inputs.iter().map(|v| match v.layer() {
+                None => ValueId::INPUT,
+                Some(j) => ValueId::of_layer(resolved[j].unwrap()),
+            });
+            nodes.push(Node {
+                name: layer.name.clone(),
+                op: layer.op.clone(),
+                inputs: inputs.collect(),
+                shape,
+                params,
+                flops_per_record: flops,
+                path: layer.path.clone(),
+            });
+        }
+
+        let outputs = match &config.outputs {
+            None => config
+                .layers
+                .len()
+                .checked_sub(1)
+                .and_then(|last| resolved[last])
+                .map(ValueId::of_layer)
+                .into_iter()
+                .collect(),
+            Some(names) => {
+                let mut outs = Vec::new();
+                for o in names {
+                    match (o.value.as_str(), index.get(o.value.as_str())) {
+                        ("input", _) => outs.push(ValueId::INPUT),
+                        (_, Some(&j)) => {
+                            if let Some(n) = resolved[j] {
+                                outs.push(ValueId::of_layer(n));
+                            }
+                        }
+                        (name, None) => {
+                            let hint = suggest(name, &all_names)
+                                .map(|s| format!(" (did you mean `{s}`?)"))
+                                .unwrap_or_default();
+                            err(&o.path, format!("unknown output `{name}`{hint}"));
+                        }
+                    }
+                }
+                if names.is_empty() {
+                    err("outputs", "name at least one output".into());
+                }
+                outs
+            }
+        };
+
+        let unused_tensors = store
+            .as_ref()
+            .map(|s| s.names())
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|n| !used_tensors.contains(n))
+            .collect();
+        if errors.is_empty() {
+            Ok(Graph {
+                input_shape: config.input.shape.clone(),
+                nodes,
+                layers: layers_out,
+                outputs,
+                unused_tensors,
+            })
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// The monolithic reference: every layer in order, on one thread, over one batch.
+    /// Returns the output values in output order.
+    pub fn forward(&self, input: layers::Tensor) -> Vec<layers::Tensor> {
+        let mut env = Env::new(self.nodes.len());
+        env.set(ValueId::INPUT, std::sync::Arc::new(input));
+        let mut scratch = layers::Scratch::default();
+        let all: Vec<usize> = (0..self.nodes.len()).collect();
+        self.eval(&all, &mut env, &mut scratch);
+        self.outputs
+            .iter()
+            .map(|v| env.get(*v).as_ref().clone())
+            .collect()
+    }
+
+    /// Evaluate `layers` (node indices, ascending) reading and writing values in `env`.
+    pub fn eval(&self, layers: &[usize], env: &mut Env, scratch: &mut layers::Scratch) {
+        for &i in layers {
+            let node = &self.nodes[i];
+            let inputs: Vec<std::sync::Arc<layers::Tensor>> =
+                node.inputs.iter().map(|v| env.get(*v).clone()).collect();
+            let refs: Vec<&layers::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
+            let out = self.layers[i].forward(&refs, scratch);
+            env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
+        }
+    }
+}
+
+/// Values of one chunk, by id; shared tensors so a value sent to two consumers is not copied.
+#[derive(Debug, Default)]
+pub struct Env {
+    values: Vec<Option<std::sync::Arc<layers::Tensor>>>,
+}
+
+impl Env {
+    pub fn new(layers: usize) -> Env {
+        Env {
+            values: vec![None; layers + 1],
+        }
+    }
+
+    pub fn set(&mut self, v: ValueId, t: std::sync::Arc<layers::Tensor>) {
+        self.values[v.0] = Some(t);
+    }
+
+    pub fn get(&self, v: ValueId) -> &std::sync::Arc<layers::Tensor> {
+        self.values[v.0]
+            .as_ref()
+            .unwrap_or_else(|| panic!("value {} used before it was computed", v.0))
+    }
+}
+
+/// Write every parameter the pipeline reads (from its file or its `init` seed) as an F32
+/// safetensors file, so peers (ONNX Runtime, PyTorch) can load the very same weights.
+pub fn export_weights(
+    config: &PipelineConfig,
+    graph: &Graph,
+    path: &std::path::Path,
+) -> Result<usize, String> {
+    let store = match &config.weights {
+        WeightsSource::File { path, .. } => WeightStore::open_file(path)?,
+        WeightsSource::Init { seed } => WeightStore::Init { seed: *seed },
+        WeightsSource::None => WeightStore::None,
+    };
+    let mut tensors = std::collections::BTreeMap::new();
+    for node in &graph.nodes {
+        let specs = layers::param_specs(&node.op, graph.shape(node.inputs[0]));
+        for (spec, (name, shape)) in specs.iter().zip(&node.params) {
+            let values = store.fetch(name, shape, init_kind(&node.op, spec.suffix, &specs))?;
+            tensors.insert(name.clone(), (shape.clone(), values));
+        }
+    }
+    crate::weights::write_safetensors(path, &tensors)?;
+    Ok(tensors.len())
+}
+
+fn init_kind(op: &OpConfig, suffix: &str, specs: &[ParamSpec]) -> InitKind {
+    match (op, suffix) {
+        (OpConfig::BatchNorm { .. } | OpConfig::LayerNorm { .. }, "weight" | "running_var") => {
+            InitKind::Constant(1.0)
+        }
+        (OpConfig::BatchNorm { .. } | OpConfig::LayerNorm { .. }, _) => InitKind::Constant(0.0),
+        _ => InitKind::Uniform {
+            fan_in: specs[0].shape[1..].iter().product(),
+        },
+    }
+}
+
+/// A cycle through layer `start`, following inputs by name, if there is one.
+fn find_cycle(
+    config: &PipelineConfig,
+    index: &HashMap<&str, usize>,
+    start: usize,
+) -> Option<Vec<String>> {
+    fn visit(
+        config: &PipelineConfig,
+        index: &HashMap<&str, usize>,
+        at: usize,
+        start: usize,
+        path: &mut Vec<usize>,
+        seen: &mut HashSet<usize>,
+    ) -> bool {
+        for input in &config.layers[at].inputs {
+            let Some(&j) = index.get(input.value.as_str()) else {
+                continue;
+            };
+            if j == start {
+                path.push(j);
+                return true;
+            }
+            if seen.insert(j) {
+                path.push(j);
+                if visit(config, index, j, start, path, seen) {
+                    return true;
+                }
+                path.pop();
+            }
+        }
+        false
+    }
+    let mut path = vec![start];
+    let mut seen = HashSet::new();
+    if visit(config, index, start, start, &mut path, &mut seen) {
+        // `path` follows inputs backwards; show it in data-flow order.
+        Some(
+            path.iter()
+                .rev()
+                .map(|&i| config.layers[i].name.clone())
+                .collect(),
+        )
+    } else {
+        None
+    }
+}

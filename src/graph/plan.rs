@@ -1,0 +1,533 @@
+//! The plan: the graph cut into stages, who feeds whom, and the memory bound the executor enforces.
+//!
+//! A stage is a set of layers run together by one actor (or several replicas of it). Its inputs
+//! are the values it reads but does not make; each comes from the source (the model input) or from
+//! the stage that makes it, and a stage with several producers joins their parts of each chunk.
+//! The stage graph must be a DAG: bounded channels in a cycle can deadlock.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use super::{Graph, ValueId};
+use crate::config::{
+    suggest, BatchConfig, ConfigError, ConfigErrors, OutputConfig, PipelineConfig, StageConfig,
+    DEFAULT_QUEUE,
+};
+
+/// Where a stage's inputs come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Producer {
+    /// The record parser: the model input.
+    Source,
+    Stage(usize),
+}
+
+/// Where a produced value goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Destination {
+    Stage(usize),
+    /// The output writer.
+    Sink,
+}
+
+/// Values a producer sends to one destination for every chunk.
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub to: Destination,
+    pub values: Vec<ValueId>,
+}
+
+#[derive(Debug)]
+pub struct StagePlan {
+    pub name: String,
+    /// Node indices, in evaluation order.
+    pub layers: Vec<usize>,
+    pub queue: usize,
+    pub replicas: usize,
+    /// Values read from outside the stage.
+    pub inputs: Vec<ValueId>,
+    /// Who sends those values; more than one means the stage joins parts of each chunk.
+    pub producers: Vec<Producer>,
+    pub routes: Vec<Route>,
+    pub param_bytes: u64,
+    pub flops_per_record: u64,
+    /// Bytes of one full chunk's tensors in this stage: its inputs and every layer output.
+    pub activation_bytes_per_chunk: u64,
+    /// Reused buffers each replica holds (im2col columns).
+    pub scratch_bytes: u64,
+}
+
+/// The single bound on work in flight: chunks are admitted only while fewer than `chunks` are
+/// between the chunker and the output writer, so queues, joins and the reorder step together
+/// never hold more than `chunks × bytes_per_chunk` of activations.
+#[derive(Debug, Clone, Copy)]
+pub struct InFlightBudget {
+    pub chunks: usize,
+    /// Every tensor one chunk can hold at once (the input and all layer outputs, full batch).
+    pub bytes_per_chunk: u64,
+    /// Per-worker scratch buffers, held for the whole run.
+    pub scratch_bytes: u64,
+}
+
+impl InFlightBudget {
+    pub fn activation_bytes(&self) -> u64 {
+        self.chunks as u64 * self.bytes_per_chunk + self.scratch_bytes
+    }
+}
+
+/// Capacity, in chunks, of the parser's input queue.
+pub const PARSE_QUEUE: usize = 2;
+
+/// Everything needed to run a pipeline: immutable, shared by every actor.
+#[derive(Debug)]
+pub struct Plan {
+    pub name: String,
+    pub graph: Graph,
+    pub stages: Vec<StagePlan>,
+    /// Where the model input goes: the stages that read it (and the sink, if it is an output).
+    pub source_routes: Vec<Route>,
+    /// Producers of the pipeline outputs, which the sink joins per chunk.
+    pub sink_producers: Vec<Producer>,
+    pub input_field: String,
+    pub parsers: usize,
+    pub batch: BatchConfig,
+    pub output: OutputConfig,
+    pub budget: InFlightBudget,
+}
+
+const F32: u64 = 4;
+
+impl Plan {
+    /// Load, check and plan a pipeline file.
+    pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
+        Plan::build(&PipelineConfig::load(path)?)
+    }
+
+    /// Check a parsed pipeline and plan it, reporting every error found.
+    pub fn build(config: &PipelineConfig) -> Result<Plan, ConfigErrors> {
+        Plan::build_unlocated(config).map_err(|e| config.locate(e))
+    }
+
+    fn build_unlocated(config: &PipelineConfig) -> Result<Plan, ConfigErrors> {
+        // Stage structure errors do not depend on the graph, so they are found even when layers
+        // have errors too: one pass shows a user everything.
+        let stage_members = check_stage_membership(config);
+        let graph = Graph::build(config);
+        let (graph, membership) = match (graph, stage_members) {
+            (Ok(g), Ok(m)) => (g, m),
+            (Err(mut a), Err(b)) => {
+                a.0.extend(b.0);
+                return Err(a);
+            }
+            (Err(e), _) | (_, Err(e)) => return Err(e),
+        };
+        let stage_configs: Vec<StageConfig> = match &config.stages {
+            Some(s) => s.clone(),
+            None => vec![StageConfig {
+                name: "main".into(),
+                layers: Vec::new(),
+                queue: DEFAULT_QUEUE,
+                replicas: 1,
+                path: "stages".into(),
+            }],
+        };
+        let stage_of = |layer: usize| membership.get(&layer).copied().unwrap_or(0);
+        let producer_of = |v: ValueId| match v.layer() {
+            None => Producer::Source,
+            Some(l) => Producer::Stage(stage_of(l)),
+        };
+
+        let mut stages: Vec<StagePlan> = Vec::new();
+        for (s, sc) in stage_configs.iter().enumerate() {
+            let layers: Vec<usize> = (0..graph.nodes.len())
+                .filter(|&l| stage_of(l) == s)
+                .collect();
+            let inside: BTreeSet<ValueId> = layers.iter().map(|&l| ValueId::of_layer(l)).collect();
+            let inputs: Vec<ValueId> = layers
+                .iter()
+                .flat_map(|&l| graph.nodes[l].inputs.iter().copied())
+                .filter(|v| !inside.contains(v))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let producers: Vec<Producer> = inputs
+                .iter()
+                .map(|&v| producer_of(v))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            let record_values = |vs: &mut dyn Iterator<Item = ValueId>| -> u64 {
+                vs.map(|v| graph.shape(v).iter().product::<usize>() as u64)
+                    .sum()
+            };
+            let per_record =
+                record_values(&mut inputs.iter().copied().chain(inside.iter().copied()));
+            let scratch = layers
+                .iter()
+                .filter_map(|&l| match &graph.nodes[l].op {
+                    crate::config::OpConfig::Conv2d(c) => {
+                        let input = graph.shape(graph.nodes[l].inputs[0]);
+                        let out = &graph.nodes[l].shape;
+                        Some(
+                            (input[0] / c.groups * c.kernel[0] * c.kernel[1] * out[1] * out[2])
+                                as u64
+                                * F32,
+                        )
+                    }
+                    _ => None,
+                })
+                .max()
+                .unwrap_or(0);
+            stages.push(StagePlan {
+                name: sc.name.clone(),
+                queue: sc.queue,
+                replicas: sc.replicas,
+                param_bytes: layers
+                    .iter()
+                    .map(|&l| graph.param_count(l) as u64 * F32)
+                    .sum(),
+                flops_per_record: layers
+                    .iter()
+                    .map(|&l| graph.nodes[l].flops_per_record)
+                    .sum(),
+                activation_bytes_per_chunk: per_record * F32 * config.batch.size as u64,
+                scratch_bytes: scratch,
+                layers,
+                inputs,
+                producers,
+                routes: Vec::new(),
+            });
+        }
+
+        // Routes: every producer sends each consumer exactly the values it reads.
+        let mut wanted: BTreeMap<(Producer, Destination), BTreeSet<ValueId>> = BTreeMap::new();
+        for (s, stage) in stages.iter().enumerate() {
+            for &v in &stage.inputs {
+                wanted
+                    .entry((producer_of(v), Destination::Stage(s)))
+                    .or_default()
+                    .insert(v);
+            }
+        }
+        for &v in &graph.outputs {
+            wanted
+                .entry((producer_of(v), Destination::Sink))
+                .or_default()
+                .insert(v);
+        }
+        let mut source_routes = Vec::new();
+        let mut sink_producers = BTreeSet::new();
+        for ((from, to), values) in wanted {
+            let route = Route {
+                to,
+                values: values.into_iter().collect(),
+            };
+            if to == Destination::Sink {
+                sink_producers.insert(from);
+            }
+            match from {
+                Producer::Source => source_routes.push(route),
+                Producer::Stage(s) => stages[s].routes.push(route),
+            }
+        }
+        // The source always sends the sink the chunk's record metadata, outputs or not.
+        sink_producers.insert(Producer::Source);
+        if !source_routes.iter().any(|r| r.to == Destination::Sink) {
+            source_routes.push(Route {
+                to: Destination::Sink,
+                values: Vec::new(),
+            });
+        }
+
+        check_stage_cycles(&stages, &stage_configs)?;
+
+        let bytes_per_chunk = (graph.input_shape.iter().product::<usize>() as u64
+            + graph
+                .nodes
+                .iter()
+                .map(|n| n.shape.iter().product::<usize>() as u64)
+                .sum::<u64>())
+            * F32
+            * config.batch.size as u64;
+        // Enough chunks for every queue to be full and every worker busy at once, plus the
+        // parser's and the one the sink is writing: the most a fully overlapped pipeline uses.
+        let chunks = stages.iter().map(|s| s.queue + s.replicas).sum::<usize>()
+            + PARSE_QUEUE
+            + config.input.parsers
+            + 1;
+        let scratch_bytes = stages
+            .iter()
+            .map(|s| s.scratch_bytes * s.replicas as u64)
+            .sum();
+
+        Ok(Plan {
+            name: config.name.clone().unwrap_or_else(|| "pipeline".into()),
+            graph,
+            stages,
+            source_routes,
+            sink_producers: sink_producers.into_iter().collect(),
+            input_field: config.input.field.clone(),
+            parsers: config.input.parsers,
+            batch: config.batch,
+            output: config.output.clone(),
+            budget: InFlightBudget {
+                chunks,
+                bytes_per_chunk,
+                scratch_bytes,
+            },
+        })
+    }
+
+    pub fn flops_per_record(&self) -> u64 {
+        self.stages.iter().map(|s| s.flops_per_record).sum()
+    }
+
+    /// Values per record of the model input.
+    pub fn input_len(&self) -> usize {
+        self.graph.input_shape.iter().product()
+    }
+
+    /// Records the pipeline may have taken from its input before their output is written:
+    /// admitted chunks, the chunk being filled and the reader's hand-off (the OS pipe and our
+    /// 64 KiB read buffer come on top).
+    pub fn max_records_read_ahead(&self) -> usize {
+        (self.budget.chunks + 1 + crate::io::READER_QUEUE + 1) * self.batch.size
+    }
+
+    /// The human-readable plan `validate` prints.
+    pub fn describe(&self) -> String {
+        let g = &self.graph;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "pipeline `{}`: input {:?} per record, batch {} records, max delay {} ms",
+            self.name,
+            g.input_shape,
+            self.batch.size,
+            self.batch.max_delay.as_millis()
+        );
+        let _ = writeln!(out, "\nlayers:");
+        let width = g
+            .nodes
+            .iter()
+            .map(|n| n.name.len())
+            .max()
+            .unwrap_or(4)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "  {:width$}  {:16}  {:18}  {:>10}  {:>12}",
+            "name", "op", "output", "params", "FLOPs/rec"
+        );
+        for (i, n) in g.nodes.iter().enumerate() {
+            let inputs: Vec<&str> = n.inputs.iter().map(|v| g.value_name(*v)).collect();
+            let _ = writeln!(
+                out,
+                "  {:width$}  {:16}  {:18}  {:>10}  {:>12}   <- {}",
+                n.name,
+                n.op.name(),
+                format!("{:?}", n.shape),
+                g.param_count(i),
+                n.flops_per_record,
+                inputs.join(", ")
+            );
+        }
+        let _ = writeln!(out, "\nstages:");
+        for s in &self.stages {
+            let layers: Vec<&str> = s.layers.iter().map(|&l| g.nodes[l].name.as_str()).collect();
+            let fed: Vec<String> = s
+                .producers
+                .iter()
+                .map(|p| match p {
+                    Producer::Source => "source".to_string(),
+                    Producer::Stage(j) => self.stages[*j].name.clone(),
+                })
+                .collect();
+            let join = if s.producers.len() > 1 {
+                " (joins)"
+            } else {
+                ""
+            };
+            let _ = writeln!(out, "  {}: layers [{}]", s.name, layers.join(", "));
+            let _ = writeln!(
+                out,
+                "    fed by {}{join}; queue {}, replicas {}; params {}; {} FLOPs/record; activations {}/chunk",
+                fed.join(" + "),
+                s.queue,
+                s.replicas,
+                human_bytes(s.param_bytes),
+                s.flops_per_record,
+                human_bytes(s.activation_bytes_per_chunk)
+            );
+        }
+        let outputs: Vec<&str> = g.outputs.iter().map(|v| g.value_name(*v)).collect();
+        let _ = writeln!(out, "\noutputs: {}", outputs.join(", "));
+        let b = &self.budget;
+        let _ = writeln!(
+            out,
+            "\nmemory bound: at most {} chunks in flight x {} per chunk + {} scratch = {} bytes of activations in flight ({})",
+            b.chunks,
+            human_bytes(b.bytes_per_chunk),
+            human_bytes(b.scratch_bytes),
+            b.activation_bytes(),
+            human_bytes(b.activation_bytes())
+        );
+        let params: u64 = self.stages.iter().map(|s| s.param_bytes).sum();
+        let _ = writeln!(
+            out,
+            "parameters: {} bytes ({})",
+            params,
+            human_bytes(params)
+        );
+        let _ = writeln!(
+            out,
+            "records read ahead of output: at most {} (plus the OS pipe and a 64 KiB read buffer)",
+            self.max_records_read_ahead()
+        );
+        out
+    }
+
+    /// The pipeline's latency floor: a chunk leaves the chunker at most this late.
+    pub fn max_delay(&self) -> Duration {
+        self.batch.max_delay
+    }
+}
+
+pub fn human_bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{b} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Which stage each layer belongs to, checking that each is in exactly one and that stage names
+/// and layer references are sound.
+fn check_stage_membership(config: &PipelineConfig) -> Result<HashMap<usize, usize>, ConfigErrors> {
+    let Some(stages) = &config.stages else {
+        return Ok((0..config.layers.len()).map(|l| (l, 0)).collect());
+    };
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            location: None,
+            message,
+        })
+    };
+    let layer_index: HashMap<&str, usize> = config
+        .layers
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.as_str(), i))
+        .collect();
+    let names: Vec<&str> = config.layers.iter().map(|l| l.name.as_str()).collect();
+    let mut stage_names: HashMap<&str, usize> = HashMap::new();
+    let mut membership: HashMap<usize, usize> = HashMap::new();
+    for (s, stage) in stages.iter().enumerate() {
+        if let Some(first) = stage_names.insert(&stage.name, s) {
+            err(
+                &format!("{}.name", stage.path),
+                format!(
+                    "duplicate stage name `{}` (first used by stages[{first}])",
+                    stage.name
+                ),
+            );
+        }
+        for layer in &stage.layers {
+            match layer_index.get(layer.value.as_str()) {
+                None => {
+                    let hint = suggest(&layer.value, &names)
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    err(
+                        &layer.path,
+                        format!(
+                            "stage `{}` names unknown layer `{}`{hint}",
+                            stage.name, layer.value
+                        ),
+                    );
+                }
+                Some(&l) => {
+                    if let Some(other) = membership.insert(l, s) {
+                        err(
+                            &layer.path,
+                            format!(
+                                "layer `{}` is in two stages: `{}` and `{}`",
+                                layer.value, stages[other].name, stage.name
+                            ),
+                        );
+                    }
+                }
+            }
+        }
+    }
+    for (l, layer) in config.layers.iter().enumerate() {
+        if !membership.contains_key(&l) {
+            err(
+                "stages",
+                format!(
+                    "layer `{}` ({}) is in no stage; add it to one",
+                    layer.name, layer.path
+                ),
+            );
+        }
+    }
+    if errors.is_empty() {
+        Ok(membership)
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
+/// Stages whose dependencies loop would deadlock on their bounded channels: refuse them.
+fn check_stage_cycles(stages: &[StagePlan], configs: &[StageConfig]) -> Result<(), ConfigErrors> {
+    // Kahn's algorithm: whatever is left once no stage is free to run lies on a cycle.
+    let n = stages.len();
+    let mut indegree = vec![0usize; n];
+    for s in stages {
+        for r in &s.routes {
+            if let Destination::Stage(t) = r.to {
+                indegree[t] += 1;
+            }
+        }
+    }
+    let mut ready: Vec<usize> = (0..n).filter(|&s| indegree[s] == 0).collect();
+    let mut done = 0;
+    while let Some(s) = ready.pop() {
+        done += 1;
+        for r in &stages[s].routes {
+            if let Destination::Stage(t) = r.to {
+                indegree[t] -= 1;
+                if indegree[t] == 0 {
+                    ready.push(t);
+                }
+            }
+        }
+    }
+    if done == n {
+        return Ok(());
+    }
+    let stuck: Vec<&str> = (0..n)
+        .filter(|&s| indegree[s] > 0)
+        .map(|s| stages[s].name.as_str())
+        .collect();
+    let first = (0..n).find(|&s| indegree[s] > 0).unwrap();
+    Err(ConfigErrors(vec![ConfigError {
+        path: format!("{}.layers", configs[first].path),
+        location: None,
+        message: format!(
+            "stages {} depend on each other in a cycle (each needs a value another makes); bounded channels in a cycle deadlock, so regroup the layers",
+            stuck.join(", ")
+        ),
+    }]))
+}

@@ -1,0 +1,407 @@
+//! Parsing records: JSON lines (a bare array, or an object holding the array in a field) and CSV
+//! rows, into one contiguous `[rows, ...shape]` buffer per chunk.
+//!
+//! Parsing numbers is where a stdin pipeline spends its time, so arrays of numbers are parsed by a
+//! small scanner with an exact float parser instead of a generic JSON value tree; objects still go
+//! through serde_json, but only to find their fields (`RawValue`, no allocation per number).
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use serde_json::value::RawValue;
+
+use super::format::RecordKey;
+use super::reader::{LineText, RawLine};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum InputFormat {
+    JsonLines,
+    Csv,
+}
+
+/// What the output writer needs to know about one good record.
+#[derive(Debug, Clone)]
+pub struct RecordMeta {
+    /// 1-based input line.
+    pub line: u64,
+    pub key: RecordKey,
+    /// Raw JSON of each `output.passthrough` field, `None` where the record lacks it.
+    pub passthrough: Vec<Option<Box<RawValue>>>,
+}
+
+/// A bad line: reported once, in input order, and the stream goes on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rejection {
+    pub line: u64,
+    pub error: String,
+}
+
+/// Everything about a chunk except its tensors; travels from the parser to the output writer.
+#[derive(Debug)]
+pub struct ChunkMeta {
+    /// One entry per row of the chunk's tensors.
+    pub records: Vec<RecordMeta>,
+    pub rejected: Vec<Rejection>,
+    /// When the chunk was admitted, for latency figures.
+    pub admitted_at: Instant,
+}
+
+/// A parsed chunk: `rows × input_len` values and the metadata of its rows.
+#[derive(Debug)]
+pub struct ParsedChunk {
+    pub values: Vec<f32>,
+    pub meta: ChunkMeta,
+}
+
+/// Turns raw lines into values for one pipeline's input shape.
+#[derive(Debug, Clone)]
+pub struct RecordParser {
+    shape: Vec<usize>,
+    len: usize,
+    field: String,
+    passthrough: Vec<String>,
+    format: InputFormat,
+}
+
+impl RecordParser {
+    pub fn new(shape: &[usize], field: &str, passthrough: &[String], format: InputFormat) -> Self {
+        RecordParser {
+            shape: shape.to_vec(),
+            len: shape.iter().product(),
+            field: field.to_string(),
+            passthrough: passthrough.to_vec(),
+            format,
+        }
+    }
+
+    /// Parse a chunk's lines; bad lines become rejections and take no row.
+    pub fn parse_chunk(&self, lines: &[RawLine], admitted_at: Instant) -> ParsedChunk {
+        let mut values = Vec::with_capacity(lines.len() * self.len);
+        let mut records = Vec::with_capacity(lines.len());
+        let mut rejected = Vec::new();
+        for line in lines {
+            let mark = values.len();
+            let result = match &line.text {
+                LineText::TooLong(n) => Err(format!(
+                    "line is {n} bytes, longer than --max-line-bytes; skipped"
+                )),
+                LineText::Bytes(bytes) => match std::str::from_utf8(bytes) {
+                    Err(e) => Err(format!(
+                        "line is not valid UTF-8 (invalid byte at offset {})",
+                        e.valid_up_to()
+                    )),
+                    Ok(text) => match self.format {
+                        InputFormat::JsonLines => self.parse_json(text, line.number, &mut values),
+                        InputFormat::Csv => self.parse_csv(text, line.number, &mut values),
+                    },
+                },
+            };
+            match result {
+                Ok(Some(meta)) => records.push(meta),
+                Ok(None) => values.truncate(mark), // a CSV header
+                Err(error) => {
+                    values.truncate(mark);
+                    rejected.push(Rejection {
+                        line: line.number,
+                        error,
+                    });
+                }
+            }
+        }
+        ParsedChunk {
+            values,
+            meta: ChunkMeta {
+                records,
+                rejected,
+                admitted_at,
+            },
+        }
+    }
+
+    fn parse_json(
+        &self,
+        text: &str,
+        number: u64,
+        out: &mut Vec<f32>,
+    ) -> Result<Option<RecordMeta>, String> {
+        let trimmed = text.trim_ascii();
+        match trimmed.as_bytes().first() {
+            Some(b'[') => {
+                parse_array(trimmed, &self.shape, self.len, out)?;
+                let passthrough = vec![None; self.passthrough.len()];
+                Ok(Some(RecordMeta {
+                    line: number,
+                    key: RecordKey::Line(number),
+                    passthrough,
+                }))
+            }
+            Some(b'{') => {
+                let fields: HashMap<String, &RawValue> =
+                    serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON: {e}"))?;
+                let x = fields.get(&self.field).ok_or_else(|| {
+                    format!("object has no field `{}` holding the record", self.field)
+                })?;
+                parse_array(x.get(), &self.shape, self.len, out)
+                    .map_err(|e| format!("field `{}`: {e}", self.field))?;
+                let key = match fields.get("id") {
+                    Some(id) => RecordKey::Id((*id).to_owned()),
+                    None => RecordKey::Line(number),
+                };
+                let passthrough = self
+                    .passthrough
+                    .iter()
+                    .map(|f| fields.get(f).map(|v| (*v).to_owned()))
+                    .collect();
+                Ok(Some(RecordMeta {
+                    line: number,
+                    key,
+                    passthrough,
+                }))
+            }
+            _ => match serde_json::from_str::<serde_json::Value>(trimmed) {
+                Err(e) => Err(format!("invalid JSON: {e}")),
+                Ok(_) => Err("expected a JSON array of numbers or an object".to_string()),
+            },
+        }
+    }
+
+    fn parse_csv(
+        &self,
+        text: &str,
+        number: u64,
+        out: &mut Vec<f32>,
+    ) -> Result<Option<RecordMeta>, String> {
+        let mark = out.len();
+        let mut count = 0;
+        for (i, field) in text.split(',').enumerate() {
+            let field = field.trim_ascii();
+            let field = field
+                .strip_prefix('"')
+                .and_then(|f| f.strip_suffix('"'))
+                .unwrap_or(field);
+            match parse_number(field.as_bytes()) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    // A first row that is not numeric is a header.
+                    if number == 1 {
+                        out.truncate(mark);
+                        return Ok(None);
+                    }
+                    return Err(format!("column {}: {e}", i + 1));
+                }
+            }
+            count += 1;
+        }
+        if count != self.len {
+            return Err(format!("expected {} values, found {count}", self.len));
+        }
+        let passthrough = vec![None; self.passthrough.len()];
+        Ok(Some(RecordMeta {
+            line: number,
+            key: RecordKey::Line(number),
+            passthrough,
+        }))
+    }
+}
+
+/// Parse one number token, strictly: JSON grammar, finite in f32.
+fn parse_number(token: &[u8]) -> Result<f32, String> {
+    let show = || String::from_utf8_lossy(&token[..token.len().min(40)]).into_owned();
+    let digits = token.strip_prefix(b"-").unwrap_or(token);
+    if !digits.first().is_some_and(u8::is_ascii_digit) {
+        return Err(format!("expected a number, found `{}`", show()));
+    }
+    match fast_float2::parse::<f32, _>(token) {
+        Ok(v) if v.is_finite() => Ok(v),
+        Ok(_) => Err(format!("value `{}` is not finite in 32-bit floats", show())),
+        Err(_) => Err(format!("expected a number, found `{}`", show())),
+    }
+}
+
+/// Parse a JSON array of numbers, flat or nested exactly as `shape`, appending to `out`.
+fn parse_array(text: &str, shape: &[usize], len: usize, out: &mut Vec<f32>) -> Result<(), String> {
+    let mut scanner = Scanner {
+        bytes: text.as_bytes(),
+        pos: 0,
+    };
+    let mark = out.len();
+    scanner.skip_ws();
+    let nested = scanner.peek_after_bracket() == Some(b'[');
+    let result = if nested {
+        scanner.nested(shape, 0, out)
+    } else {
+        scanner.flat(out).and_then(|n| {
+            if n == len {
+                Ok(())
+            } else {
+                Err(format!(
+                    "expected {len} values (shape {shape:?}), found {n}"
+                ))
+            }
+        })
+    };
+    result
+        .and_then(|()| {
+            scanner.skip_ws();
+            if scanner.pos != scanner.bytes.len() {
+                return Err(format!(
+                    "unexpected text after the array at byte {}",
+                    scanner.pos
+                ));
+            }
+            Ok(())
+        })
+        .inspect_err(|_| out.truncate(mark))
+}
+
+struct Scanner<'a> {
+    bytes: &'a [u8],
+    pos: usize,
+}
+
+impl Scanner<'_> {
+    fn skip_ws(&mut self) {
+        while self.pos < self.bytes.len()
+            && matches!(self.bytes[self.pos], b' ' | b'\t' | b'\n' | b'\r')
+        {
+            self.pos += 1;
+        }
+    }
+
+    fn peek_after_bracket(&self) -> Option<u8> {
+        let mut p = self.pos + 1;
+        while p < self.bytes.len() && matches!(self.bytes[p], b' ' | b'\t' | b'\n' | b'\r') {
+            p += 1;
+        }
+        self.bytes.get(p).copied()
+    }
+
+    fn expect(&mut self, b: u8) -> Result<(), String> {
+        self.skip_ws();
+        if self.bytes.get(self.pos) == Some(&b) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(match self.bytes.get(self.pos) {
+                Some(c) => format!(
+                    "expected `{}` at byte {}, found `{}`",
+                    b as char, self.pos, *c as char
+                ),
+                None => format!(
+                    "expected `{}` at byte {}, found the end of the line",
+                    b as char, self.pos
+                ),
+            })
+        }
+    }
+
+    /// `[n, n, ...]`: returns how many numbers it appended.
+    fn flat(&mut self, out: &mut Vec<f32>) -> Result<usize, String> {
+        self.expect(b'[')?;
+        self.skip_ws();
+        if self.bytes.get(self.pos) == Some(&b']') {
+            self.pos += 1;
+            return Ok(0);
+        }
+        let mut n = 0;
+        loop {
+            self.skip_ws();
+            let start = self.pos;
+            while self.pos < self.bytes.len()
+                && !matches!(
+                    self.bytes[self.pos],
+                    b',' | b']' | b' ' | b'\t' | b'\r' | b'\n'
+                )
+            {
+                self.pos += 1;
+            }
+            let v = parse_number(&self.bytes[start..self.pos])
+                .map_err(|e| format!("value {n}: {e}"))?;
+            out.push(v);
+            n += 1;
+            self.skip_ws();
+            match self.bytes.get(self.pos) {
+                Some(b',') => self.pos += 1,
+                Some(b']') => {
+                    self.pos += 1;
+                    return Ok(n);
+                }
+                Some(c) => {
+                    return Err(format!(
+                        "expected `,` or `]` at byte {}, found `{}`",
+                        self.pos, *c as char
+                    ))
+                }
+                None => return Err("the array is not closed".into()),
+            }
+        }
+    }
+
+    /// Arrays nested exactly as `shape[depth..]`.
+    fn nested(&mut self, shape: &[usize], depth: usize, out: &mut Vec<f32>) -> Result<(), String> {
+        if depth == shape.len() - 1 {
+            let n = self.flat(out)?;
+            if n != shape[depth] {
+                return Err(format!(
+                    "expected {} values on axis {depth} (shape {shape:?}), found {n}",
+                    shape[depth]
+                ));
+            }
+            return Ok(());
+        }
+        self.expect(b'[')?;
+        for i in 0..shape[depth] {
+            if i > 0 {
+                self.expect(b',').map_err(|_| {
+                    format!(
+                        "expected {} entries on axis {depth} (shape {shape:?}), found {i}",
+                        shape[depth]
+                    )
+                })?;
+            }
+            self.skip_ws();
+            if self.bytes.get(self.pos) != Some(&b'[') {
+                return Err(format!(
+                    "expected a nested array on axis {} (shape {shape:?})",
+                    depth + 1
+                ));
+            }
+            self.nested(shape, depth + 1, out)?;
+        }
+        self.expect(b']').map_err(|_| {
+            format!(
+                "more than {} entries on axis {depth} (shape {shape:?})",
+                shape[depth]
+            )
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(shape: &[usize], text: &str) -> Result<Vec<f32>, String> {
+        let mut out = Vec::new();
+        parse_array(text, shape, shape.iter().product(), &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn flat_and_nested_arrays() {
+        assert_eq!(
+            parse(&[2, 2], "[1, 2.5, -3e2, 0]").unwrap(),
+            vec![1.0, 2.5, -300.0, 0.0]
+        );
+        assert_eq!(
+            parse(&[2, 2], "[[1,2],[3,4]]").unwrap(),
+            vec![1.0, 2.0, 3.0, 4.0]
+        );
+        assert!(parse(&[2, 2], "[[1,2],[3]]").is_err());
+        assert!(parse(&[2, 2], "[[1,2],[3,4],[5,6]]").is_err());
+        assert!(parse(&[2, 2], "[1,2,3]").is_err());
+        assert!(parse(&[1], "[NaN]").is_err());
+        assert!(parse(&[1], "[1e39]").is_err());
+        assert!(parse(&[1], "[\"1\"]").is_err());
+        assert!(parse(&[1], "[1] x").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! Splitting an input stream into numbered lines, without ever holding an over-long line.
+
+use std::io::{self, BufRead, BufReader, Read};
+
+use crossbeam_channel::Sender;
+
+/// One input line (blank lines are skipped but still counted, so numbers match the file).
+#[derive(Debug, Clone)]
+pub struct RawLine {
+    /// 1-based line number in the input.
+    pub number: u64,
+    pub text: LineText,
+}
+
+#[derive(Debug, Clone)]
+pub enum LineText {
+    /// The line without its `\n` or `\r\n`.
+    Bytes(Vec<u8>),
+    /// The line exceeded the cap; only its length is kept.
+    TooLong(usize),
+}
+
+/// Read `input` to its end, sending lines in batches of at most `batch` lines. A batch is sent
+/// as soon as a read returns, so a trickle of records is not held back waiting for more.
+/// Returns when the input ends or the receiver is gone.
+pub fn read_lines(
+    input: impl Read,
+    max_line_bytes: usize,
+    batch: usize,
+    tx: &Sender<Vec<RawLine>>,
+) -> io::Result<()> {
+    let mut reader = BufReader::with_capacity(64 << 10, input);
+    let mut line: Vec<u8> = Vec::new();
+    let mut too_long: Option<usize> = None;
+    let mut number: u64 = 0;
+    let mut out: Vec<RawLine> = Vec::new();
+
+    let mut finish_line =
+        |line: &mut Vec<u8>, too_long: &mut Option<usize>, out: &mut Vec<RawLine>| {
+            number += 1;
+            let text = match too_long.take() {
+                Some(len) => LineText::TooLong(len),
+                None => {
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    if line.iter().all(u8::is_ascii_whitespace) {
+                        line.clear();
+                        return;
+                    }
+                    LineText::Bytes(std::mem::take(line))
+                }
+            };
+            out.push(RawLine { number, text });
+        };
+
+    loop {
+        let available = match reader.fill_buf() {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if available.is_empty() {
+            if !line.is_empty() || too_long.is_some() {
+                finish_line(&mut line, &mut too_long, &mut out);
+            }
+            if !out.is_empty() {
+                let _ = tx.send(out);
+            }
+            return Ok(());
+        }
+        let len = available.len();
+        let mut rest = available;
+        while !rest.is_empty() {
+            let (segment, complete) = match memchr::memchr(b'\n', rest) {
+                Some(pos) => (&rest[..pos], Some(pos + 1)),
+                None => (rest, None),
+            };
+            match &mut too_long {
+                Some(n) => *n += segment.len(),
+                None if line.len() + segment.len() > max_line_bytes => {
+                    too_long = Some(line.len() + segment.len());
+                    line = Vec::new(); // give the memory back now, not at the next line
+                }
+                None => line.extend_from_slice(segment),
+            }
+            match complete {
+                Some(skip) => {
+                    finish_line(&mut line, &mut too_long, &mut out);
+                    rest = &rest[skip..];
+                    if out.len() >= batch && tx.send(std::mem::take(&mut out)).is_err() {
+                        return Ok(());
+                    }
+                }
+                None => rest = &[],
+            }
+        }
+        reader.consume(len);
+        if !out.is_empty() && tx.send(std::mem::take(&mut out)).is_err() {
+            return Ok(());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(input: &[u8], max: usize) -> Vec<RawLine> {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        read_lines(input, max, 3, &tx).unwrap();
+        drop(tx);
+        rx.iter().flatten().collect()
+    }
+
+    #[test]
+    fn numbers_lines_strips_crlf_skips_blanks_and_caps_length() {
+        let got = lines(b"a\r\n\n  \nbbbbbbbbbb\nc", 5);
+        let summary: Vec<(u64, String)> = got
+            .iter()
+            .map(|l| {
+                let t = match &l.text {
+                    LineText::Bytes(b) => String::from_utf8_lossy(b).into_owned(),
+                    LineText::TooLong(n) => format!("<{n}>"),
+                };
+                (l.number, t)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![(1, "a".into()), (4, "<10>".into()), (5, "c".into())]
+        );
+    }
+}

@@ -1,0 +1,155 @@
+//! 2-D convolution (PyTorch semantics: zero padding, stride, dilation, groups) through im2col and
+//! the shared GEMM.
+
+use ndarray::{ArrayD, IxDyn};
+
+use super::gemm::matmul_acc;
+use super::{apply_activation, Layer, Scratch, Tensor};
+use crate::config::Conv2dConfig;
+
+fn out_size(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation * (kernel - 1) + 1;
+    let padded = input + 2 * padding;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}
+
+pub fn infer_shape(c: &Conv2dConfig, input: &[usize]) -> Result<Vec<usize>, String> {
+    let [ch, h, w] = input else {
+        return Err(format!(
+            "conv2d needs [channels, height, width] records, found {input:?}"
+        ));
+    };
+    if ch % c.groups != 0 {
+        return Err(format!(
+            "input channels ({ch}) must be divisible by groups ({})",
+            c.groups
+        ));
+    }
+    let oh = out_size(*h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0]);
+    let ow = out_size(*w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1]);
+    match (oh, ow) {
+        (Some(oh), Some(ow)) => Ok(vec![c.filters, oh, ow]),
+        _ => Err(format!(
+            "kernel {:?} (dilation {:?}) is larger than the padded input: input {input:?}, padding {:?}",
+            c.kernel, c.dilation, c.padding
+        )),
+    }
+}
+
+#[derive(Debug)]
+pub struct Conv2d {
+    c: Conv2dConfig,
+    /// `[channels, height, width]` of one record.
+    input: [usize; 3],
+    /// `[filters, out_h, out_w]` of one record.
+    output: [usize; 3],
+    /// `[filters, channels/groups, kh, kw]`: each group's rows are one contiguous `[F/g, K]` matrix.
+    weight: Vec<f32>,
+    bias: Option<Vec<f32>>,
+}
+
+impl Conv2d {
+    pub fn new(
+        c: Conv2dConfig,
+        input: &[usize],
+        output: &[usize],
+        weight: Vec<f32>,
+        bias: Option<Vec<f32>>,
+    ) -> Self {
+        Conv2d {
+            c,
+            input: [input[0], input[1], input[2]],
+            output: [output[0], output[1], output[2]],
+            weight,
+            bias,
+        }
+    }
+
+    /// Fill `cols` (`[Cg·kh·kw, oh·ow]`) with the patches of group `g` of one image.
+    fn im2col(&self, image: &[f32], g: usize, cols: &mut [f32]) {
+        let [ch, h, w] = self.input;
+        let [_, oh, ow] = self.output;
+        let cg = ch / self.c.groups;
+        let [kh, kw] = self.c.kernel;
+        let [sh, sw] = self.c.stride;
+        let [ph, pw] = self.c.padding;
+        let [dh, dw] = self.c.dilation;
+        let mut row = 0;
+        for c in g * cg..(g + 1) * cg {
+            let plane = &image[c * h * w..(c + 1) * h * w];
+            for ki in 0..kh {
+                for kj in 0..kw {
+                    let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
+                    for oy in 0..oh {
+                        let y = (oy * sh + ki * dh) as isize - ph as isize;
+                        let line = &mut dst[oy * ow..(oy + 1) * ow];
+                        if y < 0 || y >= h as isize {
+                            line.fill(0.0);
+                            continue;
+                        }
+                        let src = &plane[y as usize * w..(y as usize + 1) * w];
+                        let x0 = (kj * dw) as isize - pw as isize;
+                        if sw == 1 && x0 >= 0 && x0 as usize + ow <= w {
+                            line.copy_from_slice(&src[x0 as usize..x0 as usize + ow]);
+                            continue;
+                        }
+                        for (ox, v) in line.iter_mut().enumerate() {
+                            let x = x0 + (ox * sw) as isize;
+                            *v = if x >= 0 && x < w as isize {
+                                src[x as usize]
+                            } else {
+                                0.0
+                            };
+                        }
+                    }
+                    row += 1;
+                }
+            }
+        }
+    }
+}
+
+impl Layer for Conv2d {
+    fn forward(&self, inputs: &[&Tensor], scratch: &mut Scratch) -> Tensor {
+        let x = inputs[0].as_standard_layout();
+        let x = x.as_slice().unwrap();
+        let n = inputs[0].shape()[0];
+        let [ch, h, w] = self.input;
+        let [f, oh, ow] = self.output;
+        let groups = self.c.groups;
+        let (fg, k, spatial) = (
+            f / groups,
+            ch / groups * self.c.kernel[0] * self.c.kernel[1],
+            oh * ow,
+        );
+        let mut out = vec![0.0f32; n * f * spatial];
+        if let Some(b) = &self.bias {
+            for record in out.chunks_exact_mut(f * spatial) {
+                for (plane, bv) in record.chunks_exact_mut(spatial).zip(b) {
+                    plane.fill(*bv);
+                }
+            }
+        }
+        scratch.cols.resize(k * spatial, 0.0);
+        for (image, record) in x
+            .chunks_exact(ch * h * w)
+            .zip(out.chunks_exact_mut(f * spatial))
+        {
+            for g in 0..groups {
+                self.im2col(image, g, &mut scratch.cols);
+                let wg = &self.weight[g * fg * k..(g + 1) * fg * k];
+                let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
+                matmul_acc(fg, spatial, k, wg, &scratch.cols, false, og);
+            }
+        }
+        // Activations here are elementwise; softmax would act over the last (width) axis.
+        apply_activation(self.c.activation, &mut out, ow);
+        ArrayD::from_shape_vec(IxDyn(&[n, f, oh, ow]), out).expect("conv output shape")
+    }
+}

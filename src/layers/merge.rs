@@ -1,0 +1,84 @@
+//! Ops that combine or reshape values: add, concat, flatten.
+
+use ndarray::{Axis, IxDyn};
+
+use super::{Layer, Scratch, Tensor};
+
+pub fn infer_add(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+    let first = inputs[0];
+    for (i, s) in inputs.iter().enumerate().skip(1) {
+        if *s != first {
+            return Err(format!(
+                "add needs inputs of one shape: input 0 is {first:?}, input {i} is {s:?}"
+            ));
+        }
+    }
+    Ok(first.to_vec())
+}
+
+pub fn infer_concat(axis: usize, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+    let first = inputs[0];
+    if axis >= first.len() {
+        return Err(format!(
+            "concat axis {axis} is out of range for records of shape {first:?}"
+        ));
+    }
+    let mut out = first.to_vec();
+    for (i, s) in inputs.iter().enumerate().skip(1) {
+        let fits = s.len() == first.len()
+            && s.iter()
+                .zip(first)
+                .enumerate()
+                .all(|(a, (x, y))| a == axis || x == y);
+        if !fits {
+            return Err(format!(
+                "concat on axis {axis} needs inputs equal on every other axis: input 0 is {first:?}, input {i} is {s:?}"
+            ));
+        }
+        out[axis] += s[axis];
+    }
+    Ok(out)
+}
+
+#[derive(Debug)]
+pub struct Add;
+
+impl Layer for Add {
+    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+        let mut out = inputs[0].as_standard_layout().into_owned();
+        for other in &inputs[1..] {
+            out += *other;
+        }
+        out
+    }
+}
+
+#[derive(Debug)]
+pub struct Concat {
+    /// Axis of the record shape; the batch axis comes before it.
+    pub axis: usize,
+}
+
+impl Layer for Concat {
+    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+        let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
+        let out = ndarray::concatenate(Axis(self.axis + 1), &views)
+            .expect("concat shapes checked at plan time");
+        out.as_standard_layout().into_owned()
+    }
+}
+
+#[derive(Debug)]
+pub struct Flatten;
+
+impl Layer for Flatten {
+    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+        let x = inputs[0];
+        let n = x.shape()[0];
+        let per: usize = x.shape()[1..].iter().product();
+        x.as_standard_layout()
+            .into_owned()
+            .into_shape_with_order(IxDyn(&[n, per]))
+            .expect("flatten")
+    }
+}

@@ -1,0 +1,375 @@
+//! The `subpass` command line: parse arguments, set up logging, call the library, map the result
+//! to an exit status.
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use subpass::graph::Plan;
+use subpass::io::InputFormat;
+use subpass::runtime::{self, RunError, RunOptions};
+
+/// EX_CONFIG from sysexits.h, as `vector validate` uses: the pipeline file is wrong.
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(
+    name = "subpass",
+    version,
+    about = "Run a neural network's forward pass decomposed into sub-passes, streaming records from stdin to stdout"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum Format {
+    Jsonl,
+    Csv,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check a pipeline file and print its plan and memory bound.
+    Validate { pipeline: PathBuf },
+    /// Stream records through the pipeline: JSON lines or CSV in, one JSON line per record out.
+    Run {
+        pipeline: PathBuf,
+        /// Input file; `-` or absent means stdin.
+        #[arg(long)]
+        input: Option<PathBuf>,
+        /// Output file; `-` or absent means stdout.
+        #[arg(long)]
+        output: Option<PathBuf>,
+        /// Where bad-record reports go; absent means stderr.
+        #[arg(long)]
+        errors: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// Write the run's statistics as JSON here at exit.
+        #[arg(long)]
+        stats: Option<PathBuf>,
+        /// Log the statistics every this many seconds.
+        #[arg(long, value_name = "SECS")]
+        stats_interval: Option<f64>,
+        /// Longer lines are reported and skipped without being held in memory.
+        #[arg(long, default_value_t = subpass::io::DEFAULT_MAX_LINE_BYTES)]
+        max_line_bytes: usize,
+        /// Stop at the first bad record (exit 1).
+        #[arg(long)]
+        strict: bool,
+        /// Print accuracy at exit: each record's argmax against this passthrough field.
+        #[arg(long, value_name = "FIELD")]
+        label: Option<String>,
+        /// Write per-chunk, per-stage activity as Chrome Trace Event JSON (Perfetto).
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Prove the decomposition changes nothing: the streaming pipeline against the monolithic pass.
+    Verify {
+        pipeline: PathBuf,
+        /// JSON lines to compare on; default: seeded synthetic records.
+        #[arg(long, conflicts_with = "records")]
+        input: Option<PathBuf>,
+        #[arg(long, default_value_t = 256)]
+        records: usize,
+        /// Largest relative difference allowed (absolute where the reference is near zero).
+        #[arg(long, default_value_t = 1e-5)]
+        tolerance: f64,
+    },
+    /// Measure the pipeline: monolithic vs decomposed vs end to end through JSON.
+    Bench {
+        pipeline: PathBuf,
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+        /// Override the pipeline's batch size.
+        #[arg(long)]
+        batch_size: Option<usize>,
+        /// Also measure JSON formatting and parsing, as from stdin.
+        #[arg(long)]
+        io: bool,
+        /// Print one JSON object with every figure.
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        trace: Option<PathBuf>,
+    },
+    /// Write the pipeline's weights (from `weights` or `init`) as an F32 safetensors file.
+    Export { pipeline: PathBuf, out: PathBuf },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_target(false)
+        .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
+        .init();
+    quiet_stage_panics();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Validate { pipeline } => validate(&pipeline),
+        Command::Run {
+            pipeline,
+            input,
+            output,
+            errors,
+            format,
+            stats,
+            stats_interval,
+            max_line_bytes,
+            strict,
+            label,
+            trace,
+        } => {
+            let options = RunOptions {
+                format: match format {
+                    Format::Jsonl => InputFormat::JsonLines,
+                    Format::Csv => InputFormat::Csv,
+                },
+                max_line_bytes,
+                strict,
+                stats_interval: stats_interval.map(Duration::from_secs_f64),
+                trace,
+                label: None,
+            };
+            run(&pipeline, input, output, errors, stats, label, options)
+        }
+        Command::Verify {
+            pipeline,
+            input,
+            records,
+            tolerance,
+        } => verify(&pipeline, input, records, tolerance),
+        Command::Bench {
+            pipeline,
+            records,
+            batch_size,
+            io,
+            json,
+            trace,
+        } => {
+            let Some(plan) = load_plan_with(&pipeline, batch_size) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            match subpass::bench::bench(
+                plan,
+                &subpass::bench::BenchOptions {
+                    records,
+                    io,
+                    trace,
+                    progress: !json,
+                },
+            ) {
+                Ok(report) => {
+                    if json {
+                        println!(
+                            "{}",
+                            serde_json::to_string_pretty(&report).expect("report serialises")
+                        );
+                    } else {
+                        print!("{}", report.describe());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e.to_string()),
+            }
+        }
+        Command::Export { pipeline, out } => {
+            let Some(plan) = load_plan(&pipeline) else {
+                return ExitCode::from(EXIT_CONFIG);
+            };
+            let config = match subpass::config::PipelineConfig::load(&pipeline) {
+                Ok(c) => c,
+                Err(e) => return fail(&e.to_string()),
+            };
+            match subpass::graph::export_weights(&config, &plan.graph, &out) {
+                Ok(n) => {
+                    eprintln!("wrote {n} tensors to {}", out.display());
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+    }
+}
+
+/// Stage panics are reported once, with the stage's name, by the runtime; keep the default
+/// hook's backtrace noise for panics anywhere else.
+fn quiet_stage_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_stage = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with("subpass-stage-"));
+        if !in_stage {
+            default(info);
+        }
+    }));
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+fn load_plan(path: &Path) -> Option<Arc<Plan>> {
+    load_plan_with(path, None)
+}
+
+fn load_plan_with(path: &Path, batch_size: Option<usize>) -> Option<Arc<Plan>> {
+    let result = subpass::config::PipelineConfig::load(path).and_then(|mut c| {
+        if let Some(b) = batch_size {
+            c.batch.size = b.max(1);
+        }
+        Plan::build(&c)
+    });
+    match result {
+        Ok(plan) => {
+            if !plan.graph.unused_tensors.is_empty() {
+                tracing::warn!(tensors = %plan.graph.unused_tensors.join(", "), "tensors in the weights file that no layer uses");
+            }
+            Some(Arc::new(plan))
+        }
+        Err(errors) => {
+            eprintln!("{}: {errors}", path.display());
+            None
+        }
+    }
+}
+
+fn validate(path: &Path) -> ExitCode {
+    match load_plan(path) {
+        Some(plan) => {
+            print!("{}", plan.describe());
+            ExitCode::SUCCESS
+        }
+        None => ExitCode::from(EXIT_CONFIG),
+    }
+}
+
+fn open_input(path: Option<PathBuf>) -> io::Result<Box<dyn Read + Send>> {
+    match path {
+        Some(p) if p.as_os_str() != "-" => File::open(&p)
+            .map(|f| Box::new(f) as Box<dyn Read + Send>)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))),
+        _ => Ok(Box::new(io::stdin())),
+    }
+}
+
+fn create_output(
+    path: Option<PathBuf>,
+    default: fn() -> Box<dyn Write + Send>,
+) -> io::Result<Box<dyn Write + Send>> {
+    match path {
+        Some(p) if p.as_os_str() != "-" => File::create(&p)
+            .map(|f| Box::new(f) as Box<dyn Write + Send>)
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display()))),
+        _ => Ok(default()),
+    }
+}
+
+fn run(
+    pipeline: &Path,
+    input: Option<PathBuf>,
+    output: Option<PathBuf>,
+    errors: Option<PathBuf>,
+    stats_path: Option<PathBuf>,
+    label: Option<String>,
+    options: RunOptions,
+) -> ExitCode {
+    let Some(plan) = load_plan(pipeline) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let label_index = match &label {
+        None => None,
+        Some(field) => match plan.output.passthrough.iter().position(|p| p == field) {
+            Some(i) if plan.output.argmax => Some(i),
+            _ => return fail(&format!("--label {field} needs `output: {{argmax: true, passthrough: [{field}]}}` in the pipeline file")),
+        },
+    };
+    let streams = (|| {
+        Ok::<_, io::Error>((
+            open_input(input)?,
+            create_output(output, || Box::new(io::stdout()))?,
+            create_output(errors, || Box::new(io::stderr()))?,
+        ))
+    })();
+    let (input, output, errors) = match streams {
+        Ok(s) => s,
+        Err(e) => return fail(&e.to_string()),
+    };
+    let options = RunOptions {
+        label: label_index,
+        ..options
+    };
+    let shutdown = runtime::shutdown::signal_listener();
+    let result = runtime::run_stream(plan, input, output, errors, &options, shutdown);
+    match result {
+        Ok(report) => {
+            eprint!("{}", report.stats.summary());
+            if let (Some(field), Some(acc)) = (&label, &report.stats.accuracy) {
+                eprintln!(
+                    "accuracy: {} of {} records ({:.2}%): argmax against `{field}`",
+                    acc.correct,
+                    acc.labelled,
+                    acc.percent()
+                );
+            }
+            if let Some(p) = stats_path {
+                let json = serde_json::to_string_pretty(&report.stats).expect("stats serialise");
+                if let Err(e) = std::fs::write(&p, json + "\n") {
+                    return fail(&format!("cannot write stats to {}: {e}", p.display()));
+                }
+            }
+            ExitCode::SUCCESS
+        }
+        // The reader of our output went away (`| head -n 1`): nothing left to do, nothing to say.
+        Err(RunError::OutputClosed) => ExitCode::SUCCESS,
+        Err(e) => fail(&e.to_string()),
+    }
+}
+
+fn verify(pipeline: &Path, input: Option<PathBuf>, records: usize, tolerance: f64) -> ExitCode {
+    let Some(plan) = load_plan(pipeline) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let data = match input {
+        Some(p) => match std::fs::read(&p) {
+            Ok(d) => d,
+            Err(e) => return fail(&format!("cannot read {}: {e}", p.display())),
+        },
+        None => subpass::verify::synthetic_jsonl(&plan, records, 1),
+    };
+    let stages = plan.stages.len();
+    match subpass::verify::verify(plan, data) {
+        Ok(report) => {
+            println!(
+                "{} records through the streaming pipeline ({stages} stage(s)) vs the monolithic pass:",
+                report.records
+            );
+            for o in &report.outputs {
+                println!(
+                    "  {}: max abs diff {:.3e}, max rel diff {:.3e}",
+                    o.name, o.max_abs, o.max_rel
+                );
+            }
+            if report.passes(tolerance) {
+                println!("OK: within tolerance {tolerance:e}");
+                ExitCode::SUCCESS
+            } else {
+                println!("FAIL: beyond tolerance {tolerance:e}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => fail(&e.to_string()),
+    }
+}

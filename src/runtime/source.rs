@@ -1,0 +1,133 @@
+//! The source side: the chunker that forms chunks against a deadline and admits them into the
+//! budget, and the parsers that turn a chunk's lines into the model input.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{after, never, select, Receiver, Sender};
+use ndarray::{ArrayD, IxDyn};
+
+use super::budget::InFlight;
+use super::stats::Counters;
+use super::trace::Tracer;
+use super::{ChunkId, Emitter};
+use crate::graph::{Env, Plan, ValueId};
+use crate::io::{RawLine, RecordParser};
+
+/// A chunk's raw lines, admitted into the pipeline.
+pub(super) struct RawChunk {
+    pub id: ChunkId,
+    pub lines: Vec<RawLine>,
+    pub admitted_at: Instant,
+}
+
+/// Groups lines into chunks of `size`, sending a partial chunk once its first line has waited
+/// `max_delay` (so a trickle is answered promptly), and stops early when `shutdown` fires.
+pub(super) fn run_chunker(
+    lines: Receiver<Vec<RawLine>>,
+    shutdown: Receiver<()>,
+    budget: InFlight,
+    out: Sender<RawChunk>,
+    size: usize,
+    max_delay: Duration,
+) {
+    let mut pending: Vec<RawLine> = Vec::with_capacity(size);
+    let mut deadline: Option<Instant> = None;
+    let mut next_id: ChunkId = 0;
+    let mut flush = |pending: &mut Vec<RawLine>, deadline: &mut Option<Instant>| -> bool {
+        *deadline = None;
+        if pending.is_empty() {
+            return true;
+        }
+        budget.admit();
+        let chunk = RawChunk {
+            id: next_id,
+            lines: std::mem::replace(pending, Vec::with_capacity(size)),
+            admitted_at: Instant::now(),
+        };
+        next_id += 1;
+        out.send(chunk).is_ok()
+    };
+    loop {
+        let timer = match deadline {
+            Some(d) => after(d.saturating_duration_since(Instant::now())),
+            None => never(),
+        };
+        select! {
+            recv(lines) -> msg => match msg {
+                Ok(batch) => {
+                    for line in batch {
+                        if pending.is_empty() {
+                            deadline = Some(Instant::now() + max_delay);
+                        }
+                        pending.push(line);
+                        if pending.len() == size && !flush(&mut pending, &mut deadline) {
+                            return;
+                        }
+                    }
+                }
+                Err(_) => {
+                    flush(&mut pending, &mut deadline);
+                    return;
+                }
+            },
+            recv(shutdown) -> _ => {
+                flush(&mut pending, &mut deadline);
+                return;
+            }
+            recv(timer) -> _ => {
+                if !flush(&mut pending, &mut deadline) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Parses admitted chunks and emits the model input; several may run side by side.
+pub(super) struct ParserWorker {
+    pub plan: Arc<Plan>,
+    pub parser: RecordParser,
+    pub rx: Receiver<RawChunk>,
+    pub emitter: Emitter,
+    pub counters: Arc<Counters>,
+    pub tracer: Option<Tracer>,
+    pub replica: usize,
+}
+
+impl ParserWorker {
+    pub fn run(self) {
+        let counters = &self.counters.stages[0].2;
+        loop {
+            let t0 = Instant::now();
+            let Ok(chunk) = self.rx.recv() else { return };
+            let t1 = Instant::now();
+            let parsed = self.parser.parse_chunk(&chunk.lines, chunk.admitted_at);
+            let rows = parsed.meta.records.len();
+            let env = input_env(&self.plan, rows, parsed.values);
+            let t2 = Instant::now();
+            if self
+                .emitter
+                .emit(chunk.id, rows, &env, Some(Box::new(parsed.meta)))
+                .is_err()
+            {
+                return;
+            }
+            counters.record(t1 - t0, t2 - t1, t2.elapsed());
+            if let Some(t) = &self.tracer {
+                t.span("parse", self.replica, chunk.id, t1, t2);
+            }
+        }
+    }
+}
+
+/// An environment holding only the model input, `[rows, ...shape]`.
+pub(super) fn input_env(plan: &Plan, rows: usize, values: Vec<f32>) -> Env {
+    let mut shape = vec![rows];
+    shape.extend_from_slice(&plan.graph.input_shape);
+    let input = ArrayD::from_shape_vec(IxDyn(&shape), values)
+        .expect("parser fills rows × input_len values");
+    let mut env = Env::new(plan.graph.nodes.len());
+    env.set(ValueId::INPUT, Arc::new(input));
+    env
+}

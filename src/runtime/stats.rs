@@ -1,0 +1,170 @@
+//! Counters the actors update and the summary printed at exit (`--stats`, `--stats-interval`).
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+
+/// Time accounting of one stage, shared by its replicas.
+#[derive(Debug, Default)]
+pub struct StageCounters {
+    pub chunks: AtomicU64,
+    pub busy_ns: AtomicU64,
+    pub wait_in_ns: AtomicU64,
+    pub wait_out_ns: AtomicU64,
+}
+
+impl StageCounters {
+    pub fn record(&self, wait_in: Duration, busy: Duration, wait_out: Duration) {
+        self.chunks.fetch_add(1, Relaxed);
+        self.wait_in_ns
+            .fetch_add(wait_in.as_nanos() as u64, Relaxed);
+        self.busy_ns.fetch_add(busy.as_nanos() as u64, Relaxed);
+        self.wait_out_ns
+            .fetch_add(wait_out.as_nanos() as u64, Relaxed);
+    }
+}
+
+/// Record counts, updated by the output writer.
+#[derive(Debug, Default)]
+pub struct RecordCounters {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub records_rejected: AtomicU64,
+    /// Records with a class label (`--label`), and those whose argmax matched it.
+    pub labelled: AtomicU64,
+    pub correct: AtomicU64,
+}
+
+/// Every counter of a running pipeline.
+#[derive(Debug)]
+pub struct Counters {
+    pub records: RecordCounters,
+    /// (name, replicas, counters), the parser first, then the plan's stages.
+    pub stages: Vec<(String, usize, StageCounters)>,
+}
+
+impl Counters {
+    pub fn new(stages: Vec<(String, usize)>) -> Arc<Counters> {
+        Arc::new(Counters {
+            records: RecordCounters::default(),
+            stages: stages
+                .into_iter()
+                .map(|(n, r)| (n, r, StageCounters::default()))
+                .collect(),
+        })
+    }
+
+    pub fn snapshot(&self, elapsed: Duration) -> RunStats {
+        let s = |ns: &AtomicU64| ns.load(Relaxed) as f64 / 1e9;
+        let records_out = self.records.records_out.load(Relaxed);
+        RunStats {
+            records_in: self.records.records_in.load(Relaxed),
+            records_out,
+            records_rejected: self.records.records_rejected.load(Relaxed),
+            elapsed_s: elapsed.as_secs_f64(),
+            records_per_s: records_out as f64 / elapsed.as_secs_f64().max(1e-9),
+            accuracy: match self.records.labelled.load(Relaxed) {
+                0 => None,
+                labelled => Some(Accuracy {
+                    labelled,
+                    correct: self.records.correct.load(Relaxed),
+                }),
+            },
+            stages: self
+                .stages
+                .iter()
+                .map(|(name, replicas, c)| StageStats {
+                    name: name.clone(),
+                    replicas: *replicas,
+                    chunks: c.chunks.load(Relaxed),
+                    busy_s: s(&c.busy_ns),
+                    wait_in_s: s(&c.wait_in_ns),
+                    wait_out_s: s(&c.wait_out_ns),
+                    busy_pct: 100.0 * s(&c.busy_ns)
+                        / (elapsed.as_secs_f64() * *replicas as f64).max(1e-9),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// The figures `--stats` writes as JSON.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStats {
+    pub records_in: u64,
+    pub records_out: u64,
+    pub records_rejected: u64,
+    pub elapsed_s: f64,
+    pub records_per_s: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accuracy: Option<Accuracy>,
+    pub stages: Vec<StageStats>,
+}
+
+/// Argmax agreement with a label field (`run --label`).
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Accuracy {
+    pub labelled: u64,
+    pub correct: u64,
+}
+
+impl Accuracy {
+    pub fn percent(&self) -> f64 {
+        100.0 * self.correct as f64 / self.labelled.max(1) as f64
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct StageStats {
+    pub name: String,
+    pub replicas: usize,
+    pub chunks: u64,
+    /// Seconds spent computing, summed over replicas.
+    pub busy_s: f64,
+    /// Seconds spent waiting for a chunk to arrive.
+    pub wait_in_s: f64,
+    /// Seconds spent waiting for room downstream (backpressure).
+    pub wait_out_s: f64,
+    /// Busy time over wall time × replicas.
+    pub busy_pct: f64,
+}
+
+impl RunStats {
+    /// The stage with the highest busy %, the one to split or replicate first.
+    pub fn bottleneck(&self) -> Option<&StageStats> {
+        self.stages
+            .iter()
+            .max_by(|a, b| a.busy_pct.total_cmp(&b.busy_pct))
+    }
+
+    /// The summary printed on stderr at exit.
+    pub fn summary(&self) -> String {
+        let mut s = format!(
+            "records: {} in, {} out, {} rejected in {:.3} s ({:.0} records/s)\n",
+            self.records_in,
+            self.records_out,
+            self.records_rejected,
+            self.elapsed_s,
+            self.records_per_s
+        );
+        s.push_str(&format!(
+            "  {:16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10}\n",
+            "stage", "replicas", "chunks", "busy%", "busy s", "wait in s", "wait out s"
+        ));
+        for st in &self.stages {
+            s.push_str(&format!(
+                "  {:16} {:>8} {:>8} {:>6.1}% {:>10.3} {:>10.3} {:>10.3}\n",
+                st.name,
+                st.replicas,
+                st.chunks,
+                st.busy_pct,
+                st.busy_s,
+                st.wait_in_s,
+                st.wait_out_s
+            ));
+        }
+        s
+    }
+}
