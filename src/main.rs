@@ -226,12 +226,7 @@ fn load_plan(path: &Path) -> Option<Arc<Plan>> {
 }
 
 fn load_plan_with(path: &Path, batch_size: Option<usize>) -> Option<Arc<Plan>> {
-    let result = subpass::config::PipelineConfig::load(path).and_then(|mut c| {
-        if let Some(b) = batch_size {
-            c.batch.size = b.max(1);
-        }
-        Plan::build(&c)
-    });
+    let result = Plan::load_with_batch(path, batch_size);
     match result {
         Ok(plan) => {
             if !plan.graph.unused_tensors.is_empty() {

@@ -45,6 +45,19 @@ pub struct PipelineConfig {
     pub output: OutputConfig,
     /// Where each key path is in the file, so later checks can locate their errors too.
     pub spans: std::sync::Arc<Spans>,
+    /// Layers that did not parse (already reported): later checks ignore references to them.
+    pub broken_layers: Vec<String>,
+    /// The stages section did not parse (already reported): stage checks are skipped.
+    pub stages_broken: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            size: 32,
+            max_delay: Duration::from_millis(5),
+        }
+    }
 }
 
 /// A value with the key path it came from, so later checks can still say where it is.
@@ -72,6 +85,8 @@ pub enum WeightsSource {
     Init { seed: u64 },
     /// Neither given: valid only for a model without parameters.
     None,
+    /// The section was wrong (already reported): weights are not checked.
+    Invalid,
 }
 
 #[derive(Debug, Clone)]
@@ -292,19 +307,27 @@ impl PipelineConfig {
 
     /// Read and parse a pipeline file; weight paths resolve against its folder.
     pub fn load(path: &Path) -> Result<PipelineConfig, ConfigErrors> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                location: None,
-                message: format!("cannot read {}: {e}", path.display()),
-            }])
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Self::parse(&text, base)
+        match Self::load_partial(path)? {
+            (config, errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
     }
 
     /// Parse pipeline text; `base` is the folder relative weight paths resolve against.
     pub fn parse(text: &str, base: &Path) -> Result<PipelineConfig, ConfigErrors> {
+        match Self::parse_partial(text, base)? {
+            (config, errors) if errors.is_empty() => Ok(config),
+            (_, errors) => Err(ConfigErrors(errors)),
+        }
+    }
+
+    /// Parse as much as can be parsed: the config with its broken parts left out or defaulted,
+    /// and the errors found. `Err` only when there is nothing to check further (a syntax error,
+    /// or no usable `input` or `layers`).
+    pub fn parse_partial(
+        text: &str,
+        base: &Path,
+    ) -> Result<(PipelineConfig, Vec<ConfigError>), ConfigErrors> {
         let doc: Value = serde_yaml::from_str(text).map_err(|e| {
             ConfigErrors(vec![ConfigError {
                 path: String::new(),
@@ -314,16 +337,27 @@ impl PipelineConfig {
         })?;
         let spans = std::sync::Arc::new(Spans::index(text));
         let mut r = Reader::new(&spans);
-        let config = parse_document(&mut r, &doc, base, &spans);
-        match config {
-            Some(c) if r.errors.is_empty() => Ok(c),
-            _ => {
+        match parse_document(&mut r, &doc, base, &spans) {
+            Some(c) => Ok((c, r.errors)),
+            None => {
                 if r.errors.is_empty() {
                     r.error("", "the pipeline file is incomplete");
                 }
                 Err(ConfigErrors(r.errors))
             }
         }
+    }
+
+    /// Read a file and parse as much as can be parsed (see [`Self::parse_partial`]).
+    pub fn load_partial(path: &Path) -> Result<(PipelineConfig, Vec<ConfigError>), ConfigErrors> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigErrors(vec![ConfigError {
+                path: String::new(),
+                location: None,
+                message: format!("cannot read {}: {e}", path.display()),
+            }])
+        })?;
+        Self::parse_partial(&text, path.parent().unwrap_or(Path::new(".")))
     }
 }
 
@@ -355,26 +389,27 @@ fn parse_document(
         .and_then(|v| parse_layers(r, v));
     let outputs = top.get("outputs").map(|v| located_strings(r, v, "outputs"));
     let stages = top.get("stages").map(|v| parse_stages(r, v));
-    let batch = match top.get("batch") {
-        Some(v) => parse_batch(r, v),
-        None => Some(BatchConfig {
-            size: 32,
-            max_delay: Duration::from_millis(5),
-        }),
-    };
-    let output = match top.get("output") {
-        Some(v) => parse_output(r, v),
-        None => Some(OutputConfig::default()),
-    };
+    let batch = top.get("batch").map(|v| parse_batch(r, v));
+    let output = top.get("output").map(|v| parse_output(r, v));
+    // Without an input shape or layers there is no graph to check; any other broken section
+    // falls back to its default so the layers and stages are still checked in this same pass.
+    let (layers, broken_layers) = layers?;
+    let stages_broken = matches!(stages, Some(None));
     Some(PipelineConfig {
         name,
         input: input?,
-        weights: weights?,
-        layers: layers?,
+        weights: weights.unwrap_or(WeightsSource::Invalid),
+        layers,
         outputs: outputs.flatten(),
-        stages: stages.flatten(),
-        batch: batch?,
-        output: output?,
+        stages: if stages_broken {
+            None
+        } else {
+            stages.flatten()
+        },
+        batch: batch.flatten().unwrap_or(BatchConfig::default()),
+        output: output.flatten().unwrap_or_default(),
+        broken_layers,
+        stages_broken,
         spans: spans.clone(),
     })
 }
@@ -467,14 +502,16 @@ fn located_strings(r: &mut Reader, v: &Value, path: &str) -> Option<Vec<Located<
     )
 }
 
-fn parse_layers(r: &mut Reader, v: &Value) -> Option<Vec<LayerConfig>> {
+/// The layers that parsed, and the names of those that did not (so later checks stay quiet
+/// about references to them instead of piling up follow-on errors).
+fn parse_layers(r: &mut Reader, v: &Value) -> Option<(Vec<LayerConfig>, Vec<String>)> {
     let items = r.list(v, "layers")?;
     if items.is_empty() {
         r.error("layers", "a pipeline needs at least one layer");
         return None;
     }
     let mut layers = Vec::with_capacity(items.len());
-    let mut ok = true;
+    let mut broken = Vec::new();
     let mut previous = "input".to_string();
     for (i, item) in items.iter().enumerate() {
         let path = format!("layers[{i}]");
@@ -484,16 +521,16 @@ fn parse_layers(r: &mut Reader, v: &Value) -> Option<Vec<LayerConfig>> {
                 layers.push(layer);
             }
             None => {
-                ok = false;
                 // Keep the default-input chain pointing at the broken layer's name if it has one,
                 // so its successor does not report a misleading input error.
                 if let Some(name) = item.get("name").and_then(Value::as_str) {
                     previous = name.to_string();
+                    broken.push(previous.clone());
                 }
             }
         }
     }
-    ok.then_some(layers)
+    Some((layers, broken))
 }
 
 const LAYER_KEYS: [&str; 4] = ["name", "op", "inputs", "params"];
@@ -738,12 +775,13 @@ fn parse_stages(r: &mut Reader, v: &Value) -> Option<Vec<StageConfig>> {
         }
         let queue = optional_int(r, &m, "queue", 1, DEFAULT_QUEUE);
         let replicas = optional_int(r, &m, "replicas", 1, 1);
-        match (name, layers, queue, replicas) {
-            (Some(name), Some(layers), Some(queue), Some(replicas)) => stages.push(StageConfig {
+        // A bad queue or replica count is reported; the stage is still checked with the default.
+        match (name, layers) {
+            (Some(name), Some(layers)) => stages.push(StageConfig {
                 name,
                 layers,
-                queue,
-                replicas,
+                queue: queue.unwrap_or(DEFAULT_QUEUE),
+                replicas: replicas.unwrap_or(1),
                 path,
             }),
             _ => ok = false,

@@ -129,7 +129,9 @@ impl Graph {
             },
             WeightsSource::Init { seed } => Some(WeightStore::Init { seed: *seed }),
             WeightsSource::None => Some(WeightStore::None),
+            WeightsSource::Invalid => None,
         };
+        let broken = |name: &str| config.broken_layers.iter().any(|b| b == name);
 
         let mut nodes: Vec<Node> = Vec::new();
         let mut layers_out: Vec<Box<dyn Layer>> = Vec::new();
@@ -160,6 +162,7 @@ impl Graph {
                         };
                         err(&input.path, msg);
                     }
+                    None if broken(name) => ok = false,
                     None => {
                         ok = false;
                         let hint = suggest(name, &all_names)
@@ -256,6 +259,7 @@ impl Graph {
                                 outs.push(ValueId::of_layer(n));
                             }
                         }
+                        (name, None) if broken(name) => {}
                         (name, None) => {
                             let hint = suggest(name, &all_names)
                                 .map(|s| format!(" (did you mean `{s}`?)"))
@@ -352,7 +356,7 @@ pub fn export_weights(
     let store = match &config.weights {
         WeightsSource::File { path, .. } => WeightStore::open_file(path)?,
         WeightsSource::Init { seed } => WeightStore::Init { seed: *seed },
-        WeightsSource::None => WeightStore::None,
+        WeightsSource::None | WeightsSource::Invalid => WeightStore::None,
     };
     let mut tensors = std::collections::BTreeMap::new();
     for node in &graph.nodes {

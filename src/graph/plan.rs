@@ -101,8 +101,26 @@ const F32: u64 = 4;
 
 impl Plan {
     /// Load, check and plan a pipeline file.
+    /// Every error is reported at once: those in the file's syntax and sections, and those the
+    /// graph and stage checks find in whatever parsed.
     pub fn load(path: &Path) -> Result<Plan, ConfigErrors> {
-        Plan::build(&PipelineConfig::load(path)?)
+        Plan::load_with_batch(path, None)
+    }
+
+    /// Like [`Plan::load`], with the batch size overridden (`bench --batch-size`).
+    pub fn load_with_batch(path: &Path, batch_size: Option<usize>) -> Result<Plan, ConfigErrors> {
+        let (mut config, mut errors) = PipelineConfig::load_partial(path)?;
+        if let Some(b) = batch_size {
+            config.batch.size = b.max(1);
+        }
+        match Plan::build(&config) {
+            Ok(plan) if errors.is_empty() => Ok(plan),
+            Ok(_) => Err(ConfigErrors(errors)),
+            Err(more) => {
+                errors.extend(more.0);
+                Err(ConfigErrors(errors))
+            }
+        }
     }
 
     /// Check a parsed pipeline and plan it, reporting every error found.
@@ -416,6 +434,7 @@ fn check_stage_membership(config: &PipelineConfig) -> Result<HashMap<usize, usiz
     let Some(stages) = &config.stages else {
         return Ok((0..config.layers.len()).map(|l| (l, 0)).collect());
     };
+    let broken = |name: &str| config.broken_layers.iter().any(|b| b == name);
     let mut errors = Vec::new();
     let mut err = |path: &str, message: String| {
         errors.push(ConfigError {
@@ -445,6 +464,7 @@ fn check_stage_membership(config: &PipelineConfig) -> Result<HashMap<usize, usiz
         }
         for layer in &stage.layers {
             match layer_index.get(layer.value.as_str()) {
+                None if broken(&layer.value) => {}
                 None => {
                     let hint = suggest(&layer.value, &names)
                         .map(|s| format!(" (did you mean `{s}`?)"))
