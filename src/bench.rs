@@ -55,19 +55,6 @@ pub struct BenchReport {
     pub stages: Vec<BenchStage>,
 }
 
-/// Peak resident set size of this process so far (VmHWM), in bytes; 0 where unknown.
-pub fn peak_rss_bytes() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|kb| kb.parse::<u64>().ok())
-        })
-        .map_or(0, |kb| kb * 1024)
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -182,7 +169,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
         monolithic_gflops: mono * flops / 1e9,
         latency_p50_ms: percentile(&lat, 0.5),
         latency_p99_ms: percentile(&lat, 0.99),
-        peak_rss_bytes: peak_rss_bytes(),
+        peak_rss_bytes: crate::runtime::stats::peak_rss_bytes(),
         memory_bound_bytes: plan.budget.activation_bytes(),
         bottleneck,
         stages,

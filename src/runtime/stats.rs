@@ -65,6 +65,7 @@ impl Counters {
             records_rejected: self.records.records_rejected.load(Relaxed),
             elapsed_s: elapsed.as_secs_f64(),
             records_per_s: records_out as f64 / elapsed.as_secs_f64().max(1e-9),
+            peak_rss_bytes: peak_rss_bytes(),
             accuracy: match self.records.labelled.load(Relaxed) {
                 0 => None,
                 labelled => Some(Accuracy {
@@ -98,6 +99,8 @@ pub struct RunStats {
     pub records_rejected: u64,
     pub elapsed_s: f64,
     pub records_per_s: f64,
+    /// Peak resident set size of the process (VmHWM), 0 where the OS does not say.
+    pub peak_rss_bytes: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<Accuracy>,
     pub stages: Vec<StageStats>,
@@ -142,12 +145,13 @@ impl RunStats {
     /// The summary printed on stderr at exit.
     pub fn summary(&self) -> String {
         let mut s = format!(
-            "records: {} in, {} out, {} rejected in {:.3} s ({:.0} records/s)\n",
+            "records: {} in, {} out, {} rejected in {:.3} s ({:.0} records/s), peak RSS {}\n",
             self.records_in,
             self.records_out,
             self.records_rejected,
             self.elapsed_s,
-            self.records_per_s
+            self.records_per_s,
+            crate::graph::plan::human_bytes(self.peak_rss_bytes)
         );
         s.push_str(&format!(
             "  {:16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10}\n",
@@ -167,4 +171,17 @@ impl RunStats {
         }
         s
     }
+}
+
+/// Peak resident set size of this process so far (VmHWM), in bytes; 0 where unknown.
+pub fn peak_rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .map_or(0, |kb| kb * 1024)
 }

@@ -1,0 +1,358 @@
+//! The streaming executor end to end, through the real binary: graph subdivision, order,
+//! backpressure, trickles, shutdown, failures and memory over long streams.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+#[test]
+fn skip_connections_across_stages_match_the_monolithic_pass() {
+    let plan = subpass()
+        .args(["validate", "tests/pipelines/skip.yaml"])
+        .output()
+        .unwrap();
+    assert!(plan.status.success());
+    let text = String::from_utf8_lossy(&plan.stdout);
+    // The late stage joins the source (model input), `early` (two stages back) and `middle`.
+    assert!(
+        text.contains("fed by source + early + middle (joins)"),
+        "{text}"
+    );
+    let out = subpass()
+        .args(["verify", "tests/pipelines/skip.yaml", "--records", "203"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn concurrent_branches_join_and_a_replicated_stage_process_every_chunk() {
+    let dir = tempdir();
+    let stats = dir.path().join("stats.json");
+    let out = subpass()
+        .args([
+            "run",
+            "configs/digits-cnn.yaml",
+            "--input",
+            "examples/digits-test.jsonl",
+            "--stats",
+        ])
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 450);
+    let input = std::fs::read_to_string(root().join("examples/digits-test.jsonl")).unwrap();
+    let ids: Vec<serde_json::Value> = input
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["id"].clone())
+        .collect();
+    let got: Vec<serde_json::Value> = lines.iter().map(|l| l["id"].clone()).collect();
+    assert_eq!(got, ids, "output must keep input order");
+    let stats = read_json(&stats);
+    let stage = |name: &str| {
+        stats["stages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == name)
+            .unwrap()
+            .clone()
+    };
+    let chunks = stage("tower_a")["chunks"].as_u64().unwrap();
+    assert!(chunks >= 450 / 32);
+    assert_eq!(
+        stage("tower_b")["chunks"],
+        chunks,
+        "both branches see every chunk"
+    );
+    assert_eq!(
+        stage("head")["chunks"],
+        chunks,
+        "the join hands every chunk to the head once"
+    );
+    assert_eq!(stage("head")["replicas"], 2);
+    let verify = subpass()
+        .args([
+            "verify",
+            "configs/digits-cnn.yaml",
+            "--input",
+            "examples/digits-test.jsonl",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+}
+
+#[test]
+fn unordered_output_emits_every_record_exactly_once() {
+    let mut input = String::new();
+    for i in 0..997 {
+        input.push_str(&format!(
+            "{{\"id\":{i},\"x\":[{}]}}\n",
+            (0..8)
+                .map(|j| ((i * 7 + j) % 13) as f32 / 13.0)
+                .map(|v| v.to_string())
+                .collect::<Vec<_>>()
+                .join(",")
+        ));
+    }
+    let mut child = spawn_piped(&["run", "tests/pipelines/unordered.yaml"]);
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::spawn(move || stdin.write_all(input.as_bytes()));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let mut ids: Vec<u64> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    ids.sort();
+    assert_eq!(ids, (0..997).collect::<Vec<u64>>());
+}
+
+#[test]
+fn a_single_record_on_an_open_stdin_is_answered_before_eof() {
+    let mut child = spawn_piped(&["run", "configs/digits-mlp.yaml"]);
+    let mut stdin = child.stdin.take().unwrap();
+    let lines = line_channel(child.stdout.take().unwrap());
+    writeln!(stdin, "{}", digits_line()).unwrap();
+    stdin.flush().unwrap();
+    let got = lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the record must be answered while stdin is still open");
+    let v: serde_json::Value = serde_json::from_str(&got).unwrap();
+    assert_eq!(v["y"].as_array().unwrap().len(), 10);
+    // A second trickled record is answered too.
+    writeln!(stdin, "{}", digits_line()).unwrap();
+    stdin.flush().unwrap();
+    lines
+        .recv_timeout(Duration::from_secs(10))
+        .expect("second record");
+    drop(stdin);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
+}
+
+/// "records read ahead of output: at most N" from `validate`.
+fn read_ahead_bound(pipeline: &str) -> u64 {
+    let out = subpass().args(["validate", pipeline]).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("records read ahead of output: at most "))
+        .expect("validate prints the read-ahead bound");
+    line["records read ahead of output: at most ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn a_stalled_reader_of_stdout_stops_the_reading_of_stdin() {
+    let pipeline = "configs/digits-mlp.yaml";
+    let bound = read_ahead_bound(pipeline);
+    let mut child = spawn_piped(&["run", pipeline]);
+    let mut stdin = child.stdin.take().unwrap();
+    let _stdout = child.stdout.take().unwrap(); // held open, never read
+    let line = format!("{}\n", digits_line());
+    let written = Arc::new(AtomicU64::new(0));
+    let w = written.clone();
+    let line_len = line.len() as u64;
+    std::thread::spawn(move || {
+        while stdin.write_all(line.as_bytes()).is_ok() {
+            w.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    // Wait until the writer makes no progress for a while: subpass has stopped reading.
+    let start = Instant::now();
+    let mut last = 0;
+    let mut since = Instant::now();
+    while since.elapsed() < Duration::from_millis(1500) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "stdin was never blocked: {} records taken",
+            written.load(Ordering::Relaxed)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        let now = written.load(Ordering::Relaxed);
+        if now != last {
+            last = now;
+            since = Instant::now();
+        }
+    }
+    // Pipe buffers and our 64 KiB read and write buffers hold lines the bound does not count:
+    // the stdin pipe and read buffer (input lines), the stdout pipe and write buffer (output lines,
+    // at least 100 bytes each).
+    let pipe = 1u64 << 16;
+    let slack = 2 * pipe / line_len + 2 + 2 * pipe / 100;
+    let taken = written.load(Ordering::Relaxed);
+    eprintln!("backpressure: {taken} records taken from stdin; bound {bound} + buffers {slack}");
+    assert!(
+        taken <= bound + slack,
+        "{taken} records taken from stdin; bound {bound} + buffers {slack}"
+    );
+    assert!(taken > 0);
+    child.kill().unwrap();
+    let _ = child.wait();
+}
+
+#[test]
+fn sigterm_drains_in_flight_records_and_exits_zero() {
+    let dir = tempdir();
+    let stats = dir.path().join("stats.json");
+    let mut child = subpass()
+        .args(["run", "configs/digits-cnn.yaml", "--stats"])
+        .arg(&stats)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let line = format!("{}\n", digits_line());
+    std::thread::spawn(move || while stdin.write_all(line.as_bytes()).is_ok() {});
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        stdout.read_to_string(&mut s).unwrap();
+        s
+    });
+    std::thread::sleep(Duration::from_millis(800));
+    let killed = std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = wait_with_timeout(&mut child, Duration::from_secs(20));
+    assert!(status.success(), "exit status after SIGTERM: {status:?}");
+    let out = reader.join().unwrap();
+    assert!(out.ends_with('\n'), "the last line must be complete");
+    let n = out
+        .lines()
+        .inspect(|l| {
+            serde_json::from_str::<serde_json::Value>(l).expect("every line is complete JSON");
+        })
+        .count();
+    assert!(n > 0);
+    let s = read_json(&stats);
+    let (rin, rout, rej) = (
+        s["records_in"].as_u64().unwrap(),
+        s["records_out"].as_u64().unwrap(),
+        s["records_rejected"].as_u64().unwrap(),
+    );
+    assert_eq!(rin, rout + rej, "records in must equal out + rejected: {s}");
+    assert_eq!(rout as usize, n);
+}
+
+#[test]
+fn head_closing_stdout_ends_quietly() {
+    let dir = tempdir();
+    let input = dir.path().join("long.jsonl");
+    let line = format!("{}\n", digits_line());
+    std::fs::write(&input, line.repeat(50_000)).unwrap();
+    let out = std::process::Command::new("bash")
+        .current_dir(root())
+        .arg("-c")
+        .arg(format!(
+            "set -o pipefail; '{}' run configs/digits-cnn.yaml --input '{}' | head -n 1",
+            env!("CARGO_BIN_EXE_subpass"),
+            input.display()
+        ))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success(), "status {:?}: {stderr}", out.status);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+}
+
+#[test]
+fn a_failing_stage_is_named_and_exits_one_promptly() {
+    let start = Instant::now();
+    let out = subpass()
+        .env("SUBPASS_INJECT_PANIC", "head")
+        .args([
+            "run",
+            "configs/digits-cnn.yaml",
+            "--input",
+            "examples/digits-test.jsonl",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("stage `head` failed"), "{stderr}");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+/// Peak RSS of a run over `records` records of 784 values, streamed through stdin.
+fn peak_rss(records: usize) -> u64 {
+    let dir = tempdir();
+    let stats = dir.path().join("stats.json");
+    let mut child = subpass()
+        .args(["run", "configs/mlp.yaml", "--stats"])
+        .arg(&stats)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let x: Vec<String> = (0..784)
+        .map(|i| format!("{:.4}", ((i * 37) % 101) as f32 / 101.0 - 0.5))
+        .collect();
+    let x = x.join(",");
+    let writer = std::thread::spawn(move || {
+        let mut buf = Vec::with_capacity(1 << 20);
+        for i in 0..records {
+            writeln!(buf, "{{\"id\":{i},\"x\":[{x}]}}").unwrap();
+            if buf.len() > 1 << 19 {
+                stdin.write_all(&buf).unwrap();
+                buf.clear();
+            }
+        }
+        stdin.write_all(&buf).unwrap();
+    });
+    writer.join().unwrap();
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(300)).success());
+    let s = read_json(&stats);
+    assert_eq!(s["records_out"].as_u64().unwrap() as usize, records);
+    s["peak_rss_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn peak_memory_does_not_grow_with_stream_length() {
+    let small = peak_rss(10_000);
+    let large = peak_rss(100_000);
+    eprintln!("peak RSS: {small} bytes for 10^4 records, {large} bytes for 10^5");
+    assert!(small > 0);
+    assert!(
+        (large as f64) <= small as f64 * 1.15,
+        "peak RSS grew from {small} bytes (10^4 records) to {large} bytes (10^5 records)"
+    );
+}
