@@ -1,0 +1,111 @@
+//! The shipped models on the real test split: accuracy, and agreement with the training
+//! script's independent numpy forward pass (tests/fixtures/digits, from tools/train_digits.py).
+
+mod common;
+
+use common::*;
+
+fn check(model: &str, min_accuracy: f64) {
+    let dir = tempdir();
+    let stats = dir.path().join("stats.json");
+    let out = subpass()
+        .args([
+            "run",
+            &format!("configs/digits-{model}.yaml"),
+            "--input",
+            "examples/digits-test.jsonl",
+            "--label",
+            "label",
+            "--stats",
+        ])
+        .arg(&stats)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let expected_text = std::fs::read_to_string(
+        root().join(format!("tests/fixtures/digits/{model}-test-expected.jsonl")),
+    )
+    .unwrap();
+    let expected: Vec<serde_json::Value> = expected_text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(got.len(), expected.len());
+    let mut correct = 0;
+    for (g, e) in got.iter().zip(&expected) {
+        assert_eq!(g["id"], e["id"], "records in input order");
+        assert_eq!(g["label"], e["label"], "label passed through");
+        let y: Vec<f64> = g["y"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let w: Vec<f64> = e["y"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_f64().unwrap())
+            .collect();
+        let scale = w.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        let err = y
+            .iter()
+            .zip(&w)
+            .fold(0.0f64, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-5 * scale.max(1.0),
+            "id {}: logits differ by {err} (scale {scale})",
+            e["id"]
+        );
+        assert_eq!(g["argmax"], e["argmax"], "id {}", e["id"]);
+        correct += usize::from(g["argmax"] == g["label"]);
+    }
+    let accuracy = correct as f64 / got.len() as f64;
+    assert!(accuracy >= min_accuracy, "{model}: accuracy {accuracy}");
+    // The run's own tally (`--label`) agrees with the count made here.
+    let s = read_json(&stats);
+    assert_eq!(s["accuracy"]["correct"].as_u64().unwrap() as usize, correct);
+    assert_eq!(
+        s["accuracy"]["labelled"].as_u64().unwrap() as usize,
+        got.len()
+    );
+}
+
+#[test]
+fn shipped_cnn_classifies_the_test_split_and_matches_numpy() {
+    check("cnn", 0.95);
+}
+
+#[test]
+fn shipped_mlp_classifies_the_test_split_and_matches_numpy() {
+    check("mlp", 0.95);
+}
+
+#[test]
+fn shipped_models_verify() {
+    for model in ["cnn", "mlp"] {
+        let out = subpass()
+            .args([
+                "verify",
+                &format!("configs/digits-{model}.yaml"),
+                "--input",
+                "examples/digits-test.jsonl",
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
