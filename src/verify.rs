@@ -130,7 +130,7 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         .expect("reading memory cannot fail");
     drop(tx);
     let lines: Vec<_> = rx.iter().flatten().collect();
-    let parsed = parser.parse_chunk(&lines, std::time::Instant::now());
+    let parsed = parser.parse_chunk(&lines, std::time::Instant::now(), true);
     if let Some(r) = parsed.meta.rejected.first() {
         return Err(VerifyError::BadRecord {
             line: r.line,

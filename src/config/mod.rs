@@ -13,7 +13,7 @@ use std::time::Duration;
 use serde::Serialize;
 use serde_yaml::Value;
 
-pub use yaml::{suggest, ConfigError, Spans};
+pub use yaml::{suggest, ConfigError, Document, Spans};
 use yaml::{Map, Reader};
 
 /// Every error found in a pipeline file.
@@ -328,16 +328,11 @@ impl PipelineConfig {
         text: &str,
         base: &Path,
     ) -> Result<(PipelineConfig, Vec<ConfigError>), ConfigErrors> {
-        let doc: Value = serde_yaml::from_str(text).map_err(|e| {
-            ConfigErrors(vec![ConfigError {
-                path: String::new(),
-                location: e.location().map(|l| (l.line(), l.column())),
-                message: format!("YAML syntax: {e}"),
-            }])
-        })?;
-        let spans = std::sync::Arc::new(Spans::index(text));
+        let doc = Document::parse(text).map_err(|e| ConfigErrors(vec![e]))?;
+        let spans = std::sync::Arc::new(doc.spans);
         let mut r = Reader::new(&spans);
-        match parse_document(&mut r, &doc, base, &spans) {
+        r.errors.extend(doc.duplicates);
+        match parse_document(&mut r, &doc.value, base, &spans) {
             Some(c) => Ok((c, r.errors)),
             None => {
                 if r.errors.is_empty() {

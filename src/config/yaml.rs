@@ -1,17 +1,18 @@
 //! Reading YAML with located errors.
 //!
-//! `serde_yaml` parses the document into a [`Value`] tree but keeps no positions, so a second,
-//! event-level pass with `yaml-rust2` records the line and column of every key path
-//! (`layers[3].kernel`). [`Reader`] then walks the value tree, checks every mapping's keys against
-//! what is allowed there, and *accumulates* errors instead of stopping at the first, so a user
-//! fixes a whole file in one pass.
+//! `yaml-rust2`'s marked events build the document as a serde_yaml [`Value`] tree while recording
+//! the line and column of every key path (`layers[3].kernel`); serde_yaml's own parser keeps no
+//! positions and stops at the first duplicate key. [`Reader`] then walks the value tree, checks
+//! every mapping's keys against what is allowed there, and *accumulates* errors instead of
+//! stopping at the first, so a user fixes a whole file in one pass.
 
 use std::collections::HashMap;
 use std::fmt;
 
 use serde_yaml::{Mapping, Value};
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
-use yaml_rust2::scanner::Marker;
+use yaml_rust2::scanner::{Marker, TScalarStyle};
+use yaml_rust2::Yaml;
 
 /// One problem in a pipeline file, with where it is.
 #[derive(Debug, Clone, PartialEq)]
@@ -44,19 +45,6 @@ pub struct Spans {
 }
 
 impl Spans {
-    /// Index a document. A document that does not parse yields an empty index: the syntax error
-    /// itself comes from serde_yaml, with its own location.
-    pub fn index(text: &str) -> Spans {
-        let mut indexer = Indexer::default();
-        let mut parser = Parser::new_from_str(text);
-        if parser.load(&mut indexer, false).is_err() {
-            return Spans::default();
-        }
-        Spans {
-            spans: indexer.spans,
-        }
-    }
-
     /// The location of `path`, or of its closest located ancestor (`layers[3].kernel` falls back
     /// to `layers[3]` when the key is missing altogether).
     pub fn locate(&self, path: &str) -> Option<(usize, usize)> {
@@ -65,21 +53,14 @@ impl Spans {
             if let Some(&loc) = self.spans.get(p) {
                 return Some(loc);
             }
-            let cut = p.rfind(['.', '['])?;
-            p = &p[..cut];
+            match p.rfind(['.', '[']) {
+                Some(cut) => p = &p[..cut],
+                // A top-level key that is absent: point at the start of the document.
+                None if !p.is_empty() => p = "",
+                None => return None,
+            }
         }
     }
-}
-
-enum Frame {
-    Map { path: String, key: Option<String> },
-    Seq { path: String, next: usize },
-}
-
-#[derive(Default)]
-struct Indexer {
-    stack: Vec<Frame>,
-    spans: HashMap<String, (usize, usize)>,
 }
 
 fn join_key(prefix: &str, key: &str) -> String {
@@ -90,57 +71,203 @@ fn join_key(prefix: &str, key: &str) -> String {
     }
 }
 
-impl Indexer {
-    /// The path of a node that starts now in value position, advancing the parent's state.
-    fn value_path(&mut self, mark: Marker) -> String {
-        let loc = (mark.line(), mark.col() + 1);
+/// A parsed document: its value tree, where each key path is, and the keys given twice.
+pub struct Document {
+    pub value: Value,
+    pub spans: Spans,
+    pub duplicates: Vec<ConfigError>,
+}
+
+impl Document {
+    /// Parse YAML text. A syntax error is returned with its line and column.
+    pub fn parse(text: &str) -> Result<Document, ConfigError> {
+        let mut loader = Loader::default();
+        let mut parser = Parser::new_from_str(text);
+        if let Err(e) = parser.load(&mut loader, false) {
+            let m = e.marker();
+            return Err(ConfigError {
+                path: String::new(),
+                location: Some((m.line(), m.col() + 1)),
+                message: format!("YAML syntax: {}", e.info()),
+            });
+        }
+        let value = loader.root.unwrap_or(Value::Null);
+        Ok(Document {
+            value,
+            spans: Spans {
+                spans: loader.spans,
+            },
+            duplicates: loader.duplicates,
+        })
+    }
+}
+
+/// A collection being built, with the key path it sits at.
+enum Frame {
+    Map {
+        path: String,
+        map: Mapping,
+        key: Option<(String, Value)>,
+        anchor: usize,
+    },
+    Seq {
+        path: String,
+        items: Vec<Value>,
+        anchor: usize,
+    },
+}
+
+#[derive(Default)]
+struct Loader {
+    stack: Vec<Frame>,
+    root: Option<Value>,
+    spans: HashMap<String, (usize, usize)>,
+    anchors: HashMap<usize, Value>,
+    duplicates: Vec<ConfigError>,
+}
+
+/// A plain scalar as YAML 1.2's core schema reads it; quoted scalars are always strings.
+fn resolve(text: String, style: TScalarStyle) -> Value {
+    if style != TScalarStyle::Plain {
+        return Value::String(text);
+    }
+    match Yaml::from_str(&text) {
+        Yaml::Integer(i) => Value::Number(i.into()),
+        Yaml::Real(r) => match r.parse::<f64>() {
+            Ok(f) => Value::Number(f.into()),
+            Err(_) => match r
+                .trim_start_matches(['+', '-'])
+                .to_ascii_lowercase()
+                .as_str()
+            {
+                ".inf" => Value::Number(
+                    (if r.starts_with('-') {
+                        f64::NEG_INFINITY
+                    } else {
+                        f64::INFINITY
+                    })
+                    .into(),
+                ),
+                _ => Value::Number(f64::NAN.into()),
+            },
+        },
+        Yaml::Boolean(b) => Value::Bool(b),
+        Yaml::Null => Value::Null,
+        _ => Value::String(text),
+    }
+}
+
+fn key_text(key: &Value) -> String {
+    match key {
+        Value::String(s) => s.clone(),
+        other => serde_yaml::to_string(other)
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
+impl Loader {
+    /// The path of a node that starts now in value position.
+    fn child_path(&mut self, loc: (usize, usize)) -> String {
         match self.stack.last_mut() {
             None => String::new(),
-            Some(Frame::Map { path, key }) => match key.take() {
-                Some(k) => join_key(path, &k),
-                // A non-scalar mapping key: not something a pipeline file uses.
+            Some(Frame::Map { path, key, .. }) => match key {
+                Some((k, _)) => join_key(path, k),
                 None => format!("{path}.?"),
             },
-            Some(Frame::Seq { path, next }) => {
-                let p = format!("{path}[{next}]");
-                *next += 1;
+            Some(Frame::Seq { path, items, .. }) => {
+                let p = format!("{path}[{}]", items.len());
                 self.spans.entry(p.clone()).or_insert(loc);
                 p
             }
         }
     }
+
+    /// Attach a finished node to its parent (or make it the document).
+    fn attach(&mut self, value: Value, loc: (usize, usize)) {
+        match self.stack.last_mut() {
+            None => self.root = Some(value),
+            Some(Frame::Seq { items, .. }) => items.push(value),
+            Some(Frame::Map { path, map, key, .. }) => match key.take() {
+                None => {
+                    // A key: remember it; its value comes next.
+                    let text = key_text(&value);
+                    let p = join_key(path, &text);
+                    if map.contains_key(&value) {
+                        self.duplicates.push(ConfigError {
+                            path: p.clone(),
+                            location: Some(loc),
+                            message: format!(
+                                "duplicate key `{text}`: it is already given above (line {})",
+                                self.spans.get(&p).map_or(0, |l| l.0)
+                            ),
+                        });
+                    } else {
+                        self.spans.insert(p, loc);
+                    }
+                    *key = Some((text, value));
+                }
+                Some((_, k)) => {
+                    // The first occurrence of a duplicated key wins; the duplicate is reported.
+                    if !map.contains_key(&k) {
+                        map.insert(k, value);
+                    }
+                }
+            },
+        }
+    }
 }
 
-impl MarkedEventReceiver for Indexer {
+impl MarkedEventReceiver for Loader {
     fn on_event(&mut self, ev: Event, mark: Marker) {
         let loc = (mark.line(), mark.col() + 1);
         match ev {
-            Event::Scalar(text, ..) => {
-                if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
-                    if key.is_none() {
-                        let p = join_key(path, &text);
-                        self.spans.entry(p).or_insert(loc);
-                        *key = Some(text);
-                        return;
-                    }
+            Event::Scalar(text, style, anchor, _) => {
+                let value = resolve(text, style);
+                if matches!(self.stack.last(), Some(Frame::Seq { .. })) {
+                    self.child_path(loc);
                 }
-                self.value_path(mark);
+                if anchor > 0 {
+                    self.anchors.insert(anchor, value.clone());
+                }
+                self.attach(value, loc);
             }
-            Event::MappingStart(..) => {
-                let path = self.value_path(mark);
+            Event::MappingStart(anchor, _) => {
+                let path = self.child_path(loc);
                 self.spans.entry(path.clone()).or_insert(loc);
-                self.stack.push(Frame::Map { path, key: None });
+                self.stack.push(Frame::Map {
+                    path,
+                    map: Mapping::new(),
+                    key: None,
+                    anchor,
+                });
             }
-            Event::SequenceStart(..) => {
-                let path = self.value_path(mark);
+            Event::SequenceStart(anchor, _) => {
+                let path = self.child_path(loc);
                 self.spans.entry(path.clone()).or_insert(loc);
-                self.stack.push(Frame::Seq { path, next: 0 });
+                self.stack.push(Frame::Seq {
+                    path,
+                    items: Vec::new(),
+                    anchor,
+                });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                self.stack.pop();
+                let (value, anchor) = match self.stack.pop() {
+                    Some(Frame::Map { map, anchor, .. }) => (Value::Mapping(map), anchor),
+                    Some(Frame::Seq { items, anchor, .. }) => (Value::Sequence(items), anchor),
+                    None => return,
+                };
+                if anchor > 0 {
+                    self.anchors.insert(anchor, value.clone());
+                }
+                self.attach(value, loc);
             }
-            Event::Alias(_) => {
-                self.value_path(mark);
+            Event::Alias(anchor) => {
+                let value = self.anchors.get(&anchor).cloned().unwrap_or(Value::Null);
+                if matches!(self.stack.last(), Some(Frame::Seq { .. })) {
+                    self.child_path(loc);
+                }
+                self.attach(value, loc);
             }
             _ => {}
         }
@@ -385,12 +512,35 @@ mod tests {
     #[test]
     fn spans_locate_nested_keys_and_items() {
         let text = "a: 1\nlayers:\n  - {name: x, kernel: 3}\n  - name: y\n    kernel: 5\n";
-        let spans = Spans::index(text);
+        let spans = Document::parse(text).unwrap().spans;
         assert_eq!(spans.locate("a"), Some((1, 1)));
         assert_eq!(spans.locate("layers[0].kernel"), Some((3, 15)));
         assert_eq!(spans.locate("layers[1].kernel"), Some((5, 5)));
         // A missing key falls back to its parent.
         assert_eq!(spans.locate("layers[1].stride"), spans.locate("layers[1]"));
+    }
+
+    #[test]
+    fn values_resolve_as_yaml_1_2_and_duplicates_are_found() {
+        let doc = Document::parse("a: 1\nb: '1'\nc: 1.5\nd: true\ne: ~\nf: [x, &k 2, *k]\na: 2\n")
+            .unwrap();
+        let v = &doc.value;
+        assert_eq!(v["a"], Value::Number(1.into()));
+        assert_eq!(v["b"], Value::String("1".into()));
+        assert_eq!(v["c"].as_f64(), Some(1.5));
+        assert_eq!(v["d"], Value::Bool(true));
+        assert!(v["e"].is_null());
+        assert_eq!(v["f"][2], Value::Number(2.into()));
+        assert_eq!(doc.duplicates.len(), 1);
+        assert_eq!(doc.duplicates[0].path, "a");
+        assert_eq!(doc.duplicates[0].location, Some((7, 1)));
+    }
+
+    #[test]
+    fn syntax_errors_are_located() {
+        let e = Document::parse("a: [1, 2\nb: 3\n").err().unwrap();
+        assert!(e.location.is_some());
+        assert!(e.message.contains("YAML syntax"));
     }
 
     #[test]

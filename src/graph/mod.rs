@@ -138,6 +138,7 @@ impl Graph {
         // Index of each layer's node, or None where the layer could not be resolved.
         let mut resolved: Vec<Option<usize>> = Vec::new();
         let mut used_tensors = HashSet::new();
+        let mut reported_no_source = false;
         for (i, layer) in config.layers.iter().enumerate() {
             let mut inputs = Vec::new();
             let mut ok = true;
@@ -206,14 +207,20 @@ impl Graph {
                 if let Some(store) = &store {
                     match store.fetch(&full, pshape, init_kind(&layer.op, suffix, &specs)) {
                         Ok(v) => values.push(v),
-                        Err(e) => {
-                            let path = if matches!(store, WeightStore::None) {
-                                "weights".to_string()
-                            } else {
-                                layer.path.clone()
-                            };
-                            err(&path, format!("layer `{}`: {e}", layer.name));
+                        // No weights source at all: say so once, for the first tensor needed.
+                        Err(_) if matches!(store, WeightStore::None) => {
+                            if !reported_no_source {
+                                reported_no_source = true;
+                                err(
+                                    &layer.path,
+                                    format!(
+                                        "layer `{}` needs tensor `{full}` {pshape:?}, but the file gives neither `weights: FILE.safetensors` nor `init: {{seed: N}}`",
+                                        layer.name
+                                    ),
+                                );
+                            }
                         }
+                        Err(e) => err(&layer.path, format!("layer `{}`: {e}", layer.name)),
                     }
                 }
                 used_tensors.insert(full.clone());

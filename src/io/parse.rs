@@ -75,11 +75,18 @@ impl RecordParser {
     }
 
     /// Parse a chunk's lines; bad lines become rejections and take no row.
-    pub fn parse_chunk(&self, lines: &[RawLine], admitted_at: Instant) -> ParsedChunk {
+    /// `first_chunk`: the chunk holds the stream's first line, which CSV may use as a header.
+    pub fn parse_chunk(
+        &self,
+        lines: &[RawLine],
+        admitted_at: Instant,
+        first_chunk: bool,
+    ) -> ParsedChunk {
         let mut values = Vec::with_capacity(lines.len() * self.len);
         let mut records = Vec::with_capacity(lines.len());
         let mut rejected = Vec::new();
-        for line in lines {
+        for (i, line) in lines.iter().enumerate() {
+            let may_be_header = first_chunk && i == 0;
             let mark = values.len();
             let result = match &line.text {
                 LineText::TooLong(n) => Err(format!(
@@ -92,7 +99,9 @@ impl RecordParser {
                     )),
                     Ok(text) => match self.format {
                         InputFormat::JsonLines => self.parse_json(text, line.number, &mut values),
-                        InputFormat::Csv => self.parse_csv(text, line.number, &mut values),
+                        InputFormat::Csv => {
+                            self.parse_csv(text, line.number, may_be_header, &mut values)
+                        }
                     },
                 },
             };
@@ -169,6 +178,7 @@ impl RecordParser {
         &self,
         text: &str,
         number: u64,
+        may_be_header: bool,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
         let mark = out.len();
@@ -179,11 +189,11 @@ impl RecordParser {
                 .strip_prefix('"')
                 .and_then(|f| f.strip_suffix('"'))
                 .unwrap_or(field);
-            match parse_number(field.as_bytes()) {
+            match parse_number(field.as_bytes(), false) {
                 Ok(v) => out.push(v),
                 Err(e) => {
                     // A first row that is not numeric is a header.
-                    if number == 1 {
+                    if may_be_header {
                         out.truncate(mark);
                         return Ok(None);
                     }
@@ -204,15 +214,51 @@ impl RecordParser {
     }
 }
 
-/// Parse one number token, strictly: JSON grammar, finite in f32.
-fn parse_number(token: &[u8]) -> Result<f32, String> {
+/// Does `token` follow JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`?
+fn is_json_number(token: &[u8]) -> bool {
+    let digits = |t: &[u8], i: &mut usize| {
+        let start = *i;
+        while t.get(*i).is_some_and(u8::is_ascii_digit) {
+            *i += 1;
+        }
+        *i > start
+    };
+    let mut i = usize::from(token.first() == Some(&b'-'));
+    match token.get(i) {
+        Some(b'0') => i += 1,
+        Some(b'1'..=b'9') => {
+            digits(token, &mut i);
+        }
+        _ => return false,
+    }
+    if token.get(i) == Some(&b'.') {
+        i += 1;
+        if !digits(token, &mut i) {
+            return false;
+        }
+    }
+    if matches!(token.get(i), Some(b'e' | b'E')) {
+        i += 1;
+        if matches!(token.get(i), Some(b'+' | b'-')) {
+            i += 1;
+        }
+        if !digits(token, &mut i) {
+            return false;
+        }
+    }
+    i == token.len()
+}
+
+/// Parse one number token: finite in f32 and, for JSON, in JSON's grammar (CSV also takes the
+/// spellings spreadsheets write, such as `+1` or `1.`; never `nan` or `inf`).
+fn parse_number(token: &[u8], json: bool) -> Result<f32, String> {
     let show = || String::from_utf8_lossy(&token[..token.len().min(40)]).into_owned();
-    let digits = token.strip_prefix(b"-").unwrap_or(token);
-    if !digits.first().is_some_and(u8::is_ascii_digit) {
+    if json && !is_json_number(token) {
         return Err(format!("expected a number, found `{}`", show()));
     }
     match fast_float2::parse::<f32, _>(token) {
         Ok(v) if v.is_finite() => Ok(v),
+        Ok(v) if v.is_nan() => Err(format!("expected a number, found `{}`", show())),
         Ok(_) => Err(format!("value `{}` is not finite in 32-bit floats", show())),
         Err(_) => Err(format!("expected a number, found `{}`", show())),
     }
@@ -315,7 +361,7 @@ impl Scanner<'_> {
             {
                 self.pos += 1;
             }
-            let v = parse_number(&self.bytes[start..self.pos])
+            let v = parse_number(&self.bytes[start..self.pos], true)
                 .map_err(|e| format!("value {n}: {e}"))?;
             out.push(v);
             n += 1;
@@ -403,5 +449,22 @@ mod tests {
         assert!(parse(&[1], "[1e39]").is_err());
         assert!(parse(&[1], "[\"1\"]").is_err());
         assert!(parse(&[1], "[1] x").is_err());
+        for bad in [
+            "[01]",
+            "[-01]",
+            "[1.]",
+            "[.5]",
+            "[1.e5]",
+            "[+1]",
+            "[1e]",
+            "[0x10]",
+            "[Infinity]",
+            "[-]",
+        ] {
+            assert!(parse(&[1], bad).is_err(), "{bad} is not a JSON number");
+        }
+        for good in ["[0]", "[-0.5]", "[1e5]", "[1E-5]", "[2.5e+3]"] {
+            assert!(parse(&[1], good).is_ok(), "{good} is a JSON number");
+        }
     }
 }

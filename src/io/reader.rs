@@ -31,18 +31,30 @@ pub fn read_lines(
 ) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(64 << 10, input);
     let mut line: Vec<u8> = Vec::new();
-    let mut too_long: Option<usize> = None;
+    // Length of the line once it passed the cap, and whether it held anything but whitespace.
+    let mut too_long: Option<(usize, bool)> = None;
     let mut number: u64 = 0;
     let mut out: Vec<RawLine> = Vec::new();
 
     let mut finish_line =
-        |line: &mut Vec<u8>, too_long: &mut Option<usize>, out: &mut Vec<RawLine>| {
+        |line: &mut Vec<u8>, too_long: &mut Option<(usize, bool)>, out: &mut Vec<RawLine>| {
             number += 1;
             let text = match too_long.take() {
-                Some(len) => LineText::TooLong(len),
+                Some((_, false)) => return, // an over-long blank line is still a blank line
+                Some((len, true)) => LineText::TooLong(len),
                 None => {
                     if line.last() == Some(&b'\r') {
                         line.pop();
+                    }
+                    if line.len() > max_line_bytes {
+                        // Only the CR of a CRLF ending was allowed past the cap.
+                        let len = line.len();
+                        line.clear();
+                        out.push(RawLine {
+                            number,
+                            text: LineText::TooLong(len),
+                        });
+                        return;
                     }
                     if line.iter().all(u8::is_ascii_whitespace) {
                         line.clear();
@@ -76,10 +88,18 @@ pub fn read_lines(
                 Some(pos) => (&rest[..pos], Some(pos + 1)),
                 None => (rest, None),
             };
+            let nonblank = |b: &[u8]| b.iter().any(|c| !c.is_ascii_whitespace());
             match &mut too_long {
-                Some(n) => *n += segment.len(),
-                None if line.len() + segment.len() > max_line_bytes => {
-                    too_long = Some(line.len() + segment.len());
+                Some((n, seen)) => {
+                    *n += segment.len();
+                    *seen = *seen || nonblank(segment);
+                }
+                // One byte of slack: the CR of a CRLF ending does not count toward the cap.
+                None if line.len() + segment.len() > max_line_bytes.saturating_add(1) => {
+                    too_long = Some((
+                        line.len() + segment.len(),
+                        nonblank(&line) || nonblank(segment),
+                    ));
                     line = Vec::new(); // give the memory back now, not at the next line
                 }
                 None => line.extend_from_slice(segment),

@@ -102,7 +102,9 @@ impl ParserWorker {
             let t0 = Instant::now();
             let Ok(chunk) = self.rx.recv() else { return };
             let t1 = Instant::now();
-            let parsed = self.parser.parse_chunk(&chunk.lines, chunk.admitted_at);
+            let parsed = self
+                .parser
+                .parse_chunk(&chunk.lines, chunk.admitted_at, chunk.id == 0);
             let rows = parsed.meta.records.len();
             let env = input_env(&self.plan, rows, parsed.values);
             let t2 = Instant::now();

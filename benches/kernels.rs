@@ -1,0 +1,117 @@
+//! Kernel benchmarks: the GEMM candidates on the MLP's shapes, and each heavy layer at batch 1,
+//! 32 and 256. Throughput is in FLOPs, so criterion's "elem/s" reads as FLOP/s.
+//!
+//! `cargo bench --bench kernels` (add `-- gemm` to run one group).
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use std::hint::black_box;
+use std::time::Duration;
+
+use subpass::config::{Activation, Conv2dConfig, OpConfig};
+use subpass::layers::{self, gemm::matmul_acc, Scratch, Tensor};
+
+fn values(n: usize, seed: u32) -> Vec<f32> {
+    (0..n)
+        .map(|i| {
+            (((i as u32).wrapping_mul(2654435761).wrapping_add(seed) >> 8) % 2001) as f32 / 1000.0
+                - 1.0
+        })
+        .collect()
+}
+
+/// The candidates for `y[m×n] = x[m×k] · Wᵀ` with W in PyTorch's `[n, k]` layout.
+fn gemm_candidates(c: &mut Criterion) {
+    let (k, n) = (784, 1024);
+    let w = values(n * k, 1);
+    let mut group = c.benchmark_group("gemm_784x1024");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for m in [1usize, 16, 32, 64, 256] {
+        let x = values(m * k, 2);
+        let mut y = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_with_input(BenchmarkId::new("gemm_crate", m), &m, |b, &m| {
+            b.iter(|| matmul_acc(m, n, k, black_box(&x), black_box(&w), true, &mut y))
+        });
+        group.bench_with_input(BenchmarkId::new("matrixmultiply", m), &m, |b, &m| {
+            b.iter(|| unsafe {
+                matrixmultiply::sgemm(
+                    m,
+                    k,
+                    n,
+                    1.0,
+                    black_box(x.as_ptr()),
+                    k as isize,
+                    1,
+                    black_box(w.as_ptr()),
+                    1,
+                    k as isize,
+                    1.0,
+                    y.as_mut_ptr(),
+                    n as isize,
+                    1,
+                )
+            })
+        });
+    }
+    group.finish();
+}
+
+fn layer(op: OpConfig, input: &[usize]) -> (Box<dyn layers::Layer>, Vec<usize>) {
+    let out = layers::infer_shape(&op, &[input]).unwrap();
+    let params = layers::param_specs(&op, input)
+        .iter()
+        .enumerate()
+        .map(|(i, p)| values(p.shape.iter().product(), i as u32 + 3))
+        .collect();
+    (layers::build(&op, &[input], &out, params), out)
+}
+
+fn layer_benches(c: &mut Criterion) {
+    let dense = OpConfig::Dense {
+        units: 1024,
+        bias: true,
+        activation: Activation::Relu,
+    };
+    let conv = OpConfig::Conv2d(Conv2dConfig {
+        filters: 32,
+        kernel: [3, 3],
+        stride: [1, 1],
+        padding: [1, 1],
+        dilation: [1, 1],
+        groups: 1,
+        bias: true,
+        activation: Activation::Relu,
+    });
+    let cases = [
+        ("dense_784_1024_relu", dense, vec![784usize]),
+        ("conv3x3_16to32_14x14_relu", conv, vec![16, 14, 14]),
+    ];
+    for (name, op, input) in cases {
+        let (l, out) = layer(op.clone(), &input);
+        let flops = layers::flops(&op, &[&input], &out);
+        let mut group = c.benchmark_group(name);
+        group
+            .sample_size(20)
+            .measurement_time(Duration::from_secs(2))
+            .warm_up_time(Duration::from_millis(500));
+        for batch in [1usize, 32, 256] {
+            let mut shape = vec![batch];
+            shape.extend_from_slice(&input);
+            let x =
+                Tensor::from_shape_vec(shape, values(batch * input.iter().product::<usize>(), 9))
+                    .unwrap();
+            let mut scratch = Scratch::default();
+            group.throughput(Throughput::Elements(flops * batch as u64));
+            group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
+                b.iter(|| black_box(l.forward(&[&x], &mut scratch)))
+            });
+        }
+        group.finish();
+    }
+}
+
+criterion_group!(benches, gemm_candidates, layer_benches);
+criterion_main!(benches);
