@@ -13,7 +13,7 @@ one record per line: {"id": <index in load_digits()>, "x": [[[8 floats] x 8 rows
 written as the short repr of that float32 value (0.0625, 0.5, 1.0, ...).  Records are written
 in ascending id order so the files are easy to diff and do not depend on the split's shuffle.
 
-Run from the repository root:  /work/venv/bin/python tools/make_digits.py
+Run from the repository root:  python3 tools/make_digits.py
 """
 import json
 import os

@@ -2,7 +2,7 @@
 
 Run from the repository root, after tools/make_digits.py:
 
-    /work/venv/bin/python tools/train_digits.py
+    python3 tools/train_digits.py
 
 Reads examples/digits-train.jsonl (training) and examples/digits-test.jsonl (evaluation only,
 never used to pick anything during training) and writes
@@ -391,8 +391,8 @@ Expected outputs of the two digits models over the test split `examples/digits-t
 
 Made from the repository root with
 
-    /work/venv/bin/python tools/make_digits.py    # examples/digits-{{train,test}}.jsonl
-    /work/venv/bin/python tools/train_digits.py   # weights, pipeline yaml, these fixtures
+    python3 tools/make_digits.py    # examples/digits-{{train,test}}.jsonl
+    python3 tools/train_digits.py   # weights, pipeline yaml, these fixtures
 
 Both scripts are seeded and deterministic: rerunning them gives byte-identical files.
 
