@@ -356,3 +356,69 @@ fn peak_memory_does_not_grow_with_stream_length() {
         "peak RSS grew from {small} bytes (10^4 records) to {large} bytes (10^5 records)"
     );
 }
+
+#[test]
+fn trace_shows_every_stage_replica_and_chunk() {
+    let dir = tempdir();
+    let trace = dir.path().join("trace.json");
+    let out = subpass()
+        .args([
+            "run",
+            "configs/digits-cnn.yaml",
+            "--input",
+            "examples/digits-test.jsonl",
+            "--trace",
+        ])
+        .arg(&trace)
+        .stdout(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let t = read_json(&trace);
+    let events = t["traceEvents"].as_array().unwrap();
+    let rows: Vec<&str> = events
+        .iter()
+        .filter(|e| e["ph"] == "M")
+        .map(|e| e["args"]["name"].as_str().unwrap())
+        .collect();
+    for row in ["parse #0", "tower_a #0", "tower_b #0", "head #0", "head #1"] {
+        assert!(rows.contains(&row), "no trace row {row}: {rows:?}");
+    }
+    let spans: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
+    let chunks = 450usize.div_ceil(32);
+    for stage in ["parse", "tower_a", "tower_b", "head"] {
+        let n = spans.iter().filter(|e| e["name"] == stage).count();
+        assert_eq!(n, chunks, "{stage}: one span per chunk");
+    }
+    assert!(spans
+        .iter()
+        .all(|e| e["dur"].as_f64().unwrap() >= 0.0 && e["ts"].as_f64().unwrap() >= 0.0));
+}
+
+#[test]
+fn stats_interval_logs_while_the_stream_is_open() {
+    let mut child = subpass()
+        .env("RUST_LOG", "info")
+        .args(["run", "configs/digits-mlp.yaml", "--stats-interval", "0.2"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    writeln!(stdin, "{}", digits_line()).unwrap();
+    let lines = line_channel(child.stderr.take().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut seen = false;
+    while Instant::now() < deadline {
+        if let Ok(l) = lines.recv_timeout(Duration::from_millis(200)) {
+            if l.contains("stats") && l.contains("records_in=1") {
+                seen = true;
+                break;
+            }
+        }
+    }
+    drop(stdin);
+    assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
+    assert!(seen, "no periodic stats line with records_in=1 before EOF");
+}
