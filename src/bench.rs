@@ -93,6 +93,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
     let t = Instant::now();
     let mut done = 0;
     let mut c = 0;
+    let mut scratch = crate::layers::Scratch::default();
     while done < records {
         let rows = size.min(records - done);
         let mut shape = vec![rows];
@@ -102,7 +103,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
             chunks[c % chunks.len()][..rows * plan.input_len()].to_vec(),
         )
         .expect("rows × len");
-        std::hint::black_box(plan.graph.forward(input));
+        std::hint::black_box(plan.graph.forward_with(input, &mut scratch));
         done += rows;
         c += 1;
     }

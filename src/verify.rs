@@ -88,6 +88,7 @@ pub fn monolithic(plan: &Plan, values: &[f32], rows: usize) -> Vec<ArrayD<f32>> 
     let len = plan.input_len();
     let size = plan.batch.size.max(1);
     let mut parts: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); plan.graph.outputs.len()];
+    let mut scratch = crate::layers::Scratch::default();
     for start in (0..rows).step_by(size) {
         let n = size.min(rows - start);
         let mut shape = vec![n];
@@ -97,7 +98,12 @@ pub fn monolithic(plan: &Plan, values: &[f32], rows: usize) -> Vec<ArrayD<f32>> 
             values[start * len..(start + n) * len].to_vec(),
         )
         .expect("rows × len");
-        for (i, out) in plan.graph.forward(batch).into_iter().enumerate() {
+        for (i, out) in plan
+            .graph
+            .forward_with(batch, &mut scratch)
+            .into_iter()
+            .enumerate()
+        {
             parts[i].push(out);
         }
     }

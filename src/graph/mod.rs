@@ -305,14 +305,25 @@ impl Graph {
     /// The monolithic reference: every layer in order, on one thread, over one batch.
     /// Returns the output values in output order.
     pub fn forward(&self, input: layers::Tensor) -> Vec<layers::Tensor> {
+        self.forward_with(input, &mut layers::Scratch::default())
+    }
+
+    /// [`Graph::forward`] reusing a caller's scratch buffers from batch to batch.
+    pub fn forward_with(
+        &self,
+        input: layers::Tensor,
+        scratch: &mut layers::Scratch,
+    ) -> Vec<layers::Tensor> {
         let mut env = Env::new(self.nodes.len());
         env.set(ValueId::INPUT, std::sync::Arc::new(input));
-        let mut scratch = layers::Scratch::default();
         let all: Vec<usize> = (0..self.nodes.len()).collect();
-        self.eval(&all, &mut env, &mut scratch);
-        self.outputs
-            .iter()
-            .map(|v| env.get(*v).as_ref().clone())
+        self.eval(&all, &mut env, scratch);
+        let outputs: Vec<_> = self.outputs.iter().map(|v| env.get(*v).clone()).collect();
+        drop(env);
+        // The environment is gone, so each output is held once (unless it is listed twice).
+        outputs
+            .into_iter()
+            .map(|t| std::sync::Arc::try_unwrap(t).unwrap_or_else(|t| t.as_ref().clone()))
             .collect()
     }
 

@@ -341,6 +341,119 @@ impl Scanner<'_> {
         }
     }
 
+    /// One JSON number at the cursor, in a single pass: its grammar is checked while its digits
+    /// are read. Short decimals (at most 7 significant digits, exponent within ±10: what records
+    /// hold) are exact in f32 with one correctly rounded division or product, Clinger's fast
+    /// path; anything else goes to the full parser.
+    fn number(&mut self) -> Result<f32, String> {
+        const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
+        let b = self.bytes;
+        let start = self.pos;
+        let mut i = start;
+        let negative = b.get(i) == Some(&b'-');
+        i += usize::from(negative);
+        let mut mantissa: u64 = 0;
+        let mut exact = true;
+        let digit = |d: u8, mantissa: &mut u64| {
+            *mantissa = mantissa
+                .saturating_mul(10)
+                .saturating_add(u64::from(d - b'0'));
+        };
+        match b.get(i) {
+            Some(b'0') => i += 1,
+            Some(b'1'..=b'9') => {
+                while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                    digit(d, &mut mantissa);
+                    i += 1;
+                }
+            }
+            _ => return Err(self.bad_number(start)),
+        }
+        let mut exponent: i64 = 0;
+        if b.get(i) == Some(&b'.') {
+            i += 1;
+            let frac_start = i;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                digit(d, &mut mantissa);
+                i += 1;
+            }
+            if i == frac_start {
+                return Err(self.bad_number(start));
+            }
+            exponent -= (i - frac_start) as i64;
+        }
+        if let Some(b'e' | b'E') = b.get(i) {
+            i += 1;
+            let exp_negative = b.get(i) == Some(&b'-');
+            if matches!(b.get(i), Some(b'+' | b'-')) {
+                i += 1;
+            }
+            let exp_start = i;
+            let mut e: i64 = 0;
+            while let Some(&d @ b'0'..=b'9') = b.get(i) {
+                e = (e * 10 + i64::from(d - b'0')).min(1 << 20);
+                i += 1;
+            }
+            if i == exp_start {
+                return Err(self.bad_number(start));
+            }
+            exponent += if exp_negative { -e } else { e };
+        }
+        // A number ends at a separator; anything else glued to it (`1x`, `1.2.3`) is not one.
+        if !matches!(
+            b.get(i),
+            None | Some(b',' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+        ) {
+            while i < b.len() && !matches!(b[i], b',' | b']' | b' ' | b'\t' | b'\r' | b'\n') {
+                i += 1;
+            }
+            self.pos = i;
+            return Err(self.bad_number(start));
+        }
+        self.pos = i;
+        exact &= mantissa < (1 << 24) && (-10..=10).contains(&exponent);
+        let value = if exact {
+            let m = mantissa as f32;
+            let v = if exponent < 0 {
+                m / POW10[(-exponent) as usize]
+            } else {
+                m * POW10[exponent as usize]
+            };
+            if negative {
+                -v
+            } else {
+                v
+            }
+        } else {
+            fast_float2::parse::<f32, _>(&b[start..i]).map_err(|_| self.bad_number(start))?
+        };
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(format!(
+                "value `{}` is not finite in 32-bit floats",
+                String::from_utf8_lossy(&b[start..i.min(start + 40)])
+            ))
+        }
+    }
+
+    fn bad_number(&self, start: usize) -> String {
+        let mut end = start;
+        while end < self.bytes.len()
+            && !matches!(self.bytes[end], b',' | b']' | b' ' | b'\t' | b'\r' | b'\n')
+        {
+            end += 1;
+        }
+        let token = &self.bytes[start..end.min(start + 40)];
+        if token.is_empty() {
+            return "expected a number".to_string();
+        }
+        format!(
+            "expected a number, found `{}`",
+            String::from_utf8_lossy(token)
+        )
+    }
+
     /// `[n, n, ...]`: returns how many numbers it appended.
     fn flat(&mut self, out: &mut Vec<f32>) -> Result<usize, String> {
         self.expect(b'[')?;
@@ -352,17 +465,7 @@ impl Scanner<'_> {
         let mut n = 0;
         loop {
             self.skip_ws();
-            let start = self.pos;
-            while self.pos < self.bytes.len()
-                && !matches!(
-                    self.bytes[self.pos],
-                    b',' | b']' | b' ' | b'\t' | b'\r' | b'\n'
-                )
-            {
-                self.pos += 1;
-            }
-            let v = parse_number(&self.bytes[start..self.pos], true)
-                .map_err(|e| format!("value {n}: {e}"))?;
+            let v = self.number().map_err(|e| format!("value {n}: {e}"))?;
             out.push(v);
             n += 1;
             self.skip_ws();
@@ -465,6 +568,48 @@ mod tests {
         }
         for good in ["[0]", "[-0.5]", "[1e5]", "[1E-5]", "[2.5e+3]"] {
             assert!(parse(&[1], good).is_ok(), "{good} is a JSON number");
+        }
+    }
+
+    #[test]
+    fn numbers_parse_to_the_nearest_f32() {
+        // The fast path and the full parser must agree with Rust's own correctly rounded parse.
+        let cases = [
+            "0",
+            "-0",
+            "0.1",
+            "-0.1234",
+            "1234567",
+            "16777215",
+            "16777216",
+            "16777217",
+            "0.0000001",
+            "3.4028235e38",
+            "1.17549435e-38",
+            "1e-45",
+            "123.456e-7",
+            "9999999e10",
+            "0.30000001192092896",
+            "2.5e+3",
+            "7e-10",
+            "7e10",
+            "1.0000001",
+            "8388609.5",
+        ];
+        for text in cases {
+            let want: f32 = text.parse().unwrap();
+            let got = parse(&[1], &format!("[{text}]")).unwrap()[0];
+            assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got} vs {want}");
+        }
+        // Every 4-decimal value in [-1, 1], as records are commonly written.
+        for i in -10000..=10000 {
+            let text = format!("{:.4}", i as f64 / 10000.0);
+            let want: f32 = text.parse().unwrap();
+            assert_eq!(
+                parse(&[1], &format!("[{text}]")).unwrap()[0].to_bits(),
+                want.to_bits(),
+                "{text}"
+            );
         }
     }
 }

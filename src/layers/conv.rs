@@ -95,8 +95,16 @@ impl Conv2d {
                         }
                         let src = &plane[y as usize * w..(y as usize + 1) * w];
                         let x0 = (kj * dw) as isize - pw as isize;
-                        if sw == 1 && x0 >= 0 && x0 as usize + ow <= w {
-                            line.copy_from_slice(&src[x0 as usize..x0 as usize + ow]);
+                        if sw == 1 {
+                            // Output columns whose input column is inside the image: one copy;
+                            // the padding either side is zeros.
+                            let lo = (-x0).clamp(0, ow as isize) as usize;
+                            let hi = (w as isize - x0).clamp(lo as isize, ow as isize) as usize;
+                            line[..lo].fill(0.0);
+                            line[lo..hi].copy_from_slice(
+                                &src[(lo as isize + x0) as usize..(hi as isize + x0) as usize],
+                            );
+                            line[hi..].fill(0.0);
                             continue;
                         }
                         for (ox, v) in line.iter_mut().enumerate() {
@@ -128,12 +136,12 @@ impl Layer for Conv2d {
             ch / groups * self.c.kernel[0] * self.c.kernel[1],
             oh * ow,
         );
-        let mut out = vec![0.0f32; n * f * spatial];
-        if let Some(b) = &self.bias {
-            for record in out.chunks_exact_mut(f * spatial) {
-                for (plane, bv) in record.chunks_exact_mut(spatial).zip(b) {
-                    plane.fill(*bv);
-                }
+        // Start from the bias (the GEMM accumulates onto it), written once.
+        let mut out = Vec::with_capacity(n * f * spatial);
+        for _ in 0..n {
+            for c in 0..f {
+                let b = self.bias.as_ref().map_or(0.0, |b| b[c]);
+                out.extend(std::iter::repeat_n(b, spatial));
             }
         }
         scratch.cols.resize(k * spatial, 0.0);

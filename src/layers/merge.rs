@@ -1,6 +1,6 @@
 //! Ops that combine or reshape values: add, concat, flatten.
 
-use ndarray::{Axis, IxDyn};
+use ndarray::IxDyn;
 
 use super::{Layer, Scratch, Tensor};
 
@@ -61,10 +61,28 @@ pub struct Concat {
 
 impl Layer for Concat {
     fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
-        let views: Vec<_> = inputs.iter().map(|t| t.view()).collect();
-        let out = ndarray::concatenate(Axis(self.axis + 1), &views)
-            .expect("concat shapes checked at plan time");
-        out.as_standard_layout().into_owned()
+        // In row-major order, concatenating on axis `a` interleaves, for each index of the axes
+        // before it (batch included), one contiguous block from each input.
+        let axis = self.axis + 1;
+        let outer: usize = inputs[0].shape()[..axis].iter().product();
+        let blocks: Vec<usize> = inputs
+            .iter()
+            .map(|t| t.shape()[axis..].iter().product())
+            .collect();
+        let sources: Vec<_> = inputs.iter().map(|t| t.as_standard_layout()).collect();
+        let slices: Vec<&[f32]> = sources
+            .iter()
+            .map(|t| t.as_slice().expect("standard layout"))
+            .collect();
+        let mut out = Vec::with_capacity(outer * blocks.iter().sum::<usize>());
+        for o in 0..outer {
+            for (src, &len) in slices.iter().zip(&blocks) {
+                out.extend_from_slice(&src[o * len..(o + 1) * len]);
+            }
+        }
+        let mut shape = inputs[0].shape().to_vec();
+        shape[axis] = inputs.iter().map(|t| t.shape()[axis]).sum();
+        Tensor::from_shape_vec(IxDyn(&shape), out).expect("concat shapes checked at plan time")
     }
 }
 

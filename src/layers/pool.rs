@@ -33,6 +33,17 @@ pub fn infer_global_shape(input: &[usize]) -> Result<Vec<usize>, String> {
     }
 }
 
+/// A plain comparison, which compiles to `maxps`; `f32::max`'s NaN rules keep the loops from
+/// vectorising. Inputs are finite (records are checked), so the difference never shows.
+#[inline(always)]
+fn max(a: f32, b: f32) -> f32 {
+    if b > a {
+        b
+    } else {
+        a
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool2d {
     pub config: PoolConfig,
@@ -50,20 +61,38 @@ impl Layer for Pool2d {
         let (c, oh, ow) = (self.output[0], self.output[1], self.output[2]);
         let ([kh, kw], [sh, sw]) = (self.config.kernel, self.config.stride);
         let inv = 1.0 / (kh * kw) as f32;
-        let mut out = Vec::with_capacity(n * c * oh * ow);
-        for plane in x.chunks_exact(h * w) {
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let mut acc = if self.max { f32::NEG_INFINITY } else { 0.0 };
-                    for ki in 0..kh {
-                        let row = &plane[(oy * sh + ki) * w + ox * sw..][..kw];
-                        if self.max {
-                            acc = row.iter().copied().fold(acc, f32::max);
+        let mut out = vec![0.0f32; n * c * oh * ow];
+        for (plane, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
+            for (oy, row_out) in dst.chunks_exact_mut(ow).enumerate() {
+                // Window rows one at a time, each swept across the whole output row: the inner
+                // loops run over contiguous memory and vectorise, unlike window-by-window folds.
+                for ki in 0..kh {
+                    let row = &plane[(oy * sh + ki) * w..][..w];
+                    if self.max {
+                        if ki == 0 {
+                            row_out.fill(f32::NEG_INFINITY);
+                        }
+                        if kw == 2 && sw == 2 {
+                            for (o, pair) in row_out.iter_mut().zip(row.chunks_exact(2)) {
+                                *o = max(*o, max(pair[0], pair[1]));
+                            }
                         } else {
-                            acc += row.iter().sum::<f32>();
+                            for kj in 0..kw {
+                                for (ox, o) in row_out.iter_mut().enumerate() {
+                                    *o = max(*o, row[ox * sw + kj]);
+                                }
+                            }
+                        }
+                    } else {
+                        for kj in 0..kw {
+                            for (ox, o) in row_out.iter_mut().enumerate() {
+                                *o += row[ox * sw + kj];
+                            }
                         }
                     }
-                    out.push(if self.max { acc } else { acc * inv });
+                }
+                if !self.max {
+                    row_out.iter_mut().for_each(|v| *v *= inv);
                 }
             }
         }
