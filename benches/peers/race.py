@@ -11,7 +11,8 @@ For each pipeline (default configs/mlp.yaml and configs/cnn.yaml):
     to 1e-4 of the output scale. Always done first; `--check` does only this.
  3. ONNX Runtime in memory: records/s at batch 1, 16, 64 with intra_op_num_threads 1 and 2
     (inter_op 1, sequential execution, all graph optimizations), input batches pre-generated,
-    median of 5 timed repeats after a warm-up; and batch-1 p50 latency per record, 1 thread.
+    median of 5 timed repeats after a warm-up, the repeats interleaved across configurations;
+    and batch-1 p50 latency per record, 1 thread.
  4. `subpass bench --json --io` at batch 16 and 64 (and 1, with fewer records), 3 runs, medians of
     its pipeline / monolithic / JSON-in-memory rates and its p50 latency.
  5. stdin to stdout: the same generated JSONL file through `python_stdin_ort.py` (batch 64,
@@ -168,6 +169,7 @@ def check(pipe, subpass, model, workdir, n=37):
     if len(by_line) != len(x):
         raise SystemExit(f"check {pipe.name}: subpass wrote {len(by_line)} records, sent {len(x)}")
     ours = np.array([by_line[i + 1] for i in range(len(x))], dtype=np.float32)
+    path.unlink()
 
     session = make_session(model, 1)
     feed = {session.get_inputs()[0].name: x.reshape([len(x)] + pipe.input_shape)}
