@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use subpass::config::{Activation, Conv2dConfig, OpConfig};
-use subpass::layers::{self, gemm::matmul_acc, Scratch, Tensor};
+use subpass::layers::{self, gemm::matmul_acc, packed::DenseWeights, Scratch, Tensor};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -19,10 +19,12 @@ fn values(n: usize, seed: u32) -> Vec<f32> {
         .collect()
 }
 
-/// The candidates for `y[m×n] = x[m×k] · Wᵀ` with W in PyTorch's `[n, k]` layout.
+/// The candidates for `y[m×n] = x[m×k] · Wᵀ` with W in PyTorch's `[n, k]` layout: the gemm
+/// crate, matrixmultiply (what ndarray's `dot` uses), and our kernel on weights packed at load.
 fn gemm_candidates(c: &mut Criterion) {
     let (k, n) = (784, 1024);
     let w = values(n * k, 1);
+    let packed = DenseWeights::new(w.clone(), n, k);
     let mut group = c.benchmark_group("gemm_784x1024");
     group
         .sample_size(20)
@@ -34,6 +36,9 @@ fn gemm_candidates(c: &mut Criterion) {
         group.throughput(Throughput::Elements((2 * m * n * k) as u64));
         group.bench_with_input(BenchmarkId::new("gemm_crate", m), &m, |b, &m| {
             b.iter(|| matmul_acc(m, n, k, black_box(&x), black_box(&w), true, &mut y))
+        });
+        group.bench_with_input(BenchmarkId::new("packed_subpass", m), &m, |b, &m| {
+            b.iter(|| packed.matmul_acc(m, black_box(&x), &mut y))
         });
         group.bench_with_input(BenchmarkId::new("matrixmultiply", m), &m, |b, &m| {
             b.iter(|| unsafe {

@@ -2,7 +2,7 @@
 
 use ndarray::{ArrayD, IxDyn};
 
-use super::gemm::matmul_acc;
+use super::packed::DenseWeights;
 use super::{apply_activation, Layer, Scratch, Tensor};
 use crate::config::Activation;
 
@@ -16,8 +16,8 @@ pub fn infer_shape(units: usize, input: &[usize]) -> Result<Vec<usize>, String> 
 pub struct Dense {
     pub inputs: usize,
     pub units: usize,
-    /// `[units, inputs]`, row-major, as PyTorch stores it; the GEMM reads it transposed in place.
-    pub weight: Vec<f32>,
+    /// PyTorch's `[units, inputs]`, packed for the kernel at load.
+    pub weight: DenseWeights,
     pub bias: Option<Vec<f32>>,
     pub activation: Activation,
 }
@@ -34,15 +34,8 @@ impl Layer for Dense {
             None => out.resize(rows * self.units, 0.0),
         }
         let x = x.as_standard_layout();
-        matmul_acc(
-            rows,
-            self.units,
-            self.inputs,
-            x.as_slice().unwrap(),
-            &self.weight,
-            true,
-            &mut out,
-        );
+        self.weight
+            .matmul_acc(rows, x.as_slice().unwrap(), &mut out);
         apply_activation(self.activation, &mut out, self.units);
         ArrayD::from_shape_vec(IxDyn(&shape), out).expect("dense output shape")
     }

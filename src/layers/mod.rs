@@ -10,6 +10,7 @@ mod dense;
 pub mod gemm;
 mod merge;
 mod norm;
+pub mod packed;
 mod pool;
 
 use std::fmt::Debug;
@@ -127,7 +128,11 @@ pub fn build(
         } => Box::new(dense::Dense {
             inputs: *inputs[0].last().unwrap(),
             units: *units,
-            weight: params.next().unwrap(),
+            weight: packed::DenseWeights::new(
+                params.next().unwrap(),
+                *units,
+                *inputs[0].last().unwrap(),
+            ),
             bias: if *bias { params.next() } else { None },
             activation: *activation,
         }),
