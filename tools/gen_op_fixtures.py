@@ -392,6 +392,25 @@ def case_conv_nobias_stride_pad_dil(rng):
 
 
 @case
+def case_conv_deep(rng):
+    # 8 channels x 3x3 = 72-deep patches, 20 filters (a panel and a ragged one), stride 2 with
+    # padding: the path where subpass packs the filters for its dense kernel.
+    return dict(shape=[8, 9, 10],
+                layers=[L(name="conv", op="conv2d", filters=20, kernel=3, stride=2, padding=1,
+                          activation="relu")],
+                weights=conv_params(rng, "conv", 20, 8, 3))
+
+
+@case
+def case_conv_deep_groups(rng):
+    # groups 2 of 16 channels: 8 x 3 x 3 = 72-deep patches per group, 6 filters per group.
+    return dict(shape=[16, 7, 6],
+                layers=[L(name="conv", op="conv2d", filters=12, kernel=3, padding=1, groups=2,
+                          dilation=[1, 2])],
+                weights=conv_params(rng, "conv", 12, 16, 3, groups=2))
+
+
+@case
 def case_conv_params_name(rng):
     return dict(shape=[2, 6, 6],
                 layers=[L(name="conv_b", op="conv2d", inputs=["input"], filters=3, kernel=5,

@@ -4,6 +4,7 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::gemm::matmul_acc;
+use super::packed::{DenseWeights, XLayout};
 use super::{apply_activation, Layer, Scratch, Tensor};
 use crate::config::Conv2dConfig;
 
@@ -49,9 +50,21 @@ pub struct Conv2d {
     input: [usize; 3],
     /// `[filters, out_h, out_w]` of one record.
     output: [usize; 3],
-    /// `[filters, channels/groups, kh, kw]`: each group's rows are one contiguous `[F/g, K]` matrix.
-    weight: Vec<f32>,
+    weights: ConvWeights,
     bias: Option<Vec<f32>>,
+}
+
+/// Patch depth from which the packed kernel beats the gemm crate (measured with
+/// `cargo bench --bench kernels -- conv`): shallow patches (a 3×3 kernel on one channel) leave too
+/// little work per output to pay for the transpose back to channels-first.
+const PACKED_MIN_DEPTH: usize = 64;
+
+#[derive(Debug)]
+enum ConvWeights {
+    /// Each group's `[F/g, K]` slice, packed for the dense kernel, which reads im2col in place.
+    Packed(Vec<DenseWeights>),
+    /// `[filters, channels/groups, kh, kw]` as loaded: each group's rows are one `[F/g, K]` matrix.
+    Plain(Vec<f32>),
 }
 
 impl Conv2d {
@@ -62,11 +75,26 @@ impl Conv2d {
         weight: Vec<f32>,
         bias: Option<Vec<f32>>,
     ) -> Self {
+        let groups = c.groups;
+        let (fg, k) = (
+            c.filters / groups,
+            input[0] / groups * c.kernel[0] * c.kernel[1],
+        );
+        let weights = if k >= PACKED_MIN_DEPTH {
+            ConvWeights::Packed(
+                weight
+                    .chunks_exact(fg * k)
+                    .map(|wg| DenseWeights::new(wg.to_vec(), fg, k))
+                    .collect(),
+            )
+        } else {
+            ConvWeights::Plain(weight)
+        };
         Conv2d {
             c,
             input: [input[0], input[1], input[2]],
             output: [output[0], output[1], output[2]],
-            weight,
+            weights,
             bias,
         }
     }
@@ -136,26 +164,69 @@ impl Layer for Conv2d {
             ch / groups * self.c.kernel[0] * self.c.kernel[1],
             oh * ow,
         );
-        // Start from the bias (the GEMM accumulates onto it), written once.
-        let mut out = Vec::with_capacity(n * f * spatial);
-        for _ in 0..n {
-            for c in 0..f {
-                let b = self.bias.as_ref().map_or(0.0, |b| b[c]);
-                out.extend(std::iter::repeat_n(b, spatial));
+        let images = x.chunks_exact(ch * h * w);
+        let out = match &self.weights {
+            ConvWeights::Plain(weight) => {
+                // Start from the bias (the GEMM accumulates onto it), written once.
+                let mut out = Vec::with_capacity(n * f * spatial);
+                for _ in 0..n {
+                    for c in 0..f {
+                        out.extend(std::iter::repeat_n(
+                            self.bias.as_ref().map_or(0.0, |b| b[c]),
+                            spatial,
+                        ));
+                    }
+                }
+                scratch.cols.resize(k * spatial, 0.0);
+                for (image, record) in images.zip(out.chunks_exact_mut(f * spatial)) {
+                    for g in 0..groups {
+                        self.im2col(image, g, &mut scratch.cols);
+                        let wg = &weight[g * fg * k..(g + 1) * fg * k];
+                        let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
+                        matmul_acc(fg, spatial, k, wg, &scratch.cols, false, og);
+                    }
+                }
+                out
             }
-        }
-        scratch.cols.resize(k * spatial, 0.0);
-        for (image, record) in x
-            .chunks_exact(ch * h * w)
-            .zip(out.chunks_exact_mut(f * spatial))
-        {
-            for g in 0..groups {
-                self.im2col(image, g, &mut scratch.cols);
-                let wg = &self.weight[g * fg * k..(g + 1) * fg * k];
-                let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
-                matmul_acc(fg, spatial, k, wg, &scratch.cols, false, og);
+            ConvWeights::Packed(weights) => {
+                let mut out = vec![0.0f32; n * f * spatial];
+                scratch.cols.resize(k * spatial, 0.0);
+                scratch.product.resize(spatial * fg, 0.0);
+                for (image, record) in images.zip(out.chunks_exact_mut(f * spatial)) {
+                    for (g, wg) in weights.iter().enumerate() {
+                        self.im2col(image, g, &mut scratch.cols);
+                        // product[pixel][filter] = bias + Σ cols[·][pixel] · W[filter][·]: the
+                        // dense kernel reads the im2col matrix in place, transposed.
+                        let product = &mut scratch.product;
+                        for row in product.chunks_exact_mut(fg) {
+                            match &self.bias {
+                                Some(b) => row.copy_from_slice(&b[g * fg..(g + 1) * fg]),
+                                None => row.fill(0.0),
+                            }
+                        }
+                        wg.matmul_acc_strided(
+                            spatial,
+                            &scratch.cols,
+                            XLayout {
+                                row: 1,
+                                depth: spatial,
+                            },
+                            product,
+                            fg,
+                        );
+                        // Back to channels-first.
+                        let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
+                        for (pixel, row) in product.chunks_exact(fg).enumerate() {
+                            for (filter, v) in row.iter().enumerate() {
+                                og[filter * spatial + pixel] = *v;
+                            }
+                        }
+                    }
+                }
+                out
             }
-        }
+        };
+        let mut out = out;
         // Activations here are elementwise; softmax would act over the last (width) axis.
         apply_activation(self.c.activation, &mut out, ow);
         ArrayD::from_shape_vec(IxDyn(&[n, f, oh, ow]), out).expect("conv output shape")

@@ -36,6 +36,8 @@ pub struct ParamSpec {
 pub struct Scratch {
     /// im2col columns for convolution.
     pub cols: Vec<f32>,
+    /// A convolution's product, pixels × filters, before it is laid out channels-first.
+    pub product: Vec<f32>,
 }
 
 /// One layer with its weights, ready to run.

@@ -9,8 +9,6 @@
 //! The micro-kernel needs AVX2 and FMA, detected at run time; elsewhere the gemm crate does the
 //! work on the unpacked weights.
 
-use super::gemm::matmul_acc;
-
 /// Output columns per panel: two 8-wide vectors.
 const NR: usize = 16;
 /// Rows per micro-kernel call: 6 × 2 accumulators + 2 weight vectors + 1 broadcast = 15 of the
@@ -66,18 +64,43 @@ impl DenseWeights {
 
     /// `y[m×n] += x[m×k] · Wᵀ`, row-major and contiguous.
     pub fn matmul_acc(&self, m: usize, x: &[f32], y: &mut [f32]) {
+        let (n, k) = self.shape();
+        self.matmul_acc_strided(m, x, XLayout { row: k, depth: 1 }, y, n);
+    }
+
+    /// `(n, k)`: output columns and depth.
+    pub fn shape(&self) -> (usize, usize) {
         match self {
-            DenseWeights::Plain { weight, n, k } => matmul_acc(m, *n, *k, x, weight, true, y),
-            DenseWeights::Packed { panels, n, k } => {
-                assert!(
-                    x.len() >= m * k && y.len() >= m * n,
-                    "dense: buffers too small"
-                );
+            DenseWeights::Packed { n, k, .. } | DenseWeights::Plain { n, k, .. } => (*n, *k),
+        }
+    }
+
+    /// `y += x · Wᵀ` where element `(r, d)` of `x` is at `r·x.row + d·x.depth` (so an im2col
+    /// matrix, `[k, m]`, is read in place) and row `r` of `y` starts at `r·y_row`.
+    pub fn matmul_acc_strided(
+        &self,
+        m: usize,
+        x: &[f32],
+        xl: XLayout,
+        y: &mut [f32],
+        y_row: usize,
+    ) {
+        let (n, k) = self.shape();
+        if m == 0 || n == 0 || k == 0 {
+            return;
+        }
+        assert!(
+            x.len() > (m - 1) * xl.row + (k - 1) * xl.depth && y.len() >= (m - 1) * y_row + n,
+            "dense: buffers too small"
+        );
+        match self {
+            DenseWeights::Plain { weight, .. } => matmul_strided(m, n, k, x, xl, weight, y, y_row),
+            DenseWeights::Packed { panels, .. } => {
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Packed` is only built when AVX2 and FMA are present; the asserts and
-                // the loop bounds keep every pointer inside `x`, `y` and `panels`.
+                // SAFETY: `Packed` is only built when AVX2 and FMA are present; the assert above
+                // and the loop bounds keep every pointer inside `x`, `y` and `panels`.
                 unsafe {
-                    packed_acc(m, *n, *k, x, panels, y)
+                    packed_acc(m, n, k, x, xl, panels, y, y_row)
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("packed weights are x86-64 only: {}", panels.len())
@@ -86,9 +109,65 @@ impl DenseWeights {
     }
 }
 
+/// Where the elements of the left operand are: `(r, d)` at `r·row + d·depth`.
+#[derive(Debug, Clone, Copy)]
+pub struct XLayout {
+    pub row: usize,
+    pub depth: usize,
+}
+
+/// The portable path: the gemm crate, which takes any strides.
+#[allow(clippy::too_many_arguments)]
+fn matmul_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    xl: XLayout,
+    w: &[f32],
+    y: &mut [f32],
+    y_row: usize,
+) {
+    assert!(w.len() >= n * k);
+    // SAFETY: the caller asserted that every strided index is inside `x` and `y`; `w` is [n, k].
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            y.as_mut_ptr(),
+            1,
+            y_row as isize,
+            true,
+            x.as_ptr(),
+            xl.depth as isize,
+            xl.row as isize,
+            w.as_ptr(),
+            k as isize,
+            1,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
+
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn packed_acc(m: usize, n: usize, k: usize, x: &[f32], panels: &[f32], y: &mut [f32]) {
+#[allow(clippy::too_many_arguments)]
+unsafe fn packed_acc(
+    m: usize,
+    n: usize,
+    k: usize,
+    x: &[f32],
+    xl: XLayout,
+    panels: &[f32],
+    y: &mut [f32],
+    y_row: usize,
+) {
     let panels_n = n.div_ceil(NR);
     if m == 1 {
         // One row has no rows to reuse a weight vector across, and two accumulators would leave
@@ -98,6 +177,7 @@ unsafe fn packed_acc(m: usize, n: usize, k: usize, x: &[f32], panels: &[f32], y:
             row_kernel_4(
                 k,
                 x.as_ptr(),
+                xl.depth,
                 panels.as_ptr().add(p * k * NR),
                 k * NR,
                 y.as_mut_ptr().add(p * NR),
@@ -108,10 +188,10 @@ unsafe fn packed_acc(m: usize, n: usize, k: usize, x: &[f32], panels: &[f32], y:
             kernel::<1>(
                 k,
                 x.as_ptr(),
-                k,
+                xl,
                 panels.as_ptr().add(p * k * NR),
                 y.as_mut_ptr().add(p * NR),
-                n,
+                y_row,
                 NR.min(n - p * NR),
             );
         }
@@ -125,15 +205,15 @@ unsafe fn packed_acc(m: usize, n: usize, k: usize, x: &[f32], panels: &[f32], y:
             let mut r0 = 0;
             while r0 < m {
                 let rows = MR.min(m - r0);
-                let xp = x.as_ptr().add(r0 * k + k0);
-                let yp = y.as_mut_ptr().add(r0 * n + p * NR);
+                let xp = x.as_ptr().add(r0 * xl.row + k0 * xl.depth);
+                let yp = y.as_mut_ptr().add(r0 * y_row + p * NR);
                 match rows {
-                    6 => kernel::<6>(kc, xp, k, panel, yp, n, cols),
-                    5 => kernel::<5>(kc, xp, k, panel, yp, n, cols),
-                    4 => kernel::<4>(kc, xp, k, panel, yp, n, cols),
-                    3 => kernel::<3>(kc, xp, k, panel, yp, n, cols),
-                    2 => kernel::<2>(kc, xp, k, panel, yp, n, cols),
-                    _ => kernel::<1>(kc, xp, k, panel, yp, n, cols),
+                    6 => kernel::<6>(kc, xp, xl, panel, yp, y_row, cols),
+                    5 => kernel::<5>(kc, xp, xl, panel, yp, y_row, cols),
+                    4 => kernel::<4>(kc, xp, xl, panel, yp, y_row, cols),
+                    3 => kernel::<3>(kc, xp, xl, panel, yp, y_row, cols),
+                    2 => kernel::<2>(kc, xp, xl, panel, yp, y_row, cols),
+                    _ => kernel::<1>(kc, xp, xl, panel, yp, y_row, cols),
                 }
                 r0 += rows;
             }
@@ -147,6 +227,7 @@ unsafe fn packed_acc(m: usize, n: usize, k: usize, x: &[f32], panels: &[f32], y:
 unsafe fn row_kernel_4(
     k: usize,
     x: *const f32,
+    x_depth: usize,
     panel: *const f32,
     panel_stride: usize,
     y: *mut f32,
@@ -154,7 +235,7 @@ unsafe fn row_kernel_4(
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); 8];
     for kk in 0..k {
-        let xv = _mm256_broadcast_ss(&*x.add(kk));
+        let xv = _mm256_broadcast_ss(&*x.add(kk * x_depth));
         for q in 0..4 {
             let w = panel.add(q * panel_stride + kk * NR);
             acc[2 * q] = _mm256_fmadd_ps(xv, _mm256_loadu_ps(w), acc[2 * q]);
@@ -174,7 +255,7 @@ unsafe fn row_kernel_4(
 unsafe fn kernel<const R: usize>(
     kc: usize,
     x: *const f32,
-    x_stride: usize,
+    xl: XLayout,
     panel: *const f32,
     y: *mut f32,
     y_stride: usize,
@@ -187,7 +268,7 @@ unsafe fn kernel<const R: usize>(
         let w0 = _mm256_loadu_ps(panel.add(kk * NR));
         let w1 = _mm256_loadu_ps(panel.add(kk * NR + 8));
         for r in 0..R {
-            let xv = _mm256_broadcast_ss(&*x.add(r * x_stride + kk));
+            let xv = _mm256_broadcast_ss(&*x.add(r * xl.row + kk * xl.depth));
             lo[r] = _mm256_fmadd_ps(xv, w0, lo[r]);
             hi[r] = _mm256_fmadd_ps(xv, w1, hi[r]);
         }
@@ -211,6 +292,34 @@ unsafe fn kernel<const R: usize>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strided_left_operand_reads_im2col_in_place() {
+        // x given transposed, [k, m], as im2col writes it; y rows strided wider than n.
+        let (m, n, k, y_row) = (23, 20, 37, 25);
+        let xt: Vec<f32> = (0..k * m)
+            .map(|i| ((i * 3 % 17) as f32 - 8.0) / 9.0)
+            .collect();
+        let w: Vec<f32> = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        let mut y = vec![0.0f32; m * y_row];
+        DenseWeights::new(w.clone(), n, k).matmul_acc_strided(
+            m,
+            &xt,
+            XLayout { row: 1, depth: m },
+            &mut y,
+            y_row,
+        );
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = (0..k)
+                    .map(|p| xt[p * m + i] as f64 * w[j * k + p] as f64)
+                    .sum();
+                assert!((y[i * y_row + j] as f64 - want).abs() <= 1e-4 * (1.0 + want.abs()));
+            }
+        }
+    }
 
     #[test]
     fn packed_product_matches_naive_for_ragged_shapes() {
