@@ -54,7 +54,9 @@ fn pipelines(c: &mut Criterion) {
             .warm_up_time(Duration::from_secs(1));
         group.throughput(Throughput::Elements(records as u64));
         group.bench_function(name, |b| {
-            b.iter(|| run_bench_pipeline(plan.clone(), inputs.clone(), records, None).unwrap())
+            b.iter(|| {
+                run_bench_pipeline(plan.clone(), inputs.clone(), records, None, None).unwrap()
+            })
         });
         group.finish();
     }

@@ -420,15 +420,18 @@ pub struct BenchRun {
 
 /// Run the stage actors over synthetic chunks fed from memory (no text parsing), discarding the
 /// outputs: the decomposed pipeline's own throughput. `inputs` are reused round-robin.
+/// `in_flight` overrides the plan's budget: 1 sends each chunk alone through an idle pipeline,
+/// which measures latency without queueing.
 pub fn run_bench_pipeline(
     plan: Arc<Plan>,
     inputs: Vec<Vec<f32>>,
     records: usize,
     tracer: Option<Tracer>,
+    in_flight: Option<usize>,
 ) -> Result<BenchRun, RunError> {
     let start = Instant::now();
     let running = spawn_stages(&plan, &tracer);
-    let budget = InFlight::new(plan.budget.chunks);
+    let budget = InFlight::new(in_flight.unwrap_or(plan.budget.chunks).max(1));
     let size = plan.batch.size;
     let feeder_budget = budget.clone();
     let source = running.source;

@@ -52,7 +52,7 @@ pub(super) fn run_sink(
             Ok(p) => p,
             Err(TryRecvError::Empty) => {
                 out.flush()?;
-                match rx.recv() {
+                match super::recv_patiently(&rx) {
                     Ok(p) => p,
                     Err(_) => break,
                 }

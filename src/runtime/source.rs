@@ -100,7 +100,9 @@ impl ParserWorker {
         let counters = &self.counters.stages[0].2;
         loop {
             let t0 = Instant::now();
-            let Ok(chunk) = self.rx.recv() else { return };
+            let Ok(chunk) = super::recv_patiently(&self.rx) else {
+                return;
+            };
             let t1 = Instant::now();
             let parsed = self
                 .parser

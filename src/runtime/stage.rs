@@ -35,7 +35,9 @@ impl StageWorker {
         let mut scratch = Scratch::default();
         loop {
             let t0 = Instant::now();
-            let Ok(part) = self.rx.recv() else { break };
+            let Ok(part) = super::recv_patiently(&self.rx) else {
+                break;
+            };
             let t1 = Instant::now();
             let computed = catch_unwind(AssertUnwindSafe(|| {
                 if self.inject_panic {
@@ -91,7 +93,7 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// deadlock, and what they hold is bounded by the in-flight budget.
 pub(super) fn run_join(inbox: Receiver<Part>, out: Sender<Part>, producers: usize) {
     let mut pending: HashMap<u64, (usize, Part)> = HashMap::new();
-    for part in inbox {
+    while let Ok(part) = super::recv_patiently(&inbox) {
         let chunk = part.chunk;
         let complete = match pending.remove(&chunk) {
             None => (1, part),
