@@ -3,6 +3,13 @@
 //! [`Graph::build`] turns a parsed [`PipelineConfig`] into nodes whose inputs are [`ValueId`]s and
 //! whose output shapes are known, reporting every dangling name, cycle and shape mismatch with the
 //! key path it comes from. [`plan`] then cuts the graph into stages.
+//!
+//! What comes next fits without a rewrite: a new op is a variant of [`OpConfig`] plus a
+//! [`crate::layers::Layer`] (an embedding lookup reads integer ids from the same `[N, ...]`
+//! tensor; attention is a multi-input layer like `add`). Records whose shape varies (token
+//! sequences) need a symbolic axis in the per-record shape, which today is a plain `Vec<usize>`:
+//! shape inference, the byte bound (computed for the longest allowed sequence) and the parser's
+//! length check are the three places that read it.
 
 pub mod plan;
 

@@ -44,6 +44,29 @@ impl OutputFormatter {
         }
     }
 
+    /// Write one value for the single output, or an object of them keyed by output name.
+    fn per_output(
+        &self,
+        out: &mut Vec<u8>,
+        outputs: &[&[f32]],
+        write: impl Fn(&mut Vec<u8>, &[f32]),
+    ) {
+        match &self.names {
+            None => write(out, outputs[0]),
+            Some(names) => {
+                out.push(b'{');
+                for (i, (name, values)) in names.iter().zip(outputs).enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(name.as_bytes());
+                    write(out, values);
+                }
+                out.push(b'}');
+            }
+        }
+    }
+
     /// Append one record's line; `outputs[i]` is the record's slice of output `i`.
     pub fn write_record(&self, out: &mut Vec<u8>, meta: &RecordMeta, outputs: &[&[f32]]) {
         match &meta.key {
@@ -58,40 +81,12 @@ impl OutputFormatter {
         }
         out.push(b',');
         out.extend_from_slice(self.field.as_bytes());
-        match &self.names {
-            None => write_floats(out, outputs[0]),
-            Some(names) => {
-                out.push(b'{');
-                for (i, (name, values)) in names.iter().zip(outputs).enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    out.extend_from_slice(name.as_bytes());
-                    write_floats(out, values);
-                }
-                out.push(b'}');
-            }
-        }
+        self.per_output(out, outputs, write_floats);
         if self.argmax {
             out.extend_from_slice(b",\"argmax\":");
-            match &self.names {
-                None => {
-                    out.extend_from_slice(itoa::Buffer::new().format(argmax(outputs[0])).as_bytes())
-                }
-                Some(names) => {
-                    out.push(b'{');
-                    for (i, (name, values)) in names.iter().zip(outputs).enumerate() {
-                        if i > 0 {
-                            out.push(b',');
-                        }
-                        out.extend_from_slice(name.as_bytes());
-                        out.extend_from_slice(
-                            itoa::Buffer::new().format(argmax(values)).as_bytes(),
-                        );
-                    }
-                    out.push(b'}');
-                }
-            }
+            self.per_output(out, outputs, |out, values| {
+                out.extend_from_slice(itoa::Buffer::new().format(argmax(values)).as_bytes())
+            });
         }
         for (key, value) in self.passthrough.iter().zip(&meta.passthrough) {
             out.push(b',');
@@ -157,6 +152,22 @@ mod tests {
         write_floats(&mut out, &values);
         let back: Vec<f32> = serde_json::from_slice(&out).unwrap();
         assert_eq!(back, values);
+    }
+
+    #[test]
+    fn several_outputs_are_objects_keyed_by_layer_name() {
+        let f = OutputFormatter::new("y", true, &[], &["a".into(), "b".into()]);
+        let meta = RecordMeta {
+            line: 3,
+            key: RecordKey::Line(3),
+            passthrough: vec![],
+        };
+        let mut out = Vec::new();
+        f.write_record(&mut out, &meta, &[&[1.0], &[2.0, 3.0]]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"line\":3,\"y\":{\"a\":[1.0],\"b\":[2.0,3.0]},\"argmax\":{\"a\":0,\"b\":1}}\n"
+        );
     }
 
     #[test]

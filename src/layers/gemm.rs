@@ -1,7 +1,62 @@
-//! The one matrix product every heavy layer goes through.
-//!
-//! Backed by the `gemm` crate, single-threaded: a stage is the unit of parallelism, so a kernel
-//! that spawned threads of its own would fight the other stages for the two cores.
+//! The portable matrix product: the `gemm` crate, single-threaded (a stage is the unit of
+//! parallelism, so a kernel that spawned threads of its own would fight the other stages for the
+//! cores). Dense layers and deep convolutions use [`super::packed`] where the CPU allows.
+
+/// A matrix operand: element `(row, col)` is at `row·row_stride + col·col_stride`.
+#[derive(Debug, Clone, Copy)]
+pub struct Strides {
+    pub row: usize,
+    pub col: usize,
+}
+
+/// `c[m×n] += a[m×k] · b[k×n]` with any strides for `a` and `b`; `c` row-major with row stride
+/// `c_row`. Panics if a strided index would leave a slice.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_acc_strided(
+    m: usize,
+    n: usize,
+    k: usize,
+    a: &[f32],
+    a_s: Strides,
+    b: &[f32],
+    b_s: Strides,
+    c: &mut [f32],
+    c_row: usize,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    let last = |s: Strides, rows: usize, cols: usize| (rows - 1) * s.row + (cols - 1) * s.col;
+    assert!(
+        a.len() > last(a_s, m, k) && b.len() > last(b_s, k, n) && c.len() >= (m - 1) * c_row + n,
+        "matmul: buffers too small"
+    );
+    // SAFETY: the assert above keeps every index the strides reach inside the slices, and `c`
+    // does not alias `a` or `b` (it is borrowed mutably).
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            c.as_mut_ptr(),
+            1,
+            c_row as isize,
+            true,
+            a.as_ptr(),
+            a_s.col as isize,
+            a_s.row as isize,
+            b.as_ptr(),
+            b_s.col as isize,
+            b_s.row as isize,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::None,
+        );
+    }
+}
 
 /// `c[m×n] += a[m×k] · b`, all row-major and contiguous, where `b` is given either as `[k×n]`
 /// or, with `b_transposed`, as `[n×k]` (PyTorch's `[out, in]` weight layout, used as is).
@@ -14,46 +69,12 @@ pub fn matmul_acc(
     b_transposed: bool,
     c: &mut [f32],
 ) {
-    assert!(
-        a.len() >= m * k && b.len() >= k * n && c.len() >= m * n,
-        "matmul_acc: buffers too small"
-    );
-    if m == 0 || n == 0 {
-        return;
-    }
-    if k == 0 {
-        return;
-    }
-    let (b_cs, b_rs) = if b_transposed {
-        (k as isize, 1)
+    let b_s = if b_transposed {
+        Strides { row: 1, col: k }
     } else {
-        (1, n as isize)
+        Strides { row: n, col: 1 }
     };
-    // SAFETY: the asserts above guarantee every index the strides reach is inside the slices,
-    // and `c` does not alias `a` or `b` (it is borrowed mutably).
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            c.as_mut_ptr(),
-            1,
-            n as isize,
-            true,
-            a.as_ptr(),
-            1,
-            k as isize,
-            b.as_ptr(),
-            b_cs,
-            b_rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
+    matmul_acc_strided(m, n, k, a, Strides { row: k, col: 1 }, b, b_s, c, n);
 }
 
 #[cfg(test)]

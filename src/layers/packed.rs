@@ -9,6 +9,8 @@
 //! The micro-kernel needs AVX2 and FMA, detected at run time; elsewhere the gemm crate does the
 //! work on the unpacked weights.
 
+use super::gemm::{matmul_acc_strided, Strides};
+
 /// Output columns per panel: two 8-wide vectors.
 const NR: usize = 16;
 /// Rows per micro-kernel call: 6 × 2 accumulators + 2 weight vectors + 1 broadcast = 15 of the
@@ -94,7 +96,23 @@ impl DenseWeights {
             "dense: buffers too small"
         );
         match self {
-            DenseWeights::Plain { weight, .. } => matmul_strided(m, n, k, x, xl, weight, y, y_row),
+            DenseWeights::Plain { weight, .. } => {
+                let x_s = Strides {
+                    row: xl.row,
+                    col: xl.depth,
+                };
+                matmul_acc_strided(
+                    m,
+                    n,
+                    k,
+                    x,
+                    x_s,
+                    weight,
+                    Strides { row: 1, col: k },
+                    y,
+                    y_row,
+                )
+            }
             DenseWeights::Packed { panels, .. } => {
                 #[cfg(target_arch = "x86_64")]
                 // SAFETY: `Packed` is only built when AVX2 and FMA are present; the assert above
@@ -114,45 +132,6 @@ impl DenseWeights {
 pub struct XLayout {
     pub row: usize,
     pub depth: usize,
-}
-
-/// The portable path: the gemm crate, which takes any strides.
-#[allow(clippy::too_many_arguments)]
-fn matmul_strided(
-    m: usize,
-    n: usize,
-    k: usize,
-    x: &[f32],
-    xl: XLayout,
-    w: &[f32],
-    y: &mut [f32],
-    y_row: usize,
-) {
-    assert!(w.len() >= n * k);
-    // SAFETY: the caller asserted that every strided index is inside `x` and `y`; `w` is [n, k].
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            y.as_mut_ptr(),
-            1,
-            y_row as isize,
-            true,
-            x.as_ptr(),
-            xl.depth as isize,
-            xl.row as isize,
-            w.as_ptr(),
-            k as isize,
-            1,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            gemm::Parallelism::None,
-        );
-    }
 }
 
 #[cfg(target_arch = "x86_64")]
