@@ -5,6 +5,7 @@
 //! small scanner with an exact float parser instead of a generic JSON value tree; objects still go
 //! through serde_json, but only to find their fields (`RawValue`, no allocation per number).
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::time::Instant;
 
@@ -145,22 +146,31 @@ impl RecordParser {
                 }))
             }
             Some(b'{') => {
-                let fields: HashMap<String, &RawValue> =
-                    serde_json::from_str(trimmed).map_err(|e| format!("invalid JSON: {e}"))?;
-                let x = fields.get(&self.field).ok_or_else(|| {
+                let mark = out.len();
+                let fields = object_fields(
+                    trimmed,
+                    &self.field,
+                    Some((&self.shape, self.len, &mut *out)),
+                )
+                .inspect_err(|_| out.truncate(mark))?;
+                let x = fields.get(self.field.as_str()).ok_or_else(|| {
                     format!("object has no field `{}` holding the record", self.field)
                 })?;
-                parse_array(x.get(), &self.shape, self.len, out)
-                    .map_err(|e| format!("field `{}`: {e}", self.field))?;
-                let key = match fields.get("id") {
-                    Some(id) => RecordKey::Id((*id).to_owned()),
+                if !x.starts_with('[') {
+                    // Not an array: let the array parser say what it is instead.
+                    parse_array(x, &self.shape, self.len, out)
+                        .map_err(|e| format!("field `{}`: {e}", self.field))?;
+                }
+                let raw = |name: &str| {
+                    fields
+                        .get(name)
+                        .map(|v| RawValue::from_string(v.to_string()).expect("validated"))
+                };
+                let key = match raw("id") {
+                    Some(id) => RecordKey::Id(id),
                     None => RecordKey::Line(number),
                 };
-                let passthrough = self
-                    .passthrough
-                    .iter()
-                    .map(|f| fields.get(f).map(|v| (*v).to_owned()))
-                    .collect();
+                let passthrough = self.passthrough.iter().map(|f| raw(f)).collect();
                 Ok(Some(RecordMeta {
                     line: number,
                     key,
@@ -211,6 +221,141 @@ impl RecordParser {
             key: RecordKey::Line(number),
             passthrough,
         }))
+    }
+}
+
+/// The fields of a JSON object line, as raw text, with the record field's array parsed into
+/// `out` where it stands (`Err` if the record field is not a valid record). Every other value is
+/// validated by serde_json, so what is echoed to the output is valid JSON. Letting serde_json
+/// validate the record's hundreds of numbers too cost as much as parsing them.
+fn object_fields<'a>(
+    text: &'a str,
+    record_field: &str,
+    record: Option<(&[usize], usize, &mut Vec<f32>)>,
+) -> Result<HashMap<Cow<'a, str>, &'a str>, String> {
+    let mut record = record;
+    let mark = record.as_ref().map_or(0, |r| r.2.len());
+    let invalid = |what: &str, at: usize| format!("invalid JSON: {what} at column {}", at + 1);
+    let b = text.as_bytes();
+    let ws = |i: &mut usize| {
+        while matches!(b.get(*i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            *i += 1;
+        }
+    };
+    let mut fields = HashMap::new();
+    let mut i = 1; // past `{`
+    ws(&mut i);
+    if b.get(i) == Some(&b'}') {
+        i += 1;
+    } else {
+        loop {
+            ws(&mut i);
+            if b.get(i) != Some(&b'"') {
+                return Err(invalid("expected a key string", i));
+            }
+            let key_end = string_end(b, i).ok_or_else(|| invalid("unterminated string", i))?;
+            let key_raw = &text[i..key_end];
+            let key: Cow<str> = if key_raw.bytes().any(|c| c == b'\\' || c < 0x20) {
+                Cow::Owned(
+                    serde_json::from_str::<String>(key_raw)
+                        .map_err(|e| format!("invalid JSON: {e}"))?,
+                )
+            } else {
+                Cow::Borrowed(&key_raw[1..key_raw.len() - 1])
+            };
+            i = key_end;
+            ws(&mut i);
+            if b.get(i) != Some(&b':') {
+                return Err(invalid("expected `:`", i));
+            }
+            i += 1;
+            ws(&mut i);
+            let start = i;
+            match record.as_mut() {
+                Some((shape, len, out)) if key == record_field && b.get(i) == Some(&b'[') => {
+                    // A repeated field: the last one wins, as serde_json would have it.
+                    out.truncate(mark);
+                    let mut scanner = Scanner { bytes: b, pos: i };
+                    scanner
+                        .record(shape, *len, out)
+                        .map_err(|e| format!("field `{record_field}`: {e}"))?;
+                    i = scanner.pos;
+                }
+                _ => i = value_end(b, i).ok_or_else(|| invalid("unterminated value", start))?,
+            }
+            let value = &text[start..i];
+            if key != record_field {
+                serde_json::from_str::<&RawValue>(value)
+                    .map_err(|e| format!("invalid JSON in field `{key}`: {e}"))?;
+            }
+            fields.insert(key, value);
+            ws(&mut i);
+            match b.get(i) {
+                Some(b',') => i += 1,
+                Some(b'}') => {
+                    i += 1;
+                    break;
+                }
+                _ => return Err(invalid("expected `,` or `}`", i)),
+            }
+        }
+    }
+    ws(&mut i);
+    if i != b.len() {
+        return Err(invalid("trailing characters", i));
+    }
+    Ok(fields)
+}
+
+/// The index just past the string starting at `b[i] == '"'`.
+fn string_end(b: &[u8], mut i: usize) -> Option<usize> {
+    i += 1;
+    loop {
+        match *b.get(i)? {
+            b'"' => return Some(i + 1),
+            b'\\' => i += 2,
+            _ => i += 1,
+        }
+    }
+}
+
+/// The index just past the JSON value starting at `b[i]`: strings and nested brackets are
+/// matched (the brackets by kind), scalars run to the next delimiter. Whether the value is
+/// well-formed inside is for its parser to say.
+fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
+    match *b.get(i)? {
+        b'"' => string_end(b, i),
+        b'[' | b'{' => {
+            let mut stack = Vec::new();
+            loop {
+                match *b.get(i)? {
+                    c @ (b'[' | b'{') => stack.push(if c == b'[' { b']' } else { b'}' }),
+                    c @ (b']' | b'}') => {
+                        if stack.pop()? != c {
+                            return None;
+                        }
+                        if stack.is_empty() {
+                            return Some(i + 1);
+                        }
+                    }
+                    b'"' => {
+                        i = string_end(b, i)?;
+                        continue;
+                    }
+                    _ => {}
+                }
+                i += 1;
+            }
+        }
+        _ => {
+            while !matches!(
+                b.get(i),
+                None | Some(b',' | b'}' | b']' | b' ' | b'\t' | b'\n' | b'\r')
+            ) {
+                i += 1;
+            }
+            Some(i)
+        }
     }
 }
 
@@ -271,22 +416,8 @@ fn parse_array(text: &str, shape: &[usize], len: usize, out: &mut Vec<f32>) -> R
         pos: 0,
     };
     let mark = out.len();
-    scanner.skip_ws();
-    let nested = scanner.peek_after_bracket() == Some(b'[');
-    let result = if nested {
-        scanner.nested(shape, 0, out)
-    } else {
-        scanner.flat(out).and_then(|n| {
-            if n == len {
-                Ok(())
-            } else {
-                Err(format!(
-                    "expected {len} values (shape {shape:?}), found {n}"
-                ))
-            }
-        })
-    };
-    result
+    scanner
+        .record(shape, len, out)
         .and_then(|()| {
             scanner.skip_ws();
             if scanner.pos != scanner.bytes.len() {
@@ -306,6 +437,23 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
+    /// The record's array at the cursor, flat or nested exactly as `shape`; the cursor ends just
+    /// past it.
+    fn record(&mut self, shape: &[usize], len: usize, out: &mut Vec<f32>) -> Result<(), String> {
+        self.skip_ws();
+        if self.peek_after_bracket() == Some(b'[') {
+            return self.nested(shape, 0, out);
+        }
+        let n = self.flat(out)?;
+        if n == len {
+            Ok(())
+        } else {
+            Err(format!(
+                "expected {len} values (shape {shape:?}), found {n}"
+            ))
+        }
+    }
+
     fn skip_ws(&mut self) {
         while self.pos < self.bytes.len()
             && matches!(self.bytes[self.pos], b' ' | b'\t' | b'\n' | b'\r')
@@ -533,6 +681,35 @@ mod tests {
     fn parse(shape: &[usize], text: &str) -> Result<Vec<f32>, String> {
         let mut out = Vec::new();
         parse_array(text, shape, shape.iter().product(), &mut out).map(|()| out)
+    }
+
+    #[test]
+    fn object_lines_find_fields_and_reject_malformed_json() {
+        let f = object_fields(
+            r#"{"id": "a\"b", "x": [1, [2]], "n": {"k": [1, "]"]}, "é\u0041": 1}"#,
+            "x",
+            None,
+        )
+        .unwrap();
+        assert_eq!(f["id"], r#""a\"b""#);
+        assert_eq!(f["x"], "[1, [2]]");
+        assert_eq!(f["n"], r#"{"k": [1, "]"]}"#);
+        assert_eq!(f["éA"], "1");
+        for bad in [
+            r#"{"x":[1]"#,
+            r#"{"x":[1]]}"#,
+            r#"{"x":[1],}"#,
+            r#"{"x" [1]}"#,
+            r#"{"x":[1]} z"#,
+            r#"{"id":tru,"x":[1]}"#,
+            r#"{"x":[1}"#,
+            r#"{x:[1]}"#,
+        ] {
+            assert!(
+                object_fields(bad, "x", None).is_err(),
+                "{bad} must be rejected"
+            );
+        }
     }
 
     #[test]
