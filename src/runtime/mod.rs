@@ -53,10 +53,12 @@ pub struct Part {
     pub meta: Option<Box<ChunkMeta>>,
 }
 
-/// Rounds of `yield_now` a receiver tries before it parks.
-const PATIENCE: usize = 64;
+/// Rounds of `yield_now` a receiver tries before it parks: a few hundred microseconds, longer
+/// than a stage's compute on a small chunk, so a consumer is still awake when its producer
+/// finishes. An idle pipeline parks after that; a busy one never gets here.
+const PATIENCE: usize = 256;
 
-/// Receive, yielding the core for a few dozen microseconds before parking. Waking a parked
+/// Receive, yielding the core for a while before parking. Waking a parked
 /// thread costs tens of microseconds on a virtual machine, three of them per chunk through a
 /// two-stage pipeline; yielding keeps an idle pipeline's hand-offs at a microsecond or two, and
 /// gives the core to any thread that has work meanwhile.
