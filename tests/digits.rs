@@ -93,19 +93,10 @@ fn shipped_mlp_classifies_the_test_split_and_matches_numpy() {
 #[test]
 fn shipped_models_verify() {
     for model in ["cnn", "mlp"] {
-        let out = subpass()
-            .args([
-                "verify",
-                &format!("configs/digits-{model}.yaml"),
-                "--input",
-                "examples/digits-test.jsonl",
-            ])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        assert_verifies(&[
+            &format!("configs/digits-{model}.yaml"),
+            "--input",
+            "examples/digits-test.jsonl",
+        ]);
     }
 }

@@ -24,15 +24,7 @@ fn skip_connections_across_stages_match_the_monolithic_pass() {
         text.contains("fed by source + early + middle (joins)"),
         "{text}"
     );
-    let out = subpass()
-        .args(["verify", "tests/pipelines/skip.yaml", "--records", "203"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_verifies(&["tests/pipelines/skip.yaml", "--records", "203"]);
 }
 
 #[test]
@@ -87,20 +79,11 @@ fn concurrent_branches_join_and_a_replicated_stage_process_every_chunk() {
         "the join hands every chunk to the head once"
     );
     assert_eq!(stage("head")["replicas"], 2);
-    let verify = subpass()
-        .args([
-            "verify",
-            "configs/digits-cnn.yaml",
-            "--input",
-            "examples/digits-test.jsonl",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        verify.status.success(),
-        "{}",
-        String::from_utf8_lossy(&verify.stdout)
-    );
+    assert_verifies(&[
+        "configs/digits-cnn.yaml",
+        "--input",
+        "examples/digits-test.jsonl",
+    ]);
 }
 
 #[test]
@@ -381,9 +364,20 @@ fn trace_shows_every_stage_replica_and_chunk() {
         .filter(|e| e["ph"] == "M")
         .map(|e| e["args"]["name"].as_str().unwrap())
         .collect();
-    for row in ["parse #0", "tower_a #0", "tower_b #0", "head #0", "head #1"] {
+    for row in ["parse #0", "tower_a #0", "tower_b #0"] {
         assert!(rows.contains(&row), "no trace row {row}: {rows:?}");
     }
+    // The head's two replicas share one queue; whichever is free takes the next chunk, so one
+    // of them may do every chunk when it keeps up. Rows exist only for replicas that worked.
+    assert!(
+        rows.iter().any(|r| *r == "head #0" || *r == "head #1"),
+        "no head row: {rows:?}"
+    );
+    assert!(
+        rows.iter()
+            .all(|r| ["parse #0", "tower_a #0", "tower_b #0", "head #0", "head #1"].contains(r)),
+        "{rows:?}"
+    );
     let spans: Vec<&serde_json::Value> = events.iter().filter(|e| e["ph"] == "X").collect();
     let chunks = 450usize.div_ceil(32);
     for stage in ["parse", "tower_a", "tower_b", "head"] {

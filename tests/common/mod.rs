@@ -69,3 +69,14 @@ pub fn spawn_piped(args: &[&str]) -> Child {
 pub fn read_json(path: &Path) -> serde_json::Value {
     serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
+
+/// `subpass verify ARGS…` must pass: the streaming pipeline matches the monolithic pass.
+pub fn assert_verifies(args: &[&str]) {
+    let out = subpass().arg("verify").args(args).output().unwrap();
+    assert!(
+        out.status.success(),
+        "verify {args:?}:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
