@@ -8,7 +8,6 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Write as _;
 use std::path::Path;
-use std::time::Duration;
 
 use super::{Graph, ValueId};
 use crate::config::{
@@ -405,11 +404,6 @@ impl Plan {
             self.max_records_read_ahead()
         );
         out
-    }
-
-    /// The pipeline's latency floor: a chunk leaves the chunker at most this late.
-    pub fn max_delay(&self) -> Duration {
-        self.batch.max_delay
     }
 }
 

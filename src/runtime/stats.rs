@@ -135,13 +135,6 @@ pub struct StageStats {
 }
 
 impl RunStats {
-    /// The stage with the highest busy %, the one to split or replicate first.
-    pub fn bottleneck(&self) -> Option<&StageStats> {
-        self.stages
-            .iter()
-            .max_by(|a, b| a.busy_pct.total_cmp(&b.busy_pct))
-    }
-
     /// The summary printed on stderr at exit.
     pub fn summary(&self) -> String {
         let mut s = format!(
