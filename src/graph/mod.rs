@@ -195,8 +195,13 @@ impl Graph {
                 Ok(s) => s,
                 Err(e) => {
                     err(
-                        &layer.path,
-                        format!("layer `{}` ({}): {e}", layer.name, layer.op.name()),
+                        &format!("{}.{}", layer.path, e.key),
+                        format!(
+                            "layer `{}` ({}): {}",
+                            layer.name,
+                            layer.op.name(),
+                            e.message
+                        ),
                     );
                     resolved.push(None);
                     continue;

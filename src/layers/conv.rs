@@ -5,7 +5,7 @@ use ndarray::{ArrayD, IxDyn};
 
 use super::gemm::matmul_acc;
 use super::packed::{DenseWeights, XLayout};
-use super::{apply_activation, Layer, Scratch, Tensor};
+use super::{apply_activation, Layer, Scratch, ShapeError, Tensor};
 use crate::config::Conv2dConfig;
 
 fn out_size(
@@ -20,25 +20,32 @@ fn out_size(
     (padded >= span).then(|| (padded - span) / stride + 1)
 }
 
-pub fn infer_shape(c: &Conv2dConfig, input: &[usize]) -> Result<Vec<usize>, String> {
+pub fn infer_shape(c: &Conv2dConfig, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
     let [ch, h, w] = input else {
-        return Err(format!(
-            "conv2d needs [channels, height, width] records, found {input:?}"
+        return Err(ShapeError::at(
+            "inputs",
+            format!("conv2d needs [channels, height, width] records, found {input:?}"),
         ));
     };
     if ch % c.groups != 0 {
-        return Err(format!(
-            "input channels ({ch}) must be divisible by groups ({})",
-            c.groups
+        return Err(ShapeError::at(
+            "groups",
+            format!(
+                "input channels ({ch}) must be divisible by groups ({})",
+                c.groups
+            ),
         ));
     }
     let oh = out_size(*h, c.kernel[0], c.stride[0], c.padding[0], c.dilation[0]);
     let ow = out_size(*w, c.kernel[1], c.stride[1], c.padding[1], c.dilation[1]);
     match (oh, ow) {
         (Some(oh), Some(ow)) => Ok(vec![c.filters, oh, ow]),
-        _ => Err(format!(
-            "kernel {:?} (dilation {:?}) is larger than the padded input: input {input:?}, padding {:?}",
-            c.kernel, c.dilation, c.padding
+        _ => Err(ShapeError::at(
+            "kernel",
+            format!(
+                "kernel {:?} (dilation {:?}) is larger than the padded input: input {input:?}, padding {:?}",
+                c.kernel, c.dilation, c.padding
+            ),
         )),
     }
 }

@@ -3,10 +3,10 @@
 use ndarray::{ArrayD, IxDyn};
 
 use super::packed::DenseWeights;
-use super::{apply_activation, Layer, Scratch, Tensor};
+use super::{apply_activation, Layer, Scratch, ShapeError, Tensor};
 use crate::config::Activation;
 
-pub fn infer_shape(units: usize, input: &[usize]) -> Result<Vec<usize>, String> {
+pub fn infer_shape(units: usize, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
     let mut out = input.to_vec();
     *out.last_mut().expect("records have at least one axis") = units;
     Ok(out)

@@ -2,25 +2,27 @@
 
 use ndarray::IxDyn;
 
-use super::{Layer, Scratch, Tensor};
+use super::{Layer, Scratch, ShapeError, Tensor};
 
-pub fn infer_add(inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+pub fn infer_add(inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let first = inputs[0];
     for (i, s) in inputs.iter().enumerate().skip(1) {
         if *s != first {
-            return Err(format!(
-                "add needs inputs of one shape: input 0 is {first:?}, input {i} is {s:?}"
+            return Err(ShapeError::at(
+                "inputs",
+                format!("add needs inputs of one shape: input 0 is {first:?}, input {i} is {s:?}"),
             ));
         }
     }
     Ok(first.to_vec())
 }
 
-pub fn infer_concat(axis: usize, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+pub fn infer_concat(axis: usize, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     let first = inputs[0];
     if axis >= first.len() {
-        return Err(format!(
-            "concat axis {axis} is out of range for records of shape {first:?}"
+        return Err(ShapeError::at(
+            "axis",
+            format!("concat axis {axis} is out of range for records of shape {first:?}"),
         ));
     }
     let mut out = first.to_vec();
@@ -31,8 +33,9 @@ pub fn infer_concat(axis: usize, inputs: &[&[usize]]) -> Result<Vec<usize>, Stri
                 .enumerate()
                 .all(|(a, (x, y))| a == axis || x == y);
         if !fits {
-            return Err(format!(
-                "concat on axis {axis} needs inputs equal on every other axis: input 0 is {first:?}, input {i} is {s:?}"
+            return Err(ShapeError::at(
+                "inputs",
+                format!("concat on axis {axis} needs inputs equal on every other axis: input 0 is {first:?}, input {i} is {s:?}"),
             ));
         }
         out[axis] += s[axis];

@@ -46,8 +46,22 @@ pub trait Layer: Send + Sync + Debug {
     fn forward(&self, inputs: &[&Tensor], scratch: &mut Scratch) -> Tensor;
 }
 
+/// Why a layer's inputs do not fit it, and which of its keys the problem is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeError {
+    /// The layer key to point at (`kernel`, `inputs`, ...).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl ShapeError {
+    pub fn at(key: &'static str, message: String) -> ShapeError {
+        ShapeError { key, message }
+    }
+}
+
 /// The output shape of `op` over records of `inputs` shapes, or why they do not fit.
-pub fn infer_shape(op: &OpConfig, inputs: &[&[usize]]) -> Result<Vec<usize>, String> {
+pub fn infer_shape(op: &OpConfig, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
     match op {
         OpConfig::Dense { units, .. } => dense::infer_shape(*units, inputs[0]),
         OpConfig::Conv2d(c) => conv::infer_shape(c, inputs[0]),

@@ -2,19 +2,20 @@
 
 use ndarray::{ArrayD, Axis, IxDyn};
 
-use super::{Layer, Scratch, Tensor};
+use super::{Layer, Scratch, ShapeError, Tensor};
 use crate::config::PoolConfig;
 
-pub fn infer_shape(p: &PoolConfig, input: &[usize]) -> Result<Vec<usize>, String> {
+pub fn infer_shape(p: &PoolConfig, input: &[usize]) -> Result<Vec<usize>, ShapeError> {
     let [c, h, w] = input else {
-        return Err(format!(
-            "pooling needs [channels, height, width] records, found {input:?}"
+        return Err(ShapeError::at(
+            "inputs",
+            format!("pooling needs [channels, height, width] records, found {input:?}"),
         ));
     };
     if p.kernel[0] > *h || p.kernel[1] > *w {
-        return Err(format!(
-            "kernel {:?} is larger than the input {input:?}",
-            p.kernel
+        return Err(ShapeError::at(
+            "kernel",
+            format!("kernel {:?} is larger than the input {input:?}", p.kernel),
         ));
     }
     Ok(vec![
@@ -24,11 +25,12 @@ pub fn infer_shape(p: &PoolConfig, input: &[usize]) -> Result<Vec<usize>, String
     ])
 }
 
-pub fn infer_global_shape(input: &[usize]) -> Result<Vec<usize>, String> {
+pub fn infer_global_shape(input: &[usize]) -> Result<Vec<usize>, ShapeError> {
     match input {
         [c, _, _] => Ok(vec![*c]),
-        _ => Err(format!(
-            "global_avgpool2d needs [channels, height, width] records, found {input:?}"
+        _ => Err(ShapeError::at(
+            "inputs",
+            format!("global_avgpool2d needs [channels, height, width] records, found {input:?}"),
         )),
     }
 }
