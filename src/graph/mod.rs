@@ -343,6 +343,12 @@ impl Graph {
     pub fn eval(&self, layers: &[usize], env: &mut Env, scratch: &mut layers::Scratch) {
         for &i in layers {
             let node = &self.nodes[i];
+            if node.op == OpConfig::Identity {
+                // identity and dropout: the same tensor under a new name, shared, not copied.
+                let same = env.get(node.inputs[0]).clone();
+                env.set(ValueId::of_layer(i), same);
+                continue;
+            }
             let inputs: Vec<std::sync::Arc<layers::Tensor>> =
                 node.inputs.iter().map(|v| env.get(*v).clone()).collect();
             let refs: Vec<&layers::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
