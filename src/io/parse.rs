@@ -712,6 +712,62 @@ mod tests {
         }
     }
 
+    /// Mutated lines never panic the parser, and whatever it accepts is valid JSON that serde_json
+    /// reads to the same numbers.
+    #[test]
+    fn mutated_lines_never_panic_and_acceptance_implies_valid_json() {
+        let parser = RecordParser::new(&[2, 3], "x", &["tag".to_string()], InputFormat::JsonLines);
+        let seeds = [
+            r#"{"id": 7, "x": [[1, 2.5, -3], [4e1, 0.5, 6]], "tag": {"a": ["b\"]", 1]}}"#,
+            r#"[1, 2, 3, 4, 5, 6]"#,
+            r#"{"x": [1.25, -0, 3, 4, 5, 6], "id": "é\u00e9"}"#,
+        ];
+        let mut next = crate::weights::seeded_stream(11, "mutations");
+        let mut rand = |n: usize| ((next() + 1.0) * 0.5 * n as f32) as usize % n.max(1);
+        let alphabet = b"[]{},:\" -.e0123456789xtnaul\\ \t";
+        let (mut accepted, mut rejected) = (0, 0);
+        for round in 0..4000 {
+            let mut line = seeds[round % seeds.len()].as_bytes().to_vec();
+            for _ in 0..1 + rand(3) {
+                let at = rand(line.len() + 1);
+                match rand(3) {
+                    0 if at < line.len() => line[at] = alphabet[rand(alphabet.len())],
+                    1 => line.insert(at.min(line.len()), alphabet[rand(alphabet.len())]),
+                    _ => line.truncate(at.max(1)),
+                }
+            }
+            let raw = RawLine {
+                number: 1,
+                text: LineText::Bytes(line.clone()),
+            };
+            let parsed = parser.parse_chunk(&[raw], Instant::now(), false);
+            if parsed.meta.records.len() == 1 {
+                let text = std::str::from_utf8(&line).expect("accepted lines are UTF-8");
+                let v: serde_json::Value = serde_json::from_str(text)
+                    .unwrap_or_else(|e| panic!("accepted invalid JSON {text}: {e}"));
+                let x = if v.is_array() { &v } else { &v["x"] };
+                let flat: Vec<f32> = x
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .flat_map(|e| e.as_array().cloned().unwrap_or_else(|| vec![e.clone()]))
+                    .map(|n| n.as_f64().unwrap() as f32)
+                    .collect();
+                assert_eq!(flat, parsed.values, "{text}");
+                accepted += 1;
+            } else {
+                assert_eq!(parsed.meta.rejected.len(), 1);
+                assert!(parsed.values.is_empty());
+                rejected += 1;
+            }
+        }
+        // Both sides were exercised: mutations that keep the line valid, and ones that break it.
+        assert!(
+            accepted > 200 && rejected > 200,
+            "accepted {accepted}, rejected {rejected}"
+        );
+    }
+
     #[test]
     fn flat_and_nested_arrays() {
         assert_eq!(
