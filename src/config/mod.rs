@@ -293,6 +293,12 @@ pub struct OutputConfig {
 }
 
 pub const DEFAULT_QUEUE: usize = 2;
+/// Most chunks a stage queue may hold.
+pub const MAX_QUEUE: u64 = 1024;
+/// Most threads one stage (or the parser) may run.
+pub const MAX_WORKERS: u64 = 256;
+/// Most records per chunk.
+pub const MAX_BATCH: u64 = 1 << 20;
 
 impl PipelineConfig {
     /// Fill in the line and column of errors found after parsing (graph and stage checks).
@@ -445,7 +451,9 @@ fn parse_input(r: &mut Reader, v: &Value) -> Option<InputConfig> {
         None => Some("x".to_string()),
     };
     let parsers = match m.get("parsers") {
-        Some(v) => r.integer(v, &m.key_path("parsers"), 1).map(|n| n as usize),
+        Some(v) => r
+            .integer_in(v, &m.key_path("parsers"), 1, MAX_WORKERS)
+            .map(|n| n as usize),
         None => Some(1),
     };
     Some(InputConfig {
@@ -641,6 +649,17 @@ fn optional_int(r: &mut Reader, m: &Map, key: &str, min: u64, default: usize) ->
     }
 }
 
+/// An optional integer in `1..=max`: the upper bounds keep a typo (`queue: 20000000`) from
+/// becoming an allocation or a thread count that takes the machine down.
+fn bounded_int(r: &mut Reader, m: &Map, key: &str, max: u64, default: usize) -> Option<usize> {
+    match m.get(key) {
+        Some(v) => r
+            .integer_in(v, &m.key_path(key), 1, max)
+            .map(|n| n as usize),
+        None => Some(default),
+    }
+}
+
 fn optional_pair(
     r: &mut Reader,
     m: &Map,
@@ -768,8 +787,8 @@ fn parse_stages(r: &mut Reader, v: &Value) -> Option<Vec<StageConfig>> {
                 r.error(&m.key_path("layers"), "a stage needs at least one layer");
             }
         }
-        let queue = optional_int(r, &m, "queue", 1, DEFAULT_QUEUE);
-        let replicas = optional_int(r, &m, "replicas", 1, 1);
+        let queue = bounded_int(r, &m, "queue", MAX_QUEUE, DEFAULT_QUEUE);
+        let replicas = bounded_int(r, &m, "replicas", MAX_WORKERS, 1);
         // A bad queue or replica count is reported; the stage is still checked with the default.
         match (name, layers) {
             (Some(name), Some(layers)) => stages.push(StageConfig {
@@ -787,8 +806,13 @@ fn parse_stages(r: &mut Reader, v: &Value) -> Option<Vec<StageConfig>> {
 
 fn parse_batch(r: &mut Reader, v: &Value) -> Option<BatchConfig> {
     let m = r.map(v, "batch", &["size", "max_delay_ms"])?;
-    let size = optional_int(r, &m, "size", 1, 32);
-    let delay = optional_int(r, &m, "max_delay_ms", 0, 5);
+    let size = bounded_int(r, &m, "size", MAX_BATCH, 32);
+    let delay = match m.get("max_delay_ms") {
+        Some(v) => r
+            .integer_in(v, &m.key_path("max_delay_ms"), 0, 3_600_000)
+            .map(|n| n as usize),
+        None => Some(5),
+    };
     Some(BatchConfig {
         size: size?,
         max_delay: Duration::from_millis(delay? as u64),
@@ -840,6 +864,43 @@ mod tests {
                 bias: true,
                 activation: Activation::Identity
             }
+        );
+    }
+
+    /// Random edits of a real pipeline file never panic the loader: every outcome is a config or
+    /// a list of located errors.
+    #[test]
+    fn mutated_files_never_panic() {
+        let text = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/configs/digits-cnn.yaml"
+        ))
+        .unwrap();
+        let mut next = crate::weights::seeded_stream(5, "yaml-mutations");
+        let mut rand = |n: usize| ((next() + 1.0) * 0.5 * n as f32) as usize % n.max(1);
+        let alphabet = b"[]{},:-&*!|>'\"# \n0123456789abcxyz";
+        let mut errors = 0;
+        for _ in 0..3000 {
+            let mut bytes = text.as_bytes().to_vec();
+            for _ in 0..1 + rand(4) {
+                let at = rand(bytes.len());
+                match rand(3) {
+                    0 => bytes[at] = alphabet[rand(alphabet.len())],
+                    1 => bytes.insert(at, alphabet[rand(alphabet.len())]),
+                    _ => {
+                        bytes.remove(at);
+                    }
+                }
+            }
+            let mutated = String::from_utf8_lossy(&bytes);
+            if let Err(e) = PipelineConfig::parse(&mutated, Path::new("configs")) {
+                errors += 1;
+                assert!(!e.0.is_empty());
+            }
+        }
+        assert!(
+            errors > 500,
+            "the mutations should break many files: {errors}"
         );
     }
 

@@ -433,6 +433,16 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// An integer in `min..=max`.
+    pub fn integer_in(&mut self, value: &Value, path: &str, min: u64, max: u64) -> Option<u64> {
+        let n = self.integer(value, path, min)?;
+        if n > max {
+            self.error(path, format!("must be at most {max}, found {n}"));
+            return None;
+        }
+        Some(n)
+    }
+
     /// An integer, or a `[h, w]` pair of integers, each no smaller than `min`.
     pub fn pair(&mut self, value: &Value, path: &str, min: u64) -> Option<[usize; 2]> {
         if let Value::Sequence(items) = value {

@@ -21,6 +21,9 @@ use crate::weights::{InitKind, WeightStore};
 
 pub use plan::Plan;
 
+/// The most values one record's output, or one parameter tensor, may hold (4 GiB of f32).
+pub const MAX_ELEMENTS: usize = 1 << 30;
+
 /// A value flowing through the graph: the model input, or the output of a layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ValueId(pub usize);
@@ -207,7 +210,33 @@ impl Graph {
                     continue;
                 }
             };
+            // A typo such as `units: 10000000000` must be an error, not an allocation that takes
+            // the machine down.
+            let too_big = |dims: &[usize]| {
+                dims.iter()
+                    .try_fold(1usize, |a, d| a.checked_mul(*d))
+                    .is_none_or(|n| n > MAX_ELEMENTS)
+            };
+            if too_big(&shape) {
+                err(
+                    &layer.path,
+                    format!("layer `{}` would output {shape:?} per record: more than {MAX_ELEMENTS} values", layer.name),
+                );
+                resolved.push(None);
+                continue;
+            }
             let specs = layers::param_specs(&layer.op, shapes[0]);
+            if let Some(big) = specs.iter().find(|p| too_big(&p.shape)) {
+                err(
+                    &layer.path,
+                    format!(
+                        "layer `{}` would need a `{}` tensor of shape {:?}: more than {MAX_ELEMENTS} values",
+                        layer.name, big.suffix, big.shape
+                    ),
+                );
+                resolved.push(None);
+                continue;
+            }
             let mut params = Vec::new();
             let mut values = Vec::new();
             for ParamSpec {

@@ -110,7 +110,7 @@ impl Plan {
     pub fn load_with_batch(path: &Path, batch_size: Option<usize>) -> Result<Plan, ConfigErrors> {
         let (mut config, mut errors) = PipelineConfig::load_partial(path)?;
         if let Some(b) = batch_size {
-            config.batch.size = b.max(1);
+            config.batch.size = b.clamp(1, crate::config::MAX_BATCH as usize);
         }
         match Plan::build(&config) {
             Ok(plan) if errors.is_empty() => Ok(plan),
