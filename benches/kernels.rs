@@ -90,9 +90,20 @@ fn layer_benches(c: &mut Criterion) {
         bias: true,
         activation: Activation::Relu,
     });
+    let conv_first = OpConfig::Conv2d(Conv2dConfig {
+        filters: 16,
+        kernel: [5, 5],
+        stride: [1, 1],
+        padding: [2, 2],
+        dilation: [1, 1],
+        groups: 1,
+        bias: true,
+        activation: Activation::Relu,
+    });
     let cases = [
         ("dense_784_1024_relu", dense, vec![784usize]),
         ("conv3x3_16to32_14x14_relu", conv, vec![16, 14, 14]),
+        ("conv5x5_1to16_28x28_relu", conv_first, vec![1, 28, 28]),
     ];
     for (name, op, input) in cases {
         let (l, out) = layer(op.clone(), &input);

@@ -3,8 +3,9 @@
 
 use ndarray::{ArrayD, IxDyn};
 
+use super::direct_conv;
 use super::gemm::matmul_acc;
-use super::packed::{DenseWeights, XLayout};
+use super::packed::{self, DenseWeights, XLayout};
 use super::{apply_activation, Layer, Scratch, ShapeError, Tensor};
 use crate::config::Conv2dConfig;
 
@@ -68,6 +69,8 @@ const PACKED_MIN_DEPTH: usize = 64;
 
 #[derive(Debug)]
 enum ConvWeights {
+    /// Stride 1 on AVX2: direct convolution from a padded copy of the image, no im2col.
+    Direct(Vec<f32>),
     /// Each group's `[F/g, K]` slice, packed for the dense kernel, which reads im2col in place.
     Packed(Vec<DenseWeights>),
     /// `[filters, channels/groups, kh, kw]` as loaded: each group's rows are one `[F/g, K]` matrix.
@@ -87,7 +90,9 @@ impl Conv2d {
             c.filters / groups,
             input[0] / groups * c.kernel[0] * c.kernel[1],
         );
-        let weights = if k >= PACKED_MIN_DEPTH {
+        let weights = if c.stride == [1, 1] && packed::simd_available() {
+            ConvWeights::Direct(weight)
+        } else if k >= PACKED_MIN_DEPTH {
             ConvWeights::Packed(
                 weight
                     .chunks_exact(fg * k)
@@ -173,6 +178,34 @@ impl Layer for Conv2d {
         );
         let images = x.chunks_exact(ch * h * w);
         let out = match &self.weights {
+            ConvWeights::Direct(weight) => {
+                let mut out = Vec::with_capacity(n * f * spatial);
+                for _ in 0..n {
+                    for c in 0..f {
+                        out.extend(std::iter::repeat_n(
+                            self.bias.as_ref().map_or(0.0, |b| b[c]),
+                            spatial,
+                        ));
+                    }
+                }
+                let geometry = direct_conv::Geometry {
+                    cg: ch / groups,
+                    kernel: self.c.kernel,
+                    dilation: self.c.dilation,
+                    out: [oh, ow],
+                };
+                for (image, record) in images.zip(out.chunks_exact_mut(f * spatial)) {
+                    let padded =
+                        direct_conv::pad(image, self.input, self.c.padding, &mut scratch.cols);
+                    for g in 0..groups {
+                        let wg = &weight[g * fg * k..(g + 1) * fg * k];
+                        let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
+                        direct_conv::conv_group(geometry, &padded, g * geometry.cg, wg, og);
+                    }
+                    scratch.cols = padded.data; // the buffer goes back for the next image
+                }
+                out
+            }
             ConvWeights::Plain(weight) => {
                 // Start from the bias (the GEMM accumulates onto it), written once.
                 let mut out = Vec::with_capacity(n * f * spatial);

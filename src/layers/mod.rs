@@ -7,6 +7,7 @@
 mod activation;
 mod conv;
 mod dense;
+mod direct_conv;
 pub mod gemm;
 mod merge;
 mod norm;

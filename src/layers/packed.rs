@@ -35,7 +35,8 @@ pub enum DenseWeights {
     },
 }
 
-fn simd_available() -> bool {
+/// Whether this CPU runs the AVX2+FMA kernels.
+pub fn simd_available() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
