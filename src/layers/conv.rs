@@ -7,7 +7,7 @@ use super::direct_conv;
 use super::gemm::matmul_acc;
 use super::packed::{self, DenseWeights, XLayout};
 use super::{apply_activation, Layer, Scratch, ShapeError, Tensor};
-use crate::config::Conv2dConfig;
+use crate::config::{Activation, Conv2dConfig};
 
 fn out_size(
     input: usize,
@@ -179,15 +179,17 @@ impl Layer for Conv2d {
         let images = x.chunks_exact(ch * h * w);
         let out = match &self.weights {
             ConvWeights::Direct(weight) => {
-                let mut out = Vec::with_capacity(n * f * spatial);
-                for _ in 0..n {
-                    for c in 0..f {
-                        out.extend(std::iter::repeat_n(
-                            self.bias.as_ref().map_or(0.0, |b| b[c]),
-                            spatial,
-                        ));
+                // Written once by the kernel: bias, sum and (for relu) the activation fused.
+                let mut out = vec![0.0f32; n * f * spatial];
+                let zeros;
+                let bias = match &self.bias {
+                    Some(b) => b.as_slice(),
+                    None => {
+                        zeros = vec![0.0f32; f];
+                        zeros.as_slice()
                     }
-                }
+                };
+                let relu = self.c.activation == Activation::Relu;
                 let geometry = direct_conv::Geometry {
                     cg: ch / groups,
                     kernel: self.c.kernel,
@@ -200,7 +202,16 @@ impl Layer for Conv2d {
                     for g in 0..groups {
                         let wg = &weight[g * fg * k..(g + 1) * fg * k];
                         let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
-                        direct_conv::conv_group(geometry, &padded, g * geometry.cg, wg, og);
+                        let bg = &bias[g * fg..(g + 1) * fg];
+                        direct_conv::conv_group(
+                            geometry,
+                            &padded,
+                            g * geometry.cg,
+                            wg,
+                            bg,
+                            relu,
+                            og,
+                        );
                     }
                     scratch.cols = padded.data; // the buffer goes back for the next image
                 }
@@ -267,8 +278,12 @@ impl Layer for Conv2d {
             }
         };
         let mut out = out;
-        // Activations here are elementwise; softmax would act over the last (width) axis.
-        apply_activation(self.c.activation, &mut out, ow);
+        let fused =
+            matches!(self.weights, ConvWeights::Direct(_)) && self.c.activation == Activation::Relu;
+        if !fused {
+            // Activations here are elementwise; softmax would act over the last (width) axis.
+            apply_activation(self.c.activation, &mut out, ow);
+        }
         ArrayD::from_shape_vec(IxDyn(&[n, f, oh, ow]), out).expect("conv output shape")
     }
 }

@@ -52,10 +52,20 @@ pub struct Geometry {
     pub out: [usize; 2],
 }
 
-/// `out[f][oy][ox] += Σ weight[f][c][ki][kj] · x[c][oy + ki·dh][ox + kj·dw]` for the `fg` filters
-/// of one group, `x` being the group's channels of the padded image and `weight` their
-/// `[fg, cg, kh, kw]` slice. Needs AVX2 and FMA (see [`super::packed::simd_available`]).
-pub fn conv_group(g: Geometry, x: &Padded, channel0: usize, weight: &[f32], out: &mut [f32]) {
+/// `out[f][oy][ox] = bias[f] + Σ weight[f][c][ki][kj] · x[c][oy + ki·dh][ox + kj·dw]` for the
+/// `fg` filters of one group, `x` being the group's channels of the padded image and `weight`
+/// their `[fg, cg, kh, kw]` slice; with `relu`, negative sums are written as zero (fused here, so
+/// the output is written once and never read back). Needs AVX2 and FMA
+/// (see [`super::packed::simd_available`]).
+pub fn conv_group(
+    g: Geometry,
+    x: &Padded,
+    channel0: usize,
+    weight: &[f32],
+    bias: &[f32],
+    relu: bool,
+    out: &mut [f32],
+) {
     assert!(
         super::packed::simd_available(),
         "direct convolution needs AVX2 and FMA"
@@ -63,7 +73,11 @@ pub fn conv_group(g: Geometry, x: &Padded, channel0: usize, weight: &[f32], out:
     let taps = g.cg * g.kernel[0] * g.kernel[1];
     let fg = weight.len() / taps;
     let [oh, ow] = g.out;
-    assert!(out.len() >= fg * oh * ow && x.data.len() >= (channel0 + g.cg) * x.rows * x.width);
+    assert!(
+        out.len() >= fg * oh * ow
+            && x.data.len() >= (channel0 + g.cg) * x.rows * x.width
+            && bias.len() >= fg
+    );
     assert!(oh + (g.kernel[0] - 1) * g.dilation[0] <= x.rows);
     assert!(x.width >= ow + (g.kernel[1] - 1) * g.dilation[1] + MARGIN);
     #[cfg(target_arch = "x86_64")]
@@ -74,17 +88,17 @@ pub fn conv_group(g: Geometry, x: &Padded, channel0: usize, weight: &[f32], out:
         let mut f = 0;
         if ow > 16 {
             while f + 2 <= fg {
-                rows_kernel::<4, 2>(g, x, channel0, weight, f, out);
+                rows_kernel::<4, 2>(g, x, channel0, weight, bias, relu, f, out);
                 f += 2;
             }
         } else {
             while f + 4 <= fg {
-                rows_kernel::<2, 4>(g, x, channel0, weight, f, out);
+                rows_kernel::<2, 4>(g, x, channel0, weight, bias, relu, f, out);
                 f += 4;
             }
         }
         while f < fg {
-            rows_kernel::<2, 1>(g, x, channel0, weight, f, out);
+            rows_kernel::<2, 1>(g, x, channel0, weight, bias, relu, f, out);
             f += 1;
         }
     }
@@ -93,11 +107,14 @@ pub fn conv_group(g: Geometry, x: &Padded, channel0: usize, weight: &[f32], out:
 /// `NF` filters from `f0`, all output rows, in blocks of `NV` vectors (8 pixels each).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
 unsafe fn rows_kernel<const NV: usize, const NF: usize>(
     g: Geometry,
     x: &Padded,
     channel0: usize,
     weight: &[f32],
+    bias: &[f32],
+    relu: bool,
     f0: usize,
     out: &mut [f32],
 ) {
@@ -114,6 +131,9 @@ unsafe fn rows_kernel<const NV: usize, const NF: usize>(
         let mut x0 = 0;
         while x0 < ow {
             let mut acc = [[_mm256_setzero_ps(); NV]; NF];
+            for (fi, accf) in acc.iter_mut().enumerate() {
+                *accf = [_mm256_set1_ps(bias[f0 + fi]); NV];
+            }
             for c in 0..g.cg {
                 for ki in 0..kh {
                     let row = xp.add(c * plane + (oy + ki * dh) * x.width + x0);
@@ -135,14 +155,23 @@ unsafe fn rows_kernel<const NV: usize, const NF: usize>(
             }
             let n = block.min(ow - x0);
             for (fi, accf) in acc.iter().enumerate() {
+                let dst = &mut out[((f0 + fi) * oh + oy) * ow + x0..][..n];
                 let mut tmp = [0.0f32; 32];
                 for (i, a) in accf.iter().enumerate() {
-                    _mm256_storeu_ps(tmp.as_mut_ptr().add(i * 8), *a);
+                    let a = if relu {
+                        _mm256_max_ps(*a, _mm256_setzero_ps())
+                    } else {
+                        *a
+                    };
+                    if (i + 1) * 8 <= n {
+                        _mm256_storeu_ps(dst.as_mut_ptr().add(i * 8), a);
+                    } else {
+                        _mm256_storeu_ps(tmp.as_mut_ptr().add(i * 8), a);
+                    }
                 }
-                let dst = &mut out[((f0 + fi) * oh + oy) * ow + x0..][..n];
-                for (d, t) in dst.iter_mut().zip(&tmp[..n]) {
-                    *d += t;
-                }
+                // The ragged end of the row goes through `tmp`, so no store leaves the row.
+                let full = n / 8 * 8;
+                dst[full..].copy_from_slice(&tmp[full..n]);
             }
             x0 += block;
         }
