@@ -411,6 +411,16 @@ def case_conv_deep_groups(rng):
 
 
 @case
+def case_conv_wide_nobias_relu(rng):
+    # 45 output columns (a 32-wide block and a ragged 13), 5 filters (pairs and a single one),
+    # no bias, relu: the direct convolution's edges.
+    return dict(shape=[3, 6, 45],
+                layers=[L(name="conv", op="conv2d", filters=5, kernel=3, padding=1, bias=False,
+                          activation="relu")],
+                weights=conv_params(rng, "conv", 5, 3, 3, bias=False))
+
+
+@case
 def case_conv_params_name(rng):
     return dict(shape=[2, 6, 6],
                 layers=[L(name="conv_b", op="conv2d", inputs=["input"], filters=3, kernel=5,
