@@ -16,7 +16,7 @@ use super::source::{input_env, run_chunker, ParserWorker, RawChunk};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RunStats};
 use super::trace::Tracer;
-use super::{channels, Emitter, Failure, Inboxes, StageChannels};
+use super::{channels, Emitter, Failure, Inboxes, Part, StageChannels};
 use crate::graph::plan::PARSE_QUEUE;
 use crate::graph::Plan;
 use crate::io::{
@@ -73,17 +73,19 @@ pub struct RunReport {
     pub stats: RunStats,
 }
 
-/// Threads of a running topology.
+/// A started set of stage actors, waiting for a source and a sink.
 struct Running {
     counters: Arc<Counters>,
+    /// Sends the model input (and each chunk's metadata) to whoever reads it.
     source: Emitter,
+    /// Everything the sink joins: pipeline outputs and chunk metadata.
     sink_rx: Receiver<Part>,
+    /// Kept so the source side (the reader) can report a failure too.
     failures_tx: Sender<Failure>,
     failures_rx: Receiver<Failure>,
+    /// Stage workers and joins; joined after a clean finish.
     threads: Vec<JoinHandle<()>>,
 }
-
-use super::Part;
 
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
