@@ -326,17 +326,16 @@ impl ChunkOutput for JsonOutput {
     fn write(&mut self, chunk: CompletedChunk) -> Result<(), RunError> {
         let meta = &chunk.meta;
         let r = &self.counters.records;
-        r.records_in
-            .fetch_add((meta.records.len() + meta.rejected.len()) as u64, Relaxed);
-        self.ebuf.clear();
-        for rej in &meta.rejected {
-            write_rejection(&mut self.ebuf, rej);
-        }
-        // Under --strict, write the records before the first bad line, then stop.
+        // Under --strict, the records before the first bad line are written, then the run stops.
         let first_bad = if self.strict {
             meta.rejected.first()
         } else {
             None
+        };
+        let rejected = if first_bad.is_some() {
+            &meta.rejected[..1]
+        } else {
+            &meta.rejected[..]
         };
         let slices: Vec<&[f32]> = chunk
             .outputs
@@ -375,24 +374,18 @@ impl ChunkOutput for JsonOutput {
             }
         }
         self.out.write_all(&self.buf).map_err(output_error)?;
+        r.records_in
+            .fetch_add(written + rejected.len() as u64, Relaxed);
         r.records_out.fetch_add(written, Relaxed);
-        if !self.ebuf.is_empty() {
-            let errs = if let Some(b) = first_bad {
-                let mut one = Vec::new();
-                write_rejection(&mut one, b);
-                one
-            } else {
-                std::mem::take(&mut self.ebuf)
-            };
-            r.records_rejected.fetch_add(
-                if first_bad.is_some() {
-                    1
-                } else {
-                    meta.rejected.len() as u64
-                },
-                Relaxed,
-            );
-            self.errors.write_all(&errs).map_err(RunError::Output)?;
+        if !rejected.is_empty() {
+            self.ebuf.clear();
+            for rej in rejected {
+                write_rejection(&mut self.ebuf, rej);
+            }
+            r.records_rejected.fetch_add(rejected.len() as u64, Relaxed);
+            self.errors
+                .write_all(&self.ebuf)
+                .map_err(RunError::Output)?;
             self.errors.flush().map_err(RunError::Output)?;
         }
         if let Some(b) = first_bad {
