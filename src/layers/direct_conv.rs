@@ -92,9 +92,14 @@ pub fn conv_group(
                 f += 2;
             }
         } else {
-            while f + 4 <= fg {
-                rows_kernel::<2, 4>(g, x, channel0, weight, bias, relu, f, out);
-                f += 4;
+            // Six filters share each pair of input loads: 12 accumulators, 2 inputs, 1 weight.
+            while f + 6 <= fg {
+                rows_kernel::<2, 6>(g, x, channel0, weight, bias, relu, f, out);
+                f += 6;
+            }
+            while f + 2 <= fg {
+                rows_kernel::<2, 2>(g, x, channel0, weight, bias, relu, f, out);
+                f += 2;
             }
         }
         while f < fg {
