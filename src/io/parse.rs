@@ -359,6 +359,36 @@ fn value_end(b: &[u8], mut i: usize) -> Option<usize> {
     }
 }
 
+/// `mantissa × 10^exponent` rounded to f32 through one correctly rounded f64 operation, when that
+/// is provably the correctly rounded f32: the f64 result `r` is within half an f64 ulp of the
+/// exact value, and every f32 rounding boundary (a midpoint between two f32s) is itself an f64,
+/// so the exact value and `r` round alike unless `r` sits exactly on a boundary; that case, and
+/// everything outside the exact range (more than 15 digits, |exponent| > 22, f32 subnormals),
+/// is left to the full parser. Covers the 8–15 digit numbers that float dumps are made of.
+fn via_f64(mantissa: u64, exponent: i64) -> Option<f32> {
+    const POW10: [f64; 23] = [
+        1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13, 1e14, 1e15, 1e16,
+        1e17, 1e18, 1e19, 1e20, 1e21, 1e22,
+    ];
+    if mantissa >= 1 << 53 || !(-22..=22).contains(&exponent) {
+        return None;
+    }
+    let m = mantissa as f64;
+    let r = if exponent < 0 {
+        m / POW10[(-exponent) as usize]
+    } else {
+        m * POW10[exponent as usize]
+    };
+    if r == 0.0 {
+        return Some(0.0);
+    }
+    // f32 keeps 24 of f64's 53 significand bits; the 29 dropped bits equal to 1000…0 mean `r` is
+    // an exact midpoint, where the two roundings may disagree.
+    let on_midpoint = r.to_bits() & ((1 << 29) - 1) == 1 << 28;
+    let normal = (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&r);
+    (normal && !on_midpoint).then_some(r as f32)
+}
+
 /// Does `token` follow JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`?
 fn is_json_number(token: &[u8]) -> bool {
     let digits = |t: &[u8], i: &mut usize| {
@@ -567,6 +597,12 @@ impl Scanner<'_> {
             } else {
                 m * POW10[exponent as usize]
             };
+            if negative {
+                -v
+            } else {
+                v
+            }
+        } else if let Some(v) = via_f64(mantissa, exponent) {
             if negative {
                 -v
             } else {
@@ -833,6 +869,21 @@ mod tests {
             let want: f32 = text.parse().unwrap();
             let got = parse(&[1], &format!("[{text}]")).unwrap()[0];
             assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got} vs {want}");
+        }
+        // Long decimals, as float dumps write them: 9 significant digits (the f32 round trip),
+        // 15, and 17 (beyond the f64 path, to the full parser).
+        let mut next = crate::weights::seeded_stream(3, "long-decimals");
+        for i in 0..30000 {
+            let v = next() * 10f32.powi((i % 13) - 6);
+            for text in [
+                format!("{v:.9e}"),
+                format!("{:.15}", v as f64),
+                format!("{}", v as f64 * 1.000000001),
+            ] {
+                let want: f32 = text.parse().unwrap();
+                let got = parse(&[1], &format!("[{text}]")).unwrap()[0];
+                assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got} vs {want}");
+            }
         }
         // Every 4-decimal value in [-1, 1], as records are commonly written.
         for i in -10000..=10000 {
