@@ -389,6 +389,71 @@ fn via_f64(mantissa: u64, exponent: i64) -> Option<f32> {
     (normal && !on_midpoint).then_some(r as f32)
 }
 
+/// `mantissa × 10^exponent` rounded to f32 exactly with integer arithmetic, for the 16–19 digit
+/// numbers that `repr` of a float32-as-float64 gives (Python's `json.dumps(t.tolist())`): the
+/// quotient or product is formed in 128 bits, its top 24 bits kept and rounded half to even with
+/// everything below them (the division's remainder included) as the sticky part.
+fn via_u128(mantissa: u64, exponent: i64) -> Option<f32> {
+    const POW10: [u64; 20] = [
+        1,
+        10,
+        100,
+        1_000,
+        10_000,
+        100_000,
+        1_000_000,
+        10_000_000,
+        100_000_000,
+        1_000_000_000,
+        10_000_000_000,
+        100_000_000_000,
+        1_000_000_000_000,
+        10_000_000_000_000,
+        100_000_000_000_000,
+        1_000_000_000_000_000,
+        10_000_000_000_000_000,
+        100_000_000_000_000_000,
+        1_000_000_000_000_000_000,
+        10_000_000_000_000_000_000,
+    ];
+    if mantissa == 0 || mantissa == u64::MAX || !(-19..=19).contains(&exponent) {
+        return None; // u64::MAX: the digit reader saturated, the mantissa is not exact
+    }
+    let (q, inexact, scale) = if exponent < 0 {
+        let d = POW10[(-exponent) as usize] as u128;
+        let n = (mantissa as u128) << 64;
+        (n / d, n % d != 0, -64)
+    } else {
+        (
+            mantissa as u128 * POW10[exponent as usize] as u128,
+            false,
+            0,
+        )
+    };
+    let bits = 128 - q.leading_zeros() as i64;
+    if bits < 26 {
+        return None; // too few bits for a guard bit: leave it to the full parser
+    }
+    let shift = bits - 24;
+    let mut sig = (q >> shift) as u32;
+    let rest = q & ((1u128 << shift) - 1);
+    let half = 1u128 << (shift - 1);
+    if rest > half || (rest == half && (inexact || sig & 1 == 1)) {
+        sig += 1;
+    }
+    let mut e = shift + scale + 23; // value = 1.sig × 2^e
+    if sig == 1 << 24 {
+        sig >>= 1;
+        e += 1;
+    }
+    if !(-126..=127).contains(&e) {
+        return None; // subnormal or overflow: the full parser says what it is
+    }
+    Some(f32::from_bits(
+        (((e + 127) as u32) << 23) | (sig & 0x7F_FFFF),
+    ))
+}
+
 /// Does `token` follow JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`?
 fn is_json_number(token: &[u8]) -> bool {
     let digits = |t: &[u8], i: &mut usize| {
@@ -602,7 +667,8 @@ impl Scanner<'_> {
             } else {
                 v
             }
-        } else if let Some(v) = via_f64(mantissa, exponent) {
+        } else if let Some(v) = via_f64(mantissa, exponent).or_else(|| via_u128(mantissa, exponent))
+        {
             if negative {
                 -v
             } else {
@@ -871,7 +937,7 @@ mod tests {
             assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got} vs {want}");
         }
         // Long decimals, as float dumps write them: 9 significant digits (the f32 round trip),
-        // 15, and 17 (beyond the f64 path, to the full parser).
+        // 15, and 17-19 (the 128-bit path).
         let mut next = crate::weights::seeded_stream(3, "long-decimals");
         for i in 0..30000 {
             let v = next() * 10f32.powi((i % 13) - 6);
