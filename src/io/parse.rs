@@ -422,7 +422,7 @@ fn via_u128(mantissa: u64, exponent: i64) -> Option<f32> {
     let (q, inexact, scale) = if exponent < 0 {
         let d = POW10[(-exponent) as usize] as u128;
         let n = (mantissa as u128) << 64;
-        (n / d, n % d != 0, -64)
+        (n / d, !n.is_multiple_of(d), -64)
     } else {
         (
             mantissa as u128 * POW10[exponent as usize] as u128,
