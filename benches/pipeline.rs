@@ -55,7 +55,7 @@ fn pipelines(c: &mut Criterion) {
         group.throughput(Throughput::Elements(records as u64));
         group.bench_function(name, |b| {
             b.iter(|| {
-                run_bench_pipeline(plan.clone(), inputs.clone(), records, None, None).unwrap()
+                run_bench_pipeline(plan.clone(), inputs.clone(), records, None, None, None).unwrap()
             })
         });
         group.finish();

@@ -4,6 +4,7 @@
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -78,22 +79,90 @@ fn synthetic_chunks(plan: &Plan, count: usize) -> Vec<Vec<f32>> {
         .collect()
 }
 
-fn step(progress: bool, what: &str) {
-    if progress {
-        eprint!("\rbench: {what:<60}");
-        let _ = std::io::stderr().flush();
+/// A progress bar on stderr (only when it is a terminal): a phase name and, while a count is
+/// known, how far it has got, redrawn ten times a second by a thread of its own.
+struct Progress {
+    shown: bool,
+    done: Arc<AtomicU64>,
+    /// (phase, total records); total 0 shows the phase alone.
+    phase: Arc<std::sync::Mutex<(String, u64)>>,
+    stop: Option<crossbeam_channel::Sender<()>>,
+    painter: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn new(shown: bool) -> Progress {
+        let done = Arc::new(AtomicU64::new(0));
+        let phase = Arc::new(std::sync::Mutex::new((String::new(), 0)));
+        let mut stop = None;
+        let mut painter = None;
+        if shown {
+            let (tx, rx) = crossbeam_channel::bounded::<()>(1);
+            stop = Some(tx);
+            let (done, phase) = (done.clone(), phase.clone());
+            painter = Some(std::thread::spawn(move || {
+                while rx.recv_timeout(Duration::from_millis(100))
+                    == Err(crossbeam_channel::RecvTimeoutError::Timeout)
+                {
+                    let (name, total) = phase.lock().map(|p| p.clone()).unwrap_or_default();
+                    let line = if total == 0 {
+                        name
+                    } else {
+                        let frac = (done.load(Relaxed) as f64 / total as f64).min(1.0);
+                        let filled = (frac * 30.0) as usize;
+                        format!(
+                            "{name} [{}{}] {:>3.0}%",
+                            "#".repeat(filled),
+                            ".".repeat(30 - filled),
+                            frac * 100.0
+                        )
+                    };
+                    eprint!("\rbench: {line:<78}");
+                    let _ = std::io::stderr().flush();
+                }
+                eprint!("\r{:<86}\r", "");
+            }));
+        }
+        Progress {
+            shown,
+            done,
+            phase,
+            stop,
+            painter,
+        }
+    }
+
+    /// Start a phase of `total` records (0: no count).
+    fn phase(&self, name: &str, total: u64) {
+        self.done.store(0, Relaxed);
+        if let Ok(mut p) = self.phase.lock() {
+            *p = (name.to_string(), total);
+        }
+    }
+
+    /// The counter a phase advances, or `None` when nothing is shown.
+    fn counter(&self) -> Option<Arc<AtomicU64>> {
+        self.shown.then(|| self.done.clone())
+    }
+
+    /// Stop drawing and clear the line, before the report is printed.
+    fn finish(&mut self) {
+        self.stop.take();
+        if let Some(p) = self.painter.take() {
+            let _ = p.join();
+        }
     }
 }
 
 pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, RunError> {
-    let progress = options.progress && std::io::stderr().is_terminal();
+    let mut progress = Progress::new(options.progress && std::io::stderr().is_terminal());
     let records = options.records.max(1);
     let size = plan.batch.size;
     let chunks = synthetic_chunks(&plan, 4);
     let flops = plan.flops_per_record() as f64;
 
     // (a) The monolithic reference, one thread, chunk by chunk.
-    step(progress, "[1/3] monolithic reference, one thread");
+    progress.phase("[1/3] monolithic reference, one thread", records as u64);
     let t = Instant::now();
     let mut done = 0;
     let mut c = 0;
@@ -109,14 +178,22 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
         .expect("rows × len");
         std::hint::black_box(plan.graph.forward_with(input, &mut scratch));
         done += rows;
+        progress.done.fetch_add(rows as u64, Relaxed);
         c += 1;
     }
     let mono = records as f64 / t.elapsed().as_secs_f64();
 
     // (b) The decomposed pipeline, fed from memory.
-    step(progress, "[2/3] decomposed pipeline");
+    progress.phase("[2/3] decomposed pipeline", records as u64);
     let tracer = options.trace.as_ref().map(|_| Tracer::new(Instant::now()));
-    let run = run_bench_pipeline(plan.clone(), chunks.clone(), records, tracer.clone(), None)?;
+    let run = run_bench_pipeline(
+        plan.clone(),
+        chunks.clone(),
+        records,
+        tracer.clone(),
+        None,
+        progress.counter(),
+    )?;
     if let (Some(tracer), Some(path)) = (&tracer, &options.trace) {
         tracer.write(path).map_err(RunError::Output)?;
     }
@@ -125,15 +202,26 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
     lat.sort();
 
     // Latency without queueing: one chunk at a time through the idle pipeline.
-    step(progress, "[2/3] decomposed pipeline, one chunk at a time");
+    progress.phase("[2/3] decomposed pipeline, one chunk at a time", 0);
     let idle_records = records.min(300 * size);
-    let idle = run_bench_pipeline(plan.clone(), chunks, idle_records, None, Some(1))?;
+    progress.phase(
+        "[2/3] decomposed pipeline, one chunk at a time",
+        idle_records as u64,
+    );
+    let idle = run_bench_pipeline(
+        plan.clone(),
+        chunks,
+        idle_records,
+        None,
+        Some(1),
+        progress.counter(),
+    )?;
     let mut idle_lat = idle.latencies.clone();
     idle_lat.sort();
 
     // (c) The stream path: JSON text in, JSON text out, all in memory.
     let io_rate = if options.io {
-        step(progress, "[3/3] JSON lines in and out");
+        progress.phase("[3/3] JSON lines in and out", 0);
         let text = crate::verify::synthetic_jsonl(&plan, records, 2);
         let (_keep, never) = crossbeam_channel::bounded(1);
         let t = Instant::now();
@@ -149,9 +237,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
     } else {
         None
     };
-    if progress {
-        eprintln!("\rbench: done{:<60}", "");
-    }
+    progress.finish();
     let stages: Vec<BenchStage> = run
         .stats
         .stages

@@ -423,6 +423,7 @@ pub fn run_bench_pipeline(
     records: usize,
     tracer: Option<Tracer>,
     in_flight: Option<usize>,
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<BenchRun, RunError> {
     let start = Instant::now();
     let running = spawn_stages(&plan, &tracer);
@@ -468,6 +469,7 @@ pub fn run_bench_pipeline(
         let mut out = CountingOutput {
             latencies: Vec::new(),
             counters,
+            progress,
         };
         let r = run_sink(
             sink_rx,
@@ -497,6 +499,8 @@ pub fn run_bench_pipeline(
 struct CountingOutput {
     latencies: Vec<Duration>,
     counters: Arc<Counters>,
+    /// Records written so far, for a progress display.
+    progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 impl ChunkOutput for CountingOutput {
@@ -505,6 +509,9 @@ impl ChunkOutput for CountingOutput {
         let n = chunk.rows as u64;
         self.counters.records.records_in.fetch_add(n, Relaxed);
         self.counters.records.records_out.fetch_add(n, Relaxed);
+        if let Some(p) = &self.progress {
+            p.fetch_add(n, Relaxed);
+        }
         Ok(())
     }
 

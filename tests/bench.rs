@@ -1,0 +1,54 @@
+//! `subpass bench --json`: the figures a user (and the peer race) reads, with their keys.
+
+mod common;
+
+use common::*;
+
+#[test]
+fn bench_json_has_every_figure() {
+    let out = subpass()
+        .args([
+            "bench",
+            "configs/digits-cnn.yaml",
+            "--records",
+            "3000",
+            "--io",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    for key in [
+        "monolithic_records_per_s",
+        "pipeline_records_per_s",
+        "io_records_per_s",
+        "speedup",
+        "gflops",
+        "latency_p50_ms",
+        "latency_p99_ms",
+        "peak_rss_bytes",
+    ] {
+        let v = r[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("`{key}` missing or not a number: {r}"));
+        assert!(v > 0.0 && v.is_finite(), "`{key}` = {v}");
+    }
+    assert!(r["latency_p99_ms"].as_f64() >= r["latency_p50_ms"].as_f64());
+    let speedup = r["pipeline_records_per_s"].as_f64().unwrap()
+        / r["monolithic_records_per_s"].as_f64().unwrap();
+    assert!((r["speedup"].as_f64().unwrap() - speedup).abs() < 1e-9 * speedup.max(1.0));
+    let stages = r["stages"].as_array().unwrap();
+    let names: Vec<&str> = stages.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["tower_a", "tower_b", "head"]);
+    assert_eq!(stages[2]["replicas"], 2);
+    assert!(stages.iter().all(|s| s["busy_pct"]
+        .as_f64()
+        .is_some_and(|b| (0.0..=100.5).contains(&b))));
+    assert!(names.contains(&r["bottleneck"].as_str().unwrap()));
+}
