@@ -147,13 +147,13 @@ impl RecordParser {
             }
             Some(b'{') => {
                 let mark = out.len();
-                let fields = object_fields(
+                let (x, fields) = object_fields(
                     trimmed,
                     &self.field,
                     Some((&self.shape, self.len, &mut *out)),
                 )
                 .inspect_err(|_| out.truncate(mark))?;
-                let x = fields.get(self.field.as_str()).ok_or_else(|| {
+                let x = x.ok_or_else(|| {
                     format!("object has no field `{}` holding the record", self.field)
                 })?;
                 if !x.starts_with('[') {
@@ -161,11 +161,7 @@ impl RecordParser {
                     parse_array(x, &self.shape, self.len, out)
                         .map_err(|e| format!("field `{}`: {e}", self.field))?;
                 }
-                let raw = |name: &str| {
-                    fields
-                        .get(name)
-                        .map(|v| RawValue::from_string(v.to_string()).expect("validated"))
-                };
+                let raw = |name: &str| fields.get(name).map(|v| (*v).to_owned());
                 let key = match raw("id") {
                     Some(id) => RecordKey::Id(id),
                     None => RecordKey::Line(number),
@@ -199,7 +195,7 @@ impl RecordParser {
                 .strip_prefix('"')
                 .and_then(|f| f.strip_suffix('"'))
                 .unwrap_or(field);
-            match parse_number(field.as_bytes(), false) {
+            match parse_csv_number(field.as_bytes()) {
                 Ok(v) => out.push(v),
                 Err(e) => {
                     // A first row that is not numeric is a header.
@@ -225,14 +221,16 @@ impl RecordParser {
 }
 
 /// The fields of a JSON object line, as raw text, with the record field's array parsed into
-/// `out` where it stands (`Err` if the record field is not a valid record). Every other value is
-/// validated by serde_json, so what is echoed to the output is valid JSON. Letting serde_json
-/// validate the record's hundreds of numbers too cost as much as parsing them.
+/// `out` where it stands (`Err` if the record field is not a valid record). Returns the record
+/// field's raw text, and every other field as serde_json validated it, so what is echoed to the
+/// output is valid JSON and is not parsed a second time. Letting serde_json validate the record's
+/// hundreds of numbers too cost as much as parsing them.
+#[allow(clippy::type_complexity)]
 fn object_fields<'a>(
     text: &'a str,
     record_field: &str,
     record: Option<(&[usize], usize, &mut Vec<f32>)>,
-) -> Result<HashMap<Cow<'a, str>, &'a str>, String> {
+) -> Result<(Option<&'a str>, HashMap<Cow<'a, str>, &'a RawValue>), String> {
     let mut record = record;
     let mark = record.as_ref().map_or(0, |r| r.2.len());
     let invalid = |what: &str, at: usize| format!("invalid JSON: {what} at column {}", at + 1);
@@ -243,6 +241,7 @@ fn object_fields<'a>(
         }
     };
     let mut fields = HashMap::new();
+    let mut record_text = None;
     let mut i = 1; // past `{`
     ws(&mut i);
     if b.get(i) == Some(&b'}') {
@@ -284,11 +283,13 @@ fn object_fields<'a>(
                 _ => i = value_end(b, i).ok_or_else(|| invalid("unterminated value", start))?,
             }
             let value = &text[start..i];
-            if key != record_field {
-                serde_json::from_str::<&RawValue>(value)
+            if key == record_field {
+                record_text = Some(value);
+            } else {
+                let raw = serde_json::from_str::<&RawValue>(value)
                     .map_err(|e| format!("invalid JSON in field `{key}`: {e}"))?;
+                fields.insert(key, raw);
             }
-            fields.insert(key, value);
             ws(&mut i);
             match b.get(i) {
                 Some(b',') => i += 1,
@@ -304,7 +305,7 @@ fn object_fields<'a>(
     if i != b.len() {
         return Err(invalid("trailing characters", i));
     }
-    Ok(fields)
+    Ok((record_text, fields))
 }
 
 /// The index just past the string starting at `b[i] == '"'`.
@@ -454,48 +455,11 @@ fn via_u128(mantissa: u64, exponent: i64) -> Option<f32> {
     ))
 }
 
-/// Does `token` follow JSON's number grammar: `-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][+-]?[0-9]+)?`?
-fn is_json_number(token: &[u8]) -> bool {
-    let digits = |t: &[u8], i: &mut usize| {
-        let start = *i;
-        while t.get(*i).is_some_and(u8::is_ascii_digit) {
-            *i += 1;
-        }
-        *i > start
-    };
-    let mut i = usize::from(token.first() == Some(&b'-'));
-    match token.get(i) {
-        Some(b'0') => i += 1,
-        Some(b'1'..=b'9') => {
-            digits(token, &mut i);
-        }
-        _ => return false,
-    }
-    if token.get(i) == Some(&b'.') {
-        i += 1;
-        if !digits(token, &mut i) {
-            return false;
-        }
-    }
-    if matches!(token.get(i), Some(b'e' | b'E')) {
-        i += 1;
-        if matches!(token.get(i), Some(b'+' | b'-')) {
-            i += 1;
-        }
-        if !digits(token, &mut i) {
-            return false;
-        }
-    }
-    i == token.len()
-}
-
-/// Parse one number token: finite in f32 and, for JSON, in JSON's grammar (CSV also takes the
-/// spellings spreadsheets write, such as `+1` or `1.`; never `nan` or `inf`).
-fn parse_number(token: &[u8], json: bool) -> Result<f32, String> {
+/// Parse one CSV field as a number: finite in f32, in any spelling spreadsheets write (`+1`,
+/// `1.`), never `nan` or `inf`. (JSON numbers go through [`Scanner::number`], which holds them to
+/// JSON's grammar.)
+fn parse_csv_number(token: &[u8]) -> Result<f32, String> {
     let show = || String::from_utf8_lossy(&token[..token.len().min(40)]).into_owned();
-    if json && !is_json_number(token) {
-        return Err(format!("expected a number, found `{}`", show()));
-    }
     match fast_float2::parse::<f32, _>(token) {
         Ok(v) if v.is_finite() => Ok(v),
         Ok(v) if v.is_nan() => Err(format!("expected a number, found `{}`", show())),
@@ -787,16 +751,16 @@ mod tests {
 
     #[test]
     fn object_lines_find_fields_and_reject_malformed_json() {
-        let f = object_fields(
+        let (x, f) = object_fields(
             r#"{"id": "a\"b", "x": [1, [2]], "n": {"k": [1, "]"]}, "é\u0041": 1}"#,
             "x",
             None,
         )
         .unwrap();
-        assert_eq!(f["id"], r#""a\"b""#);
-        assert_eq!(f["x"], "[1, [2]]");
-        assert_eq!(f["n"], r#"{"k": [1, "]"]}"#);
-        assert_eq!(f["éA"], "1");
+        assert_eq!(f["id"].get(), r#""a\"b""#);
+        assert_eq!(x, Some("[1, [2]]"));
+        assert_eq!(f["n"].get(), r#"{"k": [1, "]"]}"#);
+        assert_eq!(f["éA"].get(), "1");
         for bad in [
             r#"{"x":[1]"#,
             r#"{"x":[1]]}"#,

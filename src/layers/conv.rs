@@ -59,7 +59,8 @@ pub struct Conv2d {
     /// `[filters, out_h, out_w]` of one record.
     output: [usize; 3],
     weights: ConvWeights,
-    bias: Option<Vec<f32>>,
+    /// One per filter; zeros for `bias: false`, so every path starts its sums the same way.
+    bias: Vec<f32>,
 }
 
 /// Patch depth from which the packed kernel beats the gemm crate (measured with
@@ -107,7 +108,7 @@ impl Conv2d {
             input: [input[0], input[1], input[2]],
             output: [output[0], output[1], output[2]],
             weights,
-            bias,
+            bias: bias.unwrap_or_else(|| vec![0.0; c.filters]),
         }
     }
 
@@ -181,14 +182,7 @@ impl Layer for Conv2d {
             ConvWeights::Direct(weight) => {
                 // Written once by the kernel: bias, sum and (for relu) the activation fused.
                 let mut out = vec![0.0f32; n * f * spatial];
-                let zeros;
-                let bias = match &self.bias {
-                    Some(b) => b.as_slice(),
-                    None => {
-                        zeros = vec![0.0f32; f];
-                        zeros.as_slice()
-                    }
-                };
+                let bias = &self.bias;
                 let relu = self.c.activation == Activation::Relu;
                 let geometry = direct_conv::Geometry {
                     cg: ch / groups,
@@ -222,10 +216,7 @@ impl Layer for Conv2d {
                 let mut out = Vec::with_capacity(n * f * spatial);
                 for _ in 0..n {
                     for c in 0..f {
-                        out.extend(std::iter::repeat_n(
-                            self.bias.as_ref().map_or(0.0, |b| b[c]),
-                            spatial,
-                        ));
+                        out.extend(std::iter::repeat_n(self.bias[c], spatial));
                     }
                 }
                 scratch.cols.resize(k * spatial, 0.0);
@@ -250,10 +241,7 @@ impl Layer for Conv2d {
                         // dense kernel reads the im2col matrix in place, transposed.
                         let product = &mut scratch.product;
                         for row in product.chunks_exact_mut(fg) {
-                            match &self.bias {
-                                Some(b) => row.copy_from_slice(&b[g * fg..(g + 1) * fg]),
-                                None => row.fill(0.0),
-                            }
+                            row.copy_from_slice(&self.bias[g * fg..(g + 1) * fg]);
                         }
                         wg.matmul_acc_strided(
                             spatial,
