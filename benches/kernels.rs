@@ -7,8 +7,9 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use std::hint::black_box;
 use std::time::Duration;
 
-use subpass::config::{Activation, Conv2dConfig, OpConfig};
-use subpass::layers::{self, gemm::matmul_acc, packed::DenseWeights, Scratch, Tensor};
+use subpass::config::PipelineConfig;
+use subpass::kernels::{gemm::matmul_acc, packed::DenseWeights};
+use subpass::ops::{KernelKind, Layer, Op, Scratch, Tensor};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -64,50 +65,46 @@ fn gemm_candidates(c: &mut Criterion) {
     group.finish();
 }
 
-fn layer(op: OpConfig, input: &[usize]) -> (Box<dyn layers::Layer>, Vec<usize>) {
-    let out = layers::infer_shape(&op, &[input]).unwrap();
-    let params = layers::param_specs(&op, input)
+/// The op a one-layer pipeline file describes, as users write it.
+fn op(layer: &str, input: &[usize]) -> std::sync::Arc<dyn Op> {
+    let text = format!("input: {{shape: {input:?}}}\nlayers:\n  - {{name: l, {layer}}}\n");
+    let config = PipelineConfig::parse(&text, std::path::Path::new(".")).unwrap();
+    config.layers[0].op.clone()
+}
+
+fn layer(op: &dyn Op, input: &[usize]) -> (Box<dyn Layer>, Vec<usize>) {
+    let out = op.output_shape(&[input]).unwrap();
+    let params = op
+        .tensors(&[input])
         .iter()
         .enumerate()
         .map(|(i, p)| values(p.shape.iter().product(), i as u32 + 3))
         .collect();
-    (layers::build(&op, &[input], &out, params), out)
+    (op.build(KernelKind::Fast, &[input], &out, params), out)
 }
 
 fn layer_benches(c: &mut Criterion) {
-    let dense = OpConfig::Dense {
-        units: 1024,
-        bias: true,
-        activation: Activation::Relu,
-    };
-    let conv = OpConfig::Conv2d(Conv2dConfig {
-        filters: 32,
-        kernel: [3, 3],
-        stride: [1, 1],
-        padding: [1, 1],
-        dilation: [1, 1],
-        groups: 1,
-        bias: true,
-        activation: Activation::Relu,
-    });
-    let conv_first = OpConfig::Conv2d(Conv2dConfig {
-        filters: 16,
-        kernel: [5, 5],
-        stride: [1, 1],
-        padding: [2, 2],
-        dilation: [1, 1],
-        groups: 1,
-        bias: true,
-        activation: Activation::Relu,
-    });
     let cases = [
-        ("dense_784_1024_relu", dense, vec![784usize]),
-        ("conv3x3_16to32_14x14_relu", conv, vec![16, 14, 14]),
-        ("conv5x5_1to16_28x28_relu", conv_first, vec![1, 28, 28]),
+        (
+            "dense_784_1024_relu",
+            "op: dense, units: 1024, activation: relu",
+            vec![784usize],
+        ),
+        (
+            "conv3x3_16to32_14x14_relu",
+            "op: conv2d, filters: 32, kernel: 3, padding: 1, activation: relu",
+            vec![16, 14, 14],
+        ),
+        (
+            "conv5x5_1to16_28x28_relu",
+            "op: conv2d, filters: 16, kernel: 5, padding: 2, activation: relu",
+            vec![1, 28, 28],
+        ),
     ];
-    for (name, op, input) in cases {
-        let (l, out) = layer(op.clone(), &input);
-        let flops = layers::flops(&op, &[&input], &out);
+    for (name, yaml, input) in cases {
+        let op = op(yaml, &input);
+        let (l, out) = layer(op.as_ref(), &input);
+        let flops = op.flops(&[&input], &out);
         let mut group = c.benchmark_group(name);
         group
             .sample_size(20)

@@ -166,7 +166,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
     let t = Instant::now();
     let mut done = 0;
     let mut c = 0;
-    let mut scratch = crate::layers::Scratch::default();
+    let mut scratch = crate::ops::Scratch::default();
     while done < records {
         let rows = size.min(records - done);
         let mut shape = vec![rows];

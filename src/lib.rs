@@ -13,19 +13,22 @@
 //! | YAML text → parsed, checked values with located errors | [`config::PipelineConfig`] | [`config`] |
 //! | names resolved, shapes inferred, weights loaded | [`graph::Graph`] | [`graph`] |
 //! | stages, routes, the in-flight memory bound | [`graph::Plan`] | [`graph::plan`] |
-//! | the math of each layer, knowing nothing of actors | [`layers::Layer`] | [`layers`] |
+//! | each op: attributes, shapes, tensors, FLOPs, fast and reference kernels; the registry | [`ops::Op`], [`ops::FAMILIES`] | [`ops`] |
+//! | the shared fast kernels (packed GEMM, direct convolution), chosen per CPU | [`kernels::isa`] | [`kernels`] |
 //! | running actors over bounded channels | [`runtime::run_stream`] | [`runtime`] |
 //! | records in and predictions out | [`io::RecordParser`], [`io::OutputFormatter`] | [`io`] |
 //! | the equivalence proof and the benchmark | [`verify`], [`bench`] | |
 //!
-//! The monolithic reference ([`graph::Graph::forward`]) runs the same layer objects in one thread;
-//! `verify` compares it with the decomposed pipeline.
+//! The monolithic pass ([`graph::Graph::forward`]) runs a graph's layers in order in one thread;
+//! `verify` runs it on the reference kernels and compares the decomposed pipeline (fast kernels)
+//! with it.
 
 pub mod bench;
 pub mod config;
 pub mod graph;
 pub mod io;
-pub mod layers;
+pub mod kernels;
+pub mod ops;
 pub mod runtime;
 pub mod verify;
 pub mod weights;

@@ -1,13 +1,16 @@
-//! `subpass verify`: the same records through the decomposed streaming pipeline and through the
-//! monolithic reference, compared output by output.
+//! `subpass verify`: the same records through the decomposed streaming pipeline, on the fast
+//! kernels this CPU runs, and through the monolithic pass on the reference kernels (straight
+//! loops from each op's definition, f64 sums), compared output by output. A user who runs it on
+//! their own model on their own CPU checks the kernels that serve it, not only the plumbing.
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use ndarray::{ArrayD, IxDyn};
 
-use crate::graph::Plan;
+use crate::graph::{Graph, Plan};
 use crate::io::{InputFormat, RecordParser};
+use crate::ops::KernelKind;
 use crate::runtime::{run_stream, RunError, RunOptions};
 use crate::weights::seeded_stream;
 
@@ -79,27 +82,27 @@ pub enum VerifyError {
     Count { got: usize, want: usize },
     #[error("cannot read the pipeline's output: {0}")]
     Output(String),
+    #[error("cannot build the reference graph: {0}")]
+    Reference(crate::config::ConfigErrors),
 }
 
-/// The monolithic reference over `rows` records: every layer in order on this thread, over
-/// batches of the pipeline's batch size (so both sides multiply matrices of the same shapes),
-/// outputs concatenated.
-pub fn monolithic(plan: &Plan, values: &[f32], rows: usize) -> Vec<ArrayD<f32>> {
-    let len = plan.input_len();
-    let size = plan.batch.size.max(1);
-    let mut parts: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); plan.graph.outputs.len()];
-    let mut scratch = crate::layers::Scratch::default();
+/// The monolithic pass of `graph` over `rows` records: every layer in order on this thread, over
+/// batches of `batch` records, outputs concatenated.
+pub fn monolithic(graph: &Graph, batch: usize, values: &[f32], rows: usize) -> Vec<ArrayD<f32>> {
+    let len: usize = graph.input_shape.iter().product();
+    let size = batch.max(1);
+    let mut parts: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); graph.outputs.len()];
+    let mut scratch = crate::ops::Scratch::default();
     for start in (0..rows).step_by(size) {
         let n = size.min(rows - start);
         let mut shape = vec![n];
-        shape.extend_from_slice(&plan.graph.input_shape);
+        shape.extend_from_slice(&graph.input_shape);
         let batch = ArrayD::from_shape_vec(
             IxDyn(&shape),
             values[start * len..(start + n) * len].to_vec(),
         )
         .expect("rows × len");
-        for (i, out) in plan
-            .graph
+        for (i, out) in graph
             .forward_with(batch, &mut scratch)
             .into_iter()
             .enumerate()
@@ -109,11 +112,11 @@ pub fn monolithic(plan: &Plan, values: &[f32], rows: usize) -> Vec<ArrayD<f32>> 
     }
     parts
         .into_iter()
-        .zip(&plan.graph.outputs)
+        .zip(&graph.outputs)
         .map(|(p, v)| {
             if p.is_empty() {
                 let mut shape = vec![0];
-                shape.extend_from_slice(plan.graph.shape(*v));
+                shape.extend_from_slice(graph.shape(*v));
                 return ArrayD::zeros(IxDyn(&shape));
             }
             let views: Vec<_> = p.iter().map(|a| a.view()).collect();
@@ -144,7 +147,9 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         });
     }
     let rows = parsed.meta.records.len();
-    let reference = monolithic(&plan, &parsed.values, rows);
+    let graph =
+        Graph::build_with(&plan.config, KernelKind::Reference).map_err(VerifyError::Reference)?;
+    let reference = monolithic(&graph, plan.batch.size, &parsed.values, rows);
 
     // The decomposed side: the real streaming pipeline, in order, over the same bytes.
     let out = SharedBuf::default();

@@ -16,7 +16,7 @@ pub enum WeightStore {
 }
 
 /// How `init` fills a tensor the file would otherwise provide.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub enum InitKind {
     /// Uniform in ±1/√fan_in, PyTorch's default for Linear and Conv2d weights and biases.
     Uniform {

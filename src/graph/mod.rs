@@ -4,20 +4,19 @@
 //! whose output shapes are known, reporting every dangling name, cycle and shape mismatch with the
 //! key path it comes from. [`plan`] then cuts the graph into stages.
 //!
-//! What comes next fits without a rewrite: a new op is a variant of [`OpConfig`] plus a
-//! [`crate::layers::Layer`] (an embedding lookup reads integer ids from the same `[N, ...]`
-//! tensor; attention is a multi-input layer like `add`). Records whose shape varies (token
-//! sequences) need a symbolic axis in the per-record shape, which today is a plain `Vec<usize>`:
-//! shape inference, the byte bound (computed for the longest allowed sequence) and the parser's
-//! length check are the three places that read it.
+//! The graph knows ops only through the [`Op`] trait: shapes, tensors, FLOPs and kernels all come
+//! from the op's own file in [`crate::ops`]. Records whose shape varies (token sequences) need a
+//! symbolic axis in the per-record shape, which today is a plain `Vec<usize>`: shape inference,
+//! the byte bound (computed for the longest allowed sequence) and the parser's length check are
+//! the three places that read it.
 
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 
-use crate::config::{suggest, ConfigError, ConfigErrors, OpConfig, PipelineConfig, WeightsSource};
-use crate::layers::{self, Layer, ParamSpec};
-use crate::weights::{InitKind, WeightStore};
+use crate::config::{suggest, ConfigError, ConfigErrors, PipelineConfig, WeightsSource};
+use crate::ops::{self, KernelKind, Layer, Op, TensorSpec};
+use crate::weights::WeightStore;
 
 pub use plan::Plan;
 
@@ -47,7 +46,7 @@ impl ValueId {
 #[derive(Debug)]
 pub struct Node {
     pub name: String,
-    pub op: OpConfig,
+    pub op: std::sync::Arc<dyn Op>,
     pub inputs: Vec<ValueId>,
     /// Per-record output shape.
     pub shape: Vec<usize>,
@@ -63,8 +62,10 @@ pub struct Node {
 pub struct Graph {
     pub input_shape: Vec<usize>,
     pub nodes: Vec<Node>,
-    /// Runnable layers, one per node.
+    /// Runnable layers, one per node: the fast kernels, or the reference ones for `verify`.
     pub layers: Vec<Box<dyn Layer>>,
+    /// Which kernels `layers` are.
+    pub kernels: KernelKind,
     /// The values written out, in output order.
     pub outputs: Vec<ValueId>,
     /// Tensors in the weights file that no layer reads.
@@ -94,8 +95,19 @@ impl Graph {
             .sum()
     }
 
-    /// Resolve names, infer shapes and load weights, reporting every error found.
+    /// Bytes of parameters the kernels of `nodes` hold, in their own layouts.
+    pub fn param_bytes(&self, nodes: &[usize]) -> u64 {
+        nodes.iter().map(|&i| self.layers[i].param_bytes()).sum()
+    }
+
+    /// Resolve names, infer shapes and load weights into the fast kernels, reporting every error
+    /// found.
     pub fn build(config: &PipelineConfig) -> Result<Graph, ConfigErrors> {
+        Graph::build_with(config, KernelKind::Fast)
+    }
+
+    /// [`Graph::build`] with the kernels of one's choice.
+    pub fn build_with(config: &PipelineConfig, kernels: KernelKind) -> Result<Graph, ConfigErrors> {
         let mut errors = Vec::new();
         let mut err = |path: &str, message: String| {
             errors.push(ConfigError {
@@ -194,7 +206,7 @@ impl Graph {
                     Some(j) => nodes[resolved[j].unwrap()].shape.as_slice(),
                 })
                 .collect();
-            let shape = match layers::infer_shape(&layer.op, &shapes) {
+            let shape = match layer.op.output_shape(&shapes) {
                 Ok(s) => s,
                 Err(e) => {
                     err(
@@ -225,7 +237,7 @@ impl Graph {
                 resolved.push(None);
                 continue;
             }
-            let specs = layers::param_specs(&layer.op, shapes[0]);
+            let specs = layer.op.tensors(&shapes);
             if let Some(big) = specs.iter().find(|p| too_big(&p.shape)) {
                 err(
                     &layer.path,
@@ -239,14 +251,15 @@ impl Graph {
             }
             let mut params = Vec::new();
             let mut values = Vec::new();
-            for ParamSpec {
+            for TensorSpec {
                 suffix,
                 shape: pshape,
+                init,
             } in &specs
             {
                 let full = format!("{}.{suffix}", layer.params);
                 if let Some(store) = &store {
-                    match store.fetch(&full, pshape, init_kind(&layer.op, suffix, &specs)) {
+                    match store.fetch(&full, pshape, *init) {
                         Ok(v) => values.push(v),
                         // No weights source at all: say so once, for the first tensor needed.
                         Err(_) if matches!(store, WeightStore::None) => {
@@ -267,9 +280,9 @@ impl Graph {
                 used_tensors.insert(full.clone());
                 params.push((full, pshape.clone()));
             }
-            let flops = layers::flops(&layer.op, &shapes, &shape);
+            let flops = layer.op.flops(&shapes, &shape);
             if values.len() == specs.len() {
-                layers_out.push(layers::build(&layer.op, &shapes, &shape, values));
+                layers_out.push(layer.op.build(kernels, &shapes, &shape, values));
             }
             resolved.push(Some(nodes.len()));
             // Remap inputs from layer indices to node indices: identical when nothing failed.
@@ -330,13 +343,16 @@ impl Graph {
             .into_iter()
             .filter(|n| !used_tensors.contains(n))
             .collect();
-        if errors.is_empty() {
+        // Without a usable weights section (its error was reported while parsing) the layers
+        // cannot be built; the graph is unusable even if nothing else is wrong with it.
+        if errors.is_empty() && layers_out.len() == nodes.len() {
             Ok(Graph {
                 input_shape: config.input.shape.clone(),
                 nodes,
                 layers: layers_out,
                 outputs,
                 unused_tensors,
+                kernels,
             })
         } else {
             Err(ConfigErrors(errors))
@@ -345,16 +361,12 @@ impl Graph {
 
     /// The monolithic reference: every layer in order, on one thread, over one batch.
     /// Returns the output values in output order.
-    pub fn forward(&self, input: layers::Tensor) -> Vec<layers::Tensor> {
-        self.forward_with(input, &mut layers::Scratch::default())
+    pub fn forward(&self, input: ops::Tensor) -> Vec<ops::Tensor> {
+        self.forward_with(input, &mut ops::Scratch::default())
     }
 
     /// [`Graph::forward`] reusing a caller's scratch buffers from batch to batch.
-    pub fn forward_with(
-        &self,
-        input: layers::Tensor,
-        scratch: &mut layers::Scratch,
-    ) -> Vec<layers::Tensor> {
+    pub fn forward_with(&self, input: ops::Tensor, scratch: &mut ops::Scratch) -> Vec<ops::Tensor> {
         let mut env = Env::new(self.nodes.len());
         env.set(ValueId::INPUT, std::sync::Arc::new(input));
         let all: Vec<usize> = (0..self.nodes.len()).collect();
@@ -369,18 +381,18 @@ impl Graph {
     }
 
     /// Evaluate `layers` (node indices, ascending) reading and writing values in `env`.
-    pub fn eval(&self, layers: &[usize], env: &mut Env, scratch: &mut layers::Scratch) {
+    pub fn eval(&self, layers: &[usize], env: &mut Env, scratch: &mut ops::Scratch) {
         for &i in layers {
             let node = &self.nodes[i];
-            if node.op == OpConfig::Identity {
+            if node.op.passes_through() {
                 // identity and dropout: the same tensor under a new name, shared, not copied.
                 let same = env.get(node.inputs[0]).clone();
                 env.set(ValueId::of_layer(i), same);
                 continue;
             }
-            let inputs: Vec<std::sync::Arc<layers::Tensor>> =
+            let inputs: Vec<std::sync::Arc<ops::Tensor>> =
                 node.inputs.iter().map(|v| env.get(*v).clone()).collect();
-            let refs: Vec<&layers::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
+            let refs: Vec<&ops::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
             let out = self.layers[i].forward(&refs, scratch);
             env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
         }
@@ -390,7 +402,7 @@ impl Graph {
 /// Values of one chunk, by id; shared tensors so a value sent to two consumers is not copied.
 #[derive(Debug, Default)]
 pub struct Env {
-    values: Vec<Option<std::sync::Arc<layers::Tensor>>>,
+    values: Vec<Option<std::sync::Arc<ops::Tensor>>>,
 }
 
 impl Env {
@@ -400,11 +412,11 @@ impl Env {
         }
     }
 
-    pub fn set(&mut self, v: ValueId, t: std::sync::Arc<layers::Tensor>) {
+    pub fn set(&mut self, v: ValueId, t: std::sync::Arc<ops::Tensor>) {
         self.values[v.0] = Some(t);
     }
 
-    pub fn get(&self, v: ValueId) -> &std::sync::Arc<layers::Tensor> {
+    pub fn get(&self, v: ValueId) -> &std::sync::Arc<ops::Tensor> {
         self.values[v.0]
             .as_ref()
             .unwrap_or_else(|| panic!("value {} used before it was computed", v.0))
@@ -425,26 +437,14 @@ pub fn export_weights(
     };
     let mut tensors = std::collections::BTreeMap::new();
     for node in &graph.nodes {
-        let specs = layers::param_specs(&node.op, graph.shape(node.inputs[0]));
-        for (spec, (name, shape)) in specs.iter().zip(&node.params) {
-            let values = store.fetch(name, shape, init_kind(&node.op, spec.suffix, &specs))?;
+        let shapes: Vec<&[usize]> = node.inputs.iter().map(|v| graph.shape(*v)).collect();
+        for (spec, (name, shape)) in node.op.tensors(&shapes).iter().zip(&node.params) {
+            let values = store.fetch(name, shape, spec.init)?;
             tensors.insert(name.clone(), (shape.clone(), values));
         }
     }
     crate::weights::write_safetensors(path, &tensors)?;
     Ok(tensors.len())
-}
-
-fn init_kind(op: &OpConfig, suffix: &str, specs: &[ParamSpec]) -> InitKind {
-    match (op, suffix) {
-        (OpConfig::BatchNorm { .. } | OpConfig::LayerNorm { .. }, "weight" | "running_var") => {
-            InitKind::Constant(1.0)
-        }
-        (OpConfig::BatchNorm { .. } | OpConfig::LayerNorm { .. }, _) => InitKind::Constant(0.0),
-        _ => InitKind::Uniform {
-            fan_in: specs[0].shape[1..].iter().product(),
-        },
-    }
 }
 
 /// A cycle through layer `start`, following inputs by name, if there is one.

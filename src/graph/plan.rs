@@ -54,7 +54,7 @@ pub struct StagePlan {
     pub flops_per_record: u64,
     /// Bytes of one full chunk's tensors in this stage: its inputs and every layer output.
     pub activation_bytes_per_chunk: u64,
-    /// Reused buffers each replica holds (im2col columns).
+    /// Reused buffers each replica holds (padded images, im2col columns), as its kernels report.
     pub scratch_bytes: u64,
 }
 
@@ -94,6 +94,8 @@ pub struct Plan {
     pub batch: BatchConfig,
     pub output: OutputConfig,
     pub budget: InFlightBudget,
+    /// The parsed file the plan was made from (`verify` builds its reference graph from it).
+    pub config: PipelineConfig,
 }
 
 const F32: u64 = 4;
@@ -181,30 +183,22 @@ impl Plan {
             };
             let per_record =
                 record_values(&mut inputs.iter().copied().chain(inside.iter().copied()));
-            let scratch = layers
-                .iter()
-                .filter_map(|&l| match &graph.nodes[l].op {
-                    crate::config::OpConfig::Conv2d(c) => {
-                        let input = graph.shape(graph.nodes[l].inputs[0]);
-                        let out = &graph.nodes[l].shape;
-                        Some(
-                            (input[0] / c.groups * c.kernel[0] * c.kernel[1] * out[1] * out[2])
-                                as u64
-                                * F32,
-                        )
-                    }
-                    _ => None,
+            // Scratch is per slot, reused by every layer of the stage: the largest need each.
+            let scratch = (0..crate::ops::SCRATCH_SLOTS)
+                .map(|slot| {
+                    layers
+                        .iter()
+                        .map(|&l| graph.layers[l].scratch(config.batch.size)[slot] as u64)
+                        .max()
+                        .unwrap_or(0)
                 })
-                .max()
-                .unwrap_or(0);
+                .sum::<u64>()
+                * F32;
             stages.push(StagePlan {
                 name: sc.name.clone(),
                 queue: sc.queue,
                 replicas: sc.replicas,
-                param_bytes: layers
-                    .iter()
-                    .map(|&l| graph.param_count(l) as u64 * F32)
-                    .sum(),
+                param_bytes: graph.param_bytes(&layers),
                 flops_per_record: layers
                     .iter()
                     .map(|&l| graph.nodes[l].flops_per_record)
@@ -294,6 +288,7 @@ impl Plan {
                 bytes_per_chunk,
                 scratch_bytes,
             },
+            config: config.clone(),
         })
     }
 

@@ -35,7 +35,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use crate::graph::plan::{Destination, Route};
 use crate::graph::{Env, Plan, ValueId};
 use crate::io::ChunkMeta;
-use crate::layers::Tensor;
+use crate::ops::Tensor;
 
 pub use run::{run_bench_pipeline, run_stream, BenchRun, RunError, RunOptions, RunReport};
 pub use stats::{RunStats, StageStats};

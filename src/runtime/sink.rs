@@ -10,7 +10,7 @@ use super::budget::InFlight;
 use super::{ChunkId, Part};
 use crate::graph::ValueId;
 use crate::io::ChunkMeta;
-use crate::layers::Tensor;
+use crate::ops::Tensor;
 
 /// A chunk with everything the writer needs.
 pub struct CompletedChunk {

@@ -12,7 +12,7 @@ use super::stats::StageCounters;
 use super::trace::Tracer;
 use super::{Emitter, Failure, Part};
 use crate::graph::{Env, Plan};
-use crate::layers::Scratch;
+use crate::ops::Scratch;
 
 /// One replica of a stage: `while let Ok(part) = rx.recv()`, compute, emit.
 pub(super) struct StageWorker {

@@ -2,6 +2,8 @@
 //! parallelism, so a kernel that spawned threads of its own would fight the other stages for the
 //! cores). Dense layers and deep convolutions use [`super::packed`] where the CPU allows.
 
+use super::span;
+
 /// A matrix operand: element `(row, col)` is at `row·row_stride + col·col_stride`.
 #[derive(Debug, Clone, Copy)]
 pub struct Strides {
@@ -9,8 +11,13 @@ pub struct Strides {
     pub col: usize,
 }
 
+/// The largest index a `rows × cols` operand with strides `s` reaches, or `None` on overflow.
+fn last_index(s: Strides, rows: usize, cols: usize) -> Option<usize> {
+    span(rows - 1, s.row, span(cols - 1, s.col, 0)?)
+}
+
 /// `c[m×n] += a[m×k] · b[k×n]` with any strides for `a` and `b`; `c` row-major with row stride
-/// `c_row`. Panics if a strided index would leave a slice.
+/// `c_row`. Panics if a strided index would leave a slice (or overflow `usize`).
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_acc_strided(
     m: usize,
@@ -26,13 +33,21 @@ pub fn matmul_acc_strided(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
-    let last = |s: Strides, rows: usize, cols: usize| (rows - 1) * s.row + (cols - 1) * s.col;
+    let fits = |len: usize, last: Option<usize>| last.is_some_and(|l| l < len);
     assert!(
-        a.len() > last(a_s, m, k) && b.len() > last(b_s, k, n) && c.len() >= (m - 1) * c_row + n,
-        "matmul: buffers too small"
+        fits(a.len(), last_index(a_s, m, k))
+            && fits(b.len(), last_index(b_s, k, n))
+            && fits(c.len(), span(m - 1, c_row, n - 1))
+            && c_row >= n
+            && [a_s.row, a_s.col, b_s.row, b_s.col, c_row]
+                .iter()
+                .all(|s| isize::try_from(*s).is_ok()),
+        "matmul: buffers too small for {m}x{n}x{k} with the given strides"
     );
-    // SAFETY: the assert above keeps every index the strides reach inside the slices, and `c`
-    // does not alias `a` or `b` (it is borrowed mutably).
+    // SAFETY: the assert above (checked arithmetic, no wrap-around) keeps every index the
+    // strides reach inside the slices and every stride representable as `isize`; `c_row >= n`
+    // keeps `c`'s rows from overlapping, and `c` does not alias `a` or `b` (it is borrowed
+    // mutably).
     unsafe {
         gemm::gemm(
             m,

@@ -6,38 +6,61 @@
 //! to kh·kw times through memory and back; here each tap costs one unaligned load per 8 pixels,
 //! shared by the filters in flight.
 
+use super::span;
+
 /// Floats of right margin on every padded row, so a 32-wide load never leaves the row buffer.
 const MARGIN: usize = 32;
 
-/// A zero-padded copy of one image's channels: rows of `width + MARGIN`.
-pub struct Padded {
-    pub rows: usize,
-    pub width: usize,
-    pub data: Vec<f32>,
+/// A zero-padded copy of one image's channels: rows of `width + MARGIN`. Fields are private:
+/// [`conv_group`]'s `unsafe` reads rely on `data` holding `channels · rows · width` values.
+pub struct Padded<'a> {
+    channels: usize,
+    rows: usize,
+    width: usize,
+    data: &'a [f32],
 }
 
-/// Copy `image` (`[c, h, w]`) into `buf` with `ph`/`pw` zeros around each plane.
-pub fn pad(
+/// Floats [`pad`] needs for an image of `[c, h, w]` with `[ph, pw]` padding, or `None` if that
+/// overflows `usize`.
+pub fn padded_len([c, h, w]: [usize; 3], [ph, pw]: [usize; 2]) -> Option<usize> {
+    let rows = span(2, ph, h)?;
+    let width = span(2, pw, w)?.checked_add(MARGIN)?;
+    c.checked_mul(rows)?.checked_mul(width)
+}
+
+/// Copy `image` (`[c, h, w]`) into `buf` with `ph`/`pw` zeros around each plane. Panics if
+/// `image` does not hold `c·h·w` values or `buf` is shorter than [`padded_len`].
+pub fn pad<'a>(
     image: &[f32],
     [c, h, w]: [usize; 3],
     [ph, pw]: [usize; 2],
-    buf: &mut Vec<f32>,
-) -> Padded {
+    buf: &'a mut [f32],
+) -> Padded<'a> {
+    let len = padded_len([c, h, w], [ph, pw]).expect("padded image size overflows");
+    assert!(
+        Some(image.len()) == c.checked_mul(h).and_then(|ch| ch.checked_mul(w)) && buf.len() >= len,
+        "pad: image of {} values for [{c}, {h}, {w}], buffer of {} for {len}",
+        image.len(),
+        buf.len()
+    );
     let (rows, width) = (h + 2 * ph, w + 2 * pw + MARGIN);
-    buf.clear();
-    buf.resize(c * rows * width, 0.0);
-    for (plane, dst) in image
-        .chunks_exact(h * w)
-        .zip(buf.chunks_exact_mut(rows * width))
-    {
-        for (y, src) in plane.chunks_exact(w).enumerate() {
-            dst[(y + ph) * width + pw..][..w].copy_from_slice(src);
+    let buf = &mut buf[..len];
+    buf.fill(0.0);
+    if h * w > 0 {
+        for (plane, dst) in image
+            .chunks_exact(h * w)
+            .zip(buf.chunks_exact_mut(rows * width))
+        {
+            for (y, src) in plane.chunks_exact(w.max(1)).enumerate() {
+                dst[(y + ph) * width + pw..][..w].copy_from_slice(src);
+            }
         }
     }
     Padded {
+        channels: c,
         rows,
         width,
-        data: std::mem::take(buf),
+        data: buf,
     }
 }
 
@@ -55,8 +78,8 @@ pub struct Geometry {
 /// `out[f][oy][ox] = bias[f] + Σ weight[f][c][ki][kj] · x[c][oy + ki·dh][ox + kj·dw]` for the
 /// `fg` filters of one group, `x` being the group's channels of the padded image and `weight`
 /// their `[fg, cg, kh, kw]` slice; with `relu`, negative sums are written as zero (fused here, so
-/// the output is written once and never read back). Needs AVX2 and FMA
-/// (see [`super::packed::simd_available`]).
+/// the output is written once and never read back). Needs a CPU with AVX2 and FMA; panics
+/// without, or if the geometry does not fit the buffers.
 pub fn conv_group(
     g: Geometry,
     x: &Padded,
@@ -67,23 +90,42 @@ pub fn conv_group(
     out: &mut [f32],
 ) {
     assert!(
-        super::packed::simd_available(),
+        super::cpu_has_avx2_fma(),
         "direct convolution needs AVX2 and FMA"
     );
-    let taps = g.cg * g.kernel[0] * g.kernel[1];
-    let fg = weight.len() / taps;
+    let [kh, kw] = g.kernel;
+    let [dh, dw] = g.dilation;
     let [oh, ow] = g.out;
+    let taps =
+        g.cg.checked_mul(kh)
+            .and_then(|t| t.checked_mul(kw))
+            .filter(|t| *t > 0)
+            .expect("direct convolution: empty or oversized kernel");
+    let fg = weight.len() / taps;
+    // Every check in checked arithmetic, so no wrap-around can pass a buffer that is too small.
+    let fits = span(fg, oh, 0)
+        .and_then(|v| v.checked_mul(ow))
+        .is_some_and(|need| out.len() >= need)
+        && channel0.checked_add(g.cg).is_some_and(|c| c <= x.channels)
+        && bias.len() >= fg
+        && span(kh - 1, dh, oh).is_some_and(|rows| rows <= x.rows)
+        && span(kw - 1, dw, ow)
+            .and_then(|w| w.checked_add(MARGIN))
+            .is_some_and(|w| w <= x.width);
     assert!(
-        out.len() >= fg * oh * ow
-            && x.data.len() >= (channel0 + g.cg) * x.rows * x.width
-            && bias.len() >= fg
+        fits,
+        "direct convolution: geometry {g:?} does not fit the buffers"
     );
-    assert!(oh + (g.kernel[0] - 1) * g.dilation[0] <= x.rows);
-    assert!(x.width >= ow + (g.kernel[1] - 1) * g.dilation[1] + MARGIN);
+    if oh == 0 || ow == 0 || fg == 0 {
+        return;
+    }
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: AVX2 and FMA are present (asserted). Every input read is at a row below `x.rows`
-    // and a column below `(ow rounded up to the block) + (kw-1)·dw`, inside the row's `MARGIN`;
-    // every write is inside `out` (asserted) and goes through a bounds-checked tail copy.
+    // SAFETY: AVX2 and FMA are present (asserted). `x.data` holds channels·rows·width values
+    // (`Padded` is only built by `pad`, fields private) and channel0 + cg ≤ channels. Every input
+    // read is at a row below oh + (kh-1)·dh ≤ rows and a column below ow rounded up to the block
+    // (at most 31 past ow) + (kw-1)·dw ≤ width - MARGIN + 31 < width. Weights are read below
+    // fg·taps ≤ weight.len(), biases below fg ≤ bias.len(). Every write is a bounds-checked slice
+    // of `out`.
     unsafe {
         let mut f = 0;
         if ow > 16 {

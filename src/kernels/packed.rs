@@ -6,10 +6,11 @@
 //! contiguously. Loops are blocked so a 256-deep slice of a panel (16 KiB) stays in L1 while every
 //! row block of the chunk passes over it.
 //!
-//! The micro-kernel needs AVX2 and FMA, detected at run time; elsewhere the gemm crate does the
-//! work on the unpacked weights.
+//! The micro-kernel needs AVX2 and FMA, detected at run time; elsewhere (or with
+//! `SUBPASS_KERNELS=portable`) the gemm crate does the work on the unpacked weights.
 
 use super::gemm::{matmul_acc_strided, Strides};
+use super::{cpu_has_avx2_fma, span};
 
 /// Output columns per panel: two 8-wide vectors.
 const NR: usize = 16;
@@ -19,39 +20,40 @@ const MR: usize = 6;
 /// Depth of one k block.
 const KC: usize = 256;
 
+/// A dense layer's weight matrix, laid out for the kernel this process runs. The layout is
+/// private: `matmul_acc_strided`'s `unsafe` path relies on `panels` holding exactly
+/// `⌈n/16⌉·k·16` values, which only [`DenseWeights::new`] establishes.
 #[derive(Debug)]
-pub enum DenseWeights {
-    /// Panels `[n/16][k][16]`, zero-padded to a multiple of 16 columns.
-    Packed {
-        panels: Vec<f32>,
-        n: usize,
-        k: usize,
-    },
-    /// PyTorch's `[n, k]`, for the portable path.
-    Plain {
-        weight: Vec<f32>,
-        n: usize,
-        k: usize,
-    },
+pub struct DenseWeights {
+    n: usize,
+    k: usize,
+    layout: Layout,
 }
 
-/// Whether this CPU runs the AVX2+FMA kernels.
-pub fn simd_available() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+#[derive(Debug)]
+enum Layout {
+    /// Panels `[n/16][k][16]`, zero-padded to a multiple of 16 columns (AVX2+FMA).
+    Packed(Vec<f32>),
+    /// PyTorch's `[n, k]`, for the portable path.
+    Plain(Vec<f32>),
 }
 
 impl DenseWeights {
-    /// `weight` in PyTorch's `[n, k]` layout.
+    /// `weight` in PyTorch's `[n, k]` layout, packed for the kernel [`super::isa`] chose.
+    /// Panics if `weight` does not hold `n·k` values.
     pub fn new(weight: Vec<f32>, n: usize, k: usize) -> DenseWeights {
-        if !simd_available() {
-            return DenseWeights::Plain { weight, n, k };
+        assert_eq!(
+            Some(weight.len()),
+            n.checked_mul(k),
+            "dense weights: {} values for a [{n}, {k}] matrix",
+            weight.len()
+        );
+        if super::isa() != super::Isa::Avx2Fma || k == 0 {
+            return DenseWeights {
+                n,
+                k,
+                layout: Layout::Plain(weight),
+            };
         }
         let panels_n = n.div_ceil(NR);
         let mut panels = vec![0.0f32; panels_n * k * NR];
@@ -62,7 +64,11 @@ impl DenseWeights {
                 panel[kk * NR + c] = *w;
             }
         }
-        DenseWeights::Packed { panels, n, k }
+        DenseWeights {
+            n,
+            k,
+            layout: Layout::Packed(panels),
+        }
     }
 
     /// `y[m×n] += x[m×k] · Wᵀ`, row-major and contiguous.
@@ -73,13 +79,20 @@ impl DenseWeights {
 
     /// `(n, k)`: output columns and depth.
     pub fn shape(&self) -> (usize, usize) {
-        match self {
-            DenseWeights::Packed { n, k, .. } | DenseWeights::Plain { n, k, .. } => (*n, *k),
-        }
+        (self.n, self.k)
+    }
+
+    /// Bytes the weights hold in their packed layout (padding included).
+    pub fn bytes(&self) -> u64 {
+        let len = match &self.layout {
+            Layout::Packed(v) | Layout::Plain(v) => v.len(),
+        };
+        (len * std::mem::size_of::<f32>()) as u64
     }
 
     /// `y += x · Wᵀ` where element `(r, d)` of `x` is at `r·x.row + d·x.depth` (so an im2col
-    /// matrix, `[k, m]`, is read in place) and row `r` of `y` starts at `r·y_row`.
+    /// matrix, `[k, m]`, is read in place) and row `r` of `y` starts at `r·y_row`. Panics if a
+    /// buffer is too small for the strides.
     pub fn matmul_acc_strided(
         &self,
         m: usize,
@@ -92,12 +105,14 @@ impl DenseWeights {
         if m == 0 || n == 0 || k == 0 {
             return;
         }
+        let x_last = span(m - 1, xl.row, 0).and_then(|r| span(k - 1, xl.depth, r));
+        let y_last = span(m - 1, y_row, n - 1);
         assert!(
-            x.len() > (m - 1) * xl.row + (k - 1) * xl.depth && y.len() >= (m - 1) * y_row + n,
-            "dense: buffers too small"
+            x_last.is_some_and(|l| l < x.len()) && y_last.is_some_and(|l| l < y.len()),
+            "dense: buffers too small for {m} rows of [{n}, {k}]"
         );
-        match self {
-            DenseWeights::Plain { weight, .. } => {
+        match &self.layout {
+            Layout::Plain(weight) => {
                 let x_s = Strides {
                     row: xl.row,
                     col: xl.depth,
@@ -114,10 +129,15 @@ impl DenseWeights {
                     y_row,
                 )
             }
-            DenseWeights::Packed { panels, .. } => {
+            Layout::Packed(panels) => {
+                assert!(cpu_has_avx2_fma() && y_row >= n);
                 #[cfg(target_arch = "x86_64")]
-                // SAFETY: `Packed` is only built when AVX2 and FMA are present; the assert above
-                // and the loop bounds keep every pointer inside `x`, `y` and `panels`.
+                // SAFETY: the CPU has AVX2 and FMA (asserted). `panels` holds ⌈n/16⌉·k·16 values
+                // (established by `new`, fields private). The assert above, in checked
+                // arithmetic, keeps the last element of `x` the kernel reads, at
+                // (m-1)·row + (k-1)·depth, and the last of `y` it writes, at (m-1)·y_row + n-1,
+                // inside the slices; partial panels write only `cols ≤ n - p·16` columns, and
+                // `y_row ≥ n` keeps rows from overlapping.
                 unsafe {
                     packed_acc(m, n, k, x, xl, panels, y, y_row)
                 }

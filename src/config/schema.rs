@@ -1,0 +1,135 @@
+//! The pipeline file's types (version 1): what a parsed, value-checked pipeline holds.
+//!
+//! Produced by the loader ([`super::load`]); everything that relates layers to each other
+//! (names, inputs, shapes, stages, weights) is checked later, in [`crate::graph`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::yaml::{ConfigError, Spans};
+use crate::ops::Op;
+
+/// Every error found in a pipeline file.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", format_errors(.0))]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+fn format_errors(errors: &[ConfigError]) -> String {
+    let mut out = format!("{} error(s) in the pipeline file:", errors.len());
+    for e in errors {
+        out.push_str("\n  - ");
+        out.push_str(&e.to_string());
+    }
+    out
+}
+
+/// A parsed pipeline file, with defaults filled in.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    pub name: Option<String>,
+    pub input: InputConfig,
+    pub weights: WeightsSource,
+    pub layers: Vec<LayerConfig>,
+    /// Names of the layers whose values are written out; `None` means the last layer.
+    pub outputs: Option<Vec<Located<String>>>,
+    /// `None` means one stage holding every layer.
+    pub stages: Option<Vec<StageConfig>>,
+    pub batch: BatchConfig,
+    pub output: OutputConfig,
+    /// Where each key path is in the file, so later checks can locate their errors too.
+    pub spans: std::sync::Arc<Spans>,
+    /// Layers that did not parse (already reported): later checks ignore references to them.
+    pub broken_layers: Vec<String>,
+    /// The stages section did not parse (already reported): stage checks are skipped.
+    pub stages_broken: bool,
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            size: 32,
+            max_delay: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A value with the key path it came from, so later checks can still say where it is.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Located<T> {
+    pub value: T,
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct InputConfig {
+    /// Per-record shape, without the batch axis.
+    pub shape: Vec<usize>,
+    /// JSON object field that holds the record.
+    pub field: String,
+    /// Parser actors; parsing text dominates a stdin pipeline, so it can be replicated.
+    pub parsers: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum WeightsSource {
+    /// A safetensors file (path resolved against the pipeline file's folder).
+    File { path: PathBuf, key_path: String },
+    /// Deterministic pseudo-random weights from a seed.
+    Init { seed: u64 },
+    /// Neither given: valid only for a model without parameters.
+    None,
+    /// The section was wrong (already reported): weights are not checked.
+    Invalid,
+}
+
+#[derive(Debug, Clone)]
+pub struct LayerConfig {
+    pub name: String,
+    /// Names of the values this layer reads (`input` or earlier layers).
+    pub inputs: Vec<Located<String>>,
+    /// Prefix of this layer's tensors in the weights file.
+    pub params: String,
+    /// The op with its attributes, from the registry in [`crate::ops`].
+    pub op: Arc<dyn Op>,
+    /// Key path of this layer, `layers[i]`.
+    pub path: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct StageConfig {
+    pub name: String,
+    pub layers: Vec<Located<String>>,
+    /// Capacity of the stage's input channel, in chunks.
+    pub queue: usize,
+    /// Workers of this stage that take chunks off the same queue.
+    pub replicas: usize,
+    pub path: String,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct BatchConfig {
+    /// Records per chunk.
+    pub size: usize,
+    /// How long the first record of a chunk may wait for the chunk to fill.
+    pub max_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct OutputConfig {
+    /// Field of the output object that holds the prediction.
+    pub field: String,
+    pub argmax: bool,
+    /// Input object fields copied to the output line.
+    pub passthrough: Vec<String>,
+    /// Emit in input order (through the bounded reorder step) or as chunks finish.
+    pub ordered: bool,
+}
+
+pub const DEFAULT_QUEUE: usize = 2;
+/// Most chunks a stage queue may hold.
+pub const MAX_QUEUE: u64 = 1024;
+/// Most threads one stage (or the parser) may run.
+pub const MAX_WORKERS: u64 = 256;
+/// Most records per chunk.
+pub const MAX_BATCH: u64 = 1 << 20;

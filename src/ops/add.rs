@@ -1,0 +1,91 @@
+//! `add`: the elementwise sum of two or more values of one shape (residual connections).
+
+use std::sync::Arc;
+
+use super::{
+    contiguous, tensor, Arity, Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
+};
+
+#[derive(Debug)]
+pub(super) struct AddFamily;
+
+impl OpFamily for AddFamily {
+    fn names(&self) -> &'static [&'static str] {
+        &["add"]
+    }
+    fn arity(&self) -> Arity {
+        Arity::Many
+    }
+    fn doc(&self) -> &'static str {
+        "none; inputs of one shape"
+    }
+    fn configure(&self, _name: &str, _attrs: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
+        Ok(Arc::new(Add))
+    }
+}
+
+#[derive(Debug)]
+struct Add;
+
+impl Op for Add {
+    fn name(&self) -> &'static str {
+        "add"
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+        let first = inputs[0];
+        for (i, s) in inputs.iter().enumerate().skip(1) {
+            if *s != first {
+                return Err(ShapeError::at(
+                    "inputs",
+                    format!(
+                        "add needs inputs of one shape: input 0 is {first:?}, input {i} is {s:?}"
+                    ),
+                ));
+            }
+        }
+        Ok(first.to_vec())
+    }
+    fn flops(&self, inputs: &[&[usize]], output: &[usize]) -> u64 {
+        output.iter().product::<usize>() as u64 * (inputs.len() as u64 - 1)
+    }
+    fn build(
+        &self,
+        kind: KernelKind,
+        _inputs: &[&[usize]],
+        _output: &[usize],
+        _tensors: Vec<Vec<f32>>,
+    ) -> Box<dyn Layer> {
+        Box::new(AddLayer { kind })
+    }
+}
+
+#[derive(Debug)]
+struct AddLayer {
+    kind: KernelKind,
+}
+
+impl Layer for AddLayer {
+    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+        match self.kind {
+            KernelKind::Fast => {
+                let mut out = inputs[0].as_standard_layout().into_owned();
+                for other in &inputs[1..] {
+                    out += *other;
+                }
+                out
+            }
+            KernelKind::Reference => {
+                let mut sum: Vec<f64> = contiguous(inputs[0]).iter().map(|v| *v as f64).collect();
+                for other in &inputs[1..] {
+                    for (s, v) in sum.iter_mut().zip(contiguous(other).iter()) {
+                        *s += *v as f64;
+                    }
+                }
+                tensor(
+                    inputs[0].shape().to_vec(),
+                    sum.into_iter().map(|v| v as f32).collect(),
+                )
+            }
+        }
+    }
+}

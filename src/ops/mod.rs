@@ -1,0 +1,308 @@
+//! The ops: everything subpass knows about each kind of layer, one family per file, and the
+//! registry that lists the families.
+//!
+//! An [`OpFamily`] is what a pipeline file names (`op: dense`): its attributes (names, kinds,
+//! defaults, ranges: the loader parses and locates errors from this table alone), how many inputs
+//! it takes, and how a configured [`Op`] is made from parsed attributes. An [`Op`] owns its output
+//! shape, the tensors it reads (PyTorch names and layouts, and how `init` fills them), its FLOPs,
+//! and builds its kernels: a fast [`Layer`] and a plain reference one (straight loops, f64 sums),
+//! which `verify` runs as the monolithic side.
+//!
+//! A [`Layer`] sees batched tensors (`[N, ...record shape]`, row-major) and nothing else: it knows
+//! nothing of stages, channels or chunks, so the same objects run inside a stage actor and in the
+//! single-threaded monolithic pass.
+//!
+//! Adding an op: a new file here implementing [`OpFamily`] and [`Op`], and one line in
+//! [`FAMILIES`]. The README's op table is generated from the registry ([`markdown_table`]) and a
+//! test keeps the two equal.
+//!
+//! Shapes are concrete per-record shapes today. Records of varying length (token sequences) will
+//! give a shape a symbolic axis; ops then answer [`Op::flops`] for the concrete length of each
+//! sequence, which is how attention's quadratic cost shows.
+
+mod activation;
+mod add;
+mod attrs;
+mod batchnorm;
+mod concat;
+mod conv2d;
+mod dense;
+mod flatten;
+mod global_avgpool2d;
+mod identity;
+mod layernorm;
+mod pool;
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use ndarray::ArrayD;
+
+pub use activation::{apply_activation, Activation};
+pub use attrs::{AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs};
+
+use crate::weights::InitKind;
+
+/// A batched activation: axis 0 is the record within the chunk.
+pub type Tensor = ArrayD<f32>;
+
+/// Every op family, in the order the README lists them.
+pub static FAMILIES: &[&dyn OpFamily] = &[
+    &dense::DenseFamily,
+    &conv2d::Conv2dFamily,
+    &pool::PoolFamily,
+    &global_avgpool2d::GlobalAvgPool2dFamily,
+    &flatten::FlattenFamily,
+    &batchnorm::BatchNormFamily,
+    &layernorm::LayerNormFamily,
+    &activation::ActivationFamily,
+    &identity::IdentityFamily,
+    &add::AddFamily,
+    &concat::ConcatFamily,
+];
+
+/// The family that answers to `name`, if any.
+pub fn family(name: &str) -> Option<&'static dyn OpFamily> {
+    FAMILIES.iter().copied().find(|f| f.names().contains(&name))
+}
+
+/// Every op name a pipeline file may use, aliases included.
+pub fn all_names() -> Vec<&'static str> {
+    FAMILIES
+        .iter()
+        .flat_map(|f| f.names().iter().copied())
+        .collect()
+}
+
+/// How many inputs an op reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arity {
+    One,
+    /// Two or more, of compatible shapes (`add`, `concat`).
+    Many,
+}
+
+impl Arity {
+    pub fn accepts(self, n: usize) -> bool {
+        match self {
+            Arity::One => n == 1,
+            Arity::Many => n >= 2,
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Arity::One => "exactly 1",
+            Arity::Many => "2 or more",
+        }
+    }
+}
+
+/// Why an op's attributes or inputs do not fit, and which of the layer's keys it is about.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShapeError {
+    /// The layer key to point at (`kernel`, `inputs`, ...).
+    pub key: &'static str,
+    pub message: String,
+}
+
+impl ShapeError {
+    pub fn at(key: &'static str, message: impl Into<String>) -> ShapeError {
+        ShapeError {
+            key,
+            message: message.into(),
+        }
+    }
+}
+
+/// What a pipeline file names with `op:`.
+pub trait OpFamily: Sync {
+    /// The names it answers to; the first is canonical, the others are aliases.
+    fn names(&self) -> &'static [&'static str];
+    /// The attributes a layer of this op may give, beyond `name`, `op`, `inputs` and `params`.
+    fn attributes(&self) -> &'static [AttrSpec] {
+        &[]
+    }
+    fn arity(&self) -> Arity {
+        Arity::One
+    }
+    /// The README's "tensors and notes" column.
+    fn doc(&self) -> &'static str;
+    /// Make the op from its attributes (all present: defaults are filled in from
+    /// [`Self::attributes`]); `name` is the name the file used. Checks that relate attributes
+    /// to each other happen here.
+    fn configure(&self, name: &str, attrs: &Attrs) -> Result<Arc<dyn Op>, ShapeError>;
+}
+
+/// A parameter tensor an op reads: its name suffix (`weight`), PyTorch shape and how `init`
+/// fills it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TensorSpec {
+    pub suffix: &'static str,
+    pub shape: Vec<usize>,
+    pub init: InitKind,
+}
+
+impl TensorSpec {
+    /// A weight or bias PyTorch initialises uniformly in ±1/√fan_in.
+    pub fn uniform(suffix: &'static str, shape: Vec<usize>, fan_in: usize) -> TensorSpec {
+        TensorSpec {
+            suffix,
+            shape,
+            init: InitKind::Uniform { fan_in },
+        }
+    }
+
+    pub fn constant(suffix: &'static str, shape: Vec<usize>, value: f32) -> TensorSpec {
+        TensorSpec {
+            suffix,
+            shape,
+            init: InitKind::Constant(value),
+        }
+    }
+}
+
+/// Which implementation of an op to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KernelKind {
+    /// The fastest this CPU runs (see [`crate::kernels::isa`]).
+    Fast,
+    /// Straight loops from the op's definition, f64 sums, no SIMD or packing: what `verify`
+    /// compares the fast kernels with.
+    Reference,
+}
+
+/// One configured op: a layer's `op` and attributes.
+pub trait Op: Debug + Send + Sync {
+    /// The canonical op name, for messages and tables.
+    fn name(&self) -> &'static str;
+    /// The per-record output shape over inputs of these shapes, or why they do not fit.
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError>;
+    /// The tensors the op reads, in PyTorch layout; the inputs already fit.
+    fn tensors(&self, _inputs: &[&[usize]]) -> Vec<TensorSpec> {
+        Vec::new()
+    }
+    /// Floating-point operations per record (a multiply-add counts 2).
+    fn flops(&self, inputs: &[&[usize]], output: &[usize]) -> u64;
+    /// Build a kernel. `tensors` come in the order [`Self::tensors`] lists them, as f32.
+    fn build(
+        &self,
+        kind: KernelKind,
+        inputs: &[&[usize]],
+        output: &[usize],
+        tensors: Vec<Vec<f32>>,
+    ) -> Box<dyn Layer>;
+    /// The output is the input itself (identity, dropout): the graph shares the tensor instead
+    /// of running a kernel that would copy it.
+    fn passes_through(&self) -> bool {
+        false
+    }
+}
+
+/// Reusable buffers a worker keeps from chunk to chunk, so the hot path does not allocate them
+/// again. Each layer says how many floats it needs in each slot ([`Layer::scratch`]); a stage's
+/// worker holds, per slot, the largest need of its layers, which is what the plan prints.
+#[derive(Debug, Default)]
+pub struct Scratch {
+    slots: [Vec<f32>; SCRATCH_SLOTS],
+}
+
+/// How many independent scratch buffers a layer may use at once.
+pub const SCRATCH_SLOTS: usize = 2;
+
+/// Floats a layer needs in each scratch slot for one chunk.
+pub type ScratchNeed = [usize; SCRATCH_SLOTS];
+
+impl Scratch {
+    /// Both slots, each at least as long as asked. They grow to exactly the length asked (never
+    /// doubled, as `Vec` growth would), so what a worker holds is what the plan counted. Their
+    /// contents are whatever the last layer left: callers write before they read.
+    pub fn slots(&mut self, need: ScratchNeed) -> (&mut [f32], &mut [f32]) {
+        for (slot, &len) in self.slots.iter_mut().zip(&need) {
+            if slot.len() < len {
+                slot.reserve_exact(len - slot.len());
+                slot.resize(len, 0.0);
+            }
+        }
+        let [a, b] = &mut self.slots;
+        (&mut a[..need[0]], &mut b[..need[1]])
+    }
+
+    /// Bytes held now.
+    pub fn held_bytes(&self) -> usize {
+        self.slots.iter().map(|s| s.capacity() * 4).sum()
+    }
+}
+
+/// One op with its weights, ready to run.
+pub trait Layer: Send + Sync + Debug {
+    /// Compute the layer over a batch. Input shapes were checked when the plan was built.
+    fn forward(&self, inputs: &[&Tensor], scratch: &mut Scratch) -> Tensor;
+    /// Scratch floats per slot for a chunk of `rows` records: everything the kernel needs beyond
+    /// its inputs and its output.
+    fn scratch(&self, _rows: usize) -> ScratchNeed {
+        [0; SCRATCH_SLOTS]
+    }
+    /// Bytes of parameters the kernel holds, in its own layout (packing and padding included).
+    fn param_bytes(&self) -> u64 {
+        0
+    }
+}
+
+/// The README's op table, generated from the registry.
+pub fn markdown_table() -> String {
+    let mut out = String::from("| op | inputs | attributes (default) | tensors and notes |\n");
+    out.push_str("| --- | --- | --- | --- |\n");
+    for f in FAMILIES {
+        let names: Vec<String> = f.names().iter().map(|n| format!("`{n}`")).collect();
+        let attrs: Vec<String> = f.attributes().iter().map(AttrSpec::describe).collect();
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            names.join(", "),
+            f.arity().describe(),
+            attrs.join(", "),
+            f.doc()
+        ));
+    }
+    out
+}
+
+/// Shared by the ops' reference kernels: a tensor from its shape and values.
+fn tensor(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
+    Tensor::from_shape_vec(ndarray::IxDyn(&shape), values).expect("output shape and values agree")
+}
+
+/// `[n, ...shape]`: the batch axis in front of a per-record shape.
+fn batched(n: usize, shape: &[usize]) -> Vec<usize> {
+    std::iter::once(n).chain(shape.iter().copied()).collect()
+}
+
+/// An input as one contiguous row-major slice (a copy only if it is not laid out that way).
+fn contiguous(t: &Tensor) -> std::borrow::Cow<'_, [f32]> {
+    match t.as_slice() {
+        Some(s) => std::borrow::Cow::Borrowed(s),
+        None => std::borrow::Cow::Owned(t.iter().copied().collect()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn op_names_are_unique_across_families() {
+        let names = all_names();
+        let mut sorted = names.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), names.len(), "{names:?}");
+    }
+
+    #[test]
+    fn scratch_grows_to_exactly_what_is_asked() {
+        let mut s = Scratch::default();
+        s.slots([100, 0]);
+        s.slots([150, 7]);
+        assert_eq!(s.held_bytes(), (150 + 7) * 4);
+    }
+}
