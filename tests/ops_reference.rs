@@ -97,8 +97,8 @@ fn unused_tensors_are_listed_not_fatal() {
 /// tensors. Adding an op without documenting it, or changing a default, fails here.
 #[test]
 fn readme_op_table_is_the_registry() {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md"))
-        .unwrap();
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("README.md")).unwrap();
     let table = subpass::ops::markdown_table();
     assert!(
         readme.contains(&table),

@@ -54,25 +54,50 @@ pub struct StagePlan {
     pub flops_per_record: u64,
     /// Bytes of one full chunk's tensors in this stage: its inputs and every layer output.
     pub activation_bytes_per_chunk: u64,
+    /// Bytes of one full chunk's inputs to this stage.
+    pub input_bytes_per_chunk: u64,
     /// Reused buffers each replica holds (padded images, im2col columns), as its kernels report.
     pub scratch_bytes: u64,
 }
 
 /// The single bound on work in flight: chunks are admitted only while fewer than `chunks` are
-/// between the chunker and the output writer, so queues, joins and the reorder step together
-/// never hold more than `chunks × bytes_per_chunk` of activations.
+/// between the chunker and the output writer; and what those chunks can hold, place by place.
 #[derive(Debug, Clone, Copy)]
 pub struct InFlightBudget {
     pub chunks: usize,
-    /// Every tensor one chunk can hold at once (the input and all layer outputs, full batch).
-    pub bytes_per_chunk: u64,
-    /// Per-worker scratch buffers, held for the whole run.
-    pub scratch_bytes: u64,
+    pub bytes: ActivationBytes,
+}
+
+/// The most bytes of activations each place in the pipeline can hold at once. Each figure is
+/// the place's capacity times the most one of its items holds (full batch), so each is a bound
+/// on its own and their sum bounds the whole; places that no channel caps (join buffers, the
+/// reorder step) are capped by the in-flight chunk count.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ActivationBytes {
+    /// Each parser's chunk of model input while it is built and handed on.
+    pub parsers: u64,
+    /// Stage input queues (`queue` chunks of the stage's inputs each), and the chunk a join
+    /// holds while it hands it on.
+    pub queues: u64,
+    /// Each worker's chunk: its inputs and every output of its layers, kept until it is sent.
+    pub workers: u64,
+    /// Joins: parts waiting in the inbox and parts waiting for the other producers' parts.
+    pub joins: u64,
+    /// The outputs waiting in the sink's inbox and reorder buffer.
+    pub sink: u64,
+    /// Per-worker scratch buffers (padded images, im2col columns), held for the whole run.
+    pub scratch: u64,
+}
+
+impl ActivationBytes {
+    pub fn total(&self) -> u64 {
+        self.parsers + self.queues + self.workers + self.joins + self.sink + self.scratch
+    }
 }
 
 impl InFlightBudget {
     pub fn activation_bytes(&self) -> u64 {
-        self.chunks as u64 * self.bytes_per_chunk + self.scratch_bytes
+        self.bytes.total()
     }
 }
 
@@ -204,6 +229,9 @@ impl Plan {
                     .map(|&l| graph.nodes[l].flops_per_record)
                     .sum(),
                 activation_bytes_per_chunk: per_record * F32 * config.batch.size as u64,
+                input_bytes_per_chunk: record_values(&mut inputs.iter().copied())
+                    * F32
+                    * config.batch.size as u64,
                 scratch_bytes: scratch,
                 layers,
                 inputs,
@@ -254,25 +282,13 @@ impl Plan {
 
         check_stage_cycles(&stages, &stage_configs)?;
 
-        let bytes_per_chunk = (graph.input_shape.iter().product::<usize>() as u64
-            + graph
-                .nodes
-                .iter()
-                .map(|n| n.shape.iter().product::<usize>() as u64)
-                .sum::<u64>())
-            * F32
-            * config.batch.size as u64;
         // Enough chunks for every queue to be full and every worker busy at once, plus the
         // parser's and the one the sink is writing: the most a fully overlapped pipeline uses.
         let chunks = stages.iter().map(|s| s.queue + s.replicas).sum::<usize>()
             + PARSE_QUEUE
             + config.input.parsers
             + 1;
-        let scratch_bytes = stages
-            .iter()
-            .map(|s| s.scratch_bytes * s.replicas as u64)
-            .sum();
-
+        let bytes = activation_bytes(&graph, &stages, &source_routes, chunks, config);
         Ok(Plan {
             name: config.name.clone().unwrap_or_else(|| "pipeline".into()),
             graph,
@@ -283,11 +299,7 @@ impl Plan {
             parsers: config.input.parsers,
             batch: config.batch,
             output: config.output.clone(),
-            budget: InFlightBudget {
-                chunks,
-                bytes_per_chunk,
-                scratch_bytes,
-            },
+            budget: InFlightBudget { chunks, bytes },
             config: config.clone(),
         })
     }
@@ -377,14 +389,19 @@ impl Plan {
         let outputs: Vec<&str> = g.outputs.iter().map(|v| g.value_name(*v)).collect();
         let _ = writeln!(out, "\noutputs: {}", outputs.join(", "));
         let b = &self.budget;
+        let m = &b.bytes;
         let _ = writeln!(
             out,
-            "\nmemory bound: at most {} chunks in flight x {} per chunk + {} scratch = {} bytes of activations in flight ({})",
+            "\nmemory bound: {} bytes of activations in flight ({}), {} chunks at most:\n  parsers {} + stage queues {} + stage workers {} + join buffers {} + sink {} + scratch {}",
+            m.total(),
+            human_bytes(m.total()),
             b.chunks,
-            human_bytes(b.bytes_per_chunk),
-            human_bytes(b.scratch_bytes),
-            b.activation_bytes(),
-            human_bytes(b.activation_bytes())
+            human_bytes(m.parsers),
+            human_bytes(m.queues),
+            human_bytes(m.workers),
+            human_bytes(m.joins),
+            human_bytes(m.sink),
+            human_bytes(m.scratch),
         );
         let params: u64 = self.stages.iter().map(|s| s.param_bytes).sum();
         let _ = writeln!(
@@ -400,6 +417,54 @@ impl Plan {
         );
         out
     }
+}
+
+/// The bound on activations in flight, place by place (see [`ActivationBytes`]).
+fn activation_bytes(
+    graph: &Graph,
+    stages: &[StagePlan],
+    source_routes: &[Route],
+    chunks: usize,
+    config: &PipelineConfig,
+) -> ActivationBytes {
+    let batch = config.batch.size as u64;
+    let values_bytes = |vs: &[ValueId]| {
+        vs.iter()
+            .map(|v| graph.shape(*v).iter().product::<usize>() as u64)
+            .sum::<u64>()
+            * F32
+            * batch
+    };
+    // What each producer sends each stage, per chunk: a joining stage's parts.
+    let mut parts: Vec<Vec<u64>> = vec![Vec::new(); stages.len()];
+    let all_routes = source_routes
+        .iter()
+        .chain(stages.iter().flat_map(|s| s.routes.iter()));
+    for route in all_routes {
+        if let Destination::Stage(s) = route.to {
+            parts[s].push(values_bytes(&route.values));
+        }
+    }
+    let mut b = ActivationBytes {
+        parsers: config.input.parsers as u64 * values_bytes(&[ValueId::INPUT]),
+        sink: chunks as u64 * values_bytes(&graph.outputs),
+        ..ActivationBytes::default()
+    };
+    for (s, stage) in stages.iter().enumerate() {
+        let (queue, replicas) = (stage.queue as u64, stage.replicas as u64);
+        b.queues += queue * stage.input_bytes_per_chunk;
+        b.workers += replicas * stage.activation_bytes_per_chunk;
+        b.scratch += replicas * stage.scratch_bytes;
+        if stage.producers.len() > 1 {
+            let largest = parts[s].iter().copied().max().unwrap_or(0);
+            let smallest = parts[s].iter().copied().min().unwrap_or(0);
+            // The inbox holds parts; a waiting chunk holds all its parts but the last; the
+            // join's hand holds one assembled chunk while the work queue is full.
+            b.joins += queue * largest + chunks as u64 * (stage.input_bytes_per_chunk - smallest);
+            b.queues += stage.input_bytes_per_chunk;
+        }
+    }
+    b
 }
 
 pub fn human_bytes(b: u64) -> String {

@@ -60,7 +60,12 @@ pub fn read_lines(
                         line.clear();
                         return;
                     }
-                    LineText::Bytes(std::mem::take(line))
+                    // An exact-size copy: the line held until its record is written takes its
+                    // length, not the doubled capacity of the growing buffer (the memory bound
+                    // counts lines at their length), and the buffer is reused for the next line.
+                    let text = LineText::Bytes(line.as_slice().to_vec());
+                    line.clear();
+                    text
                 }
             };
             out.push(RawLine { number, text });

@@ -1,0 +1,230 @@
+//! The memory bound `validate` prints holds: a counting global allocator watches the heap while
+//! real pipelines stream records with their output stalled (every queue fills and every admitted
+//! chunk is held), and the peak stays within
+//!
+//!   parameters + activation bound + read-ahead text + ALLOWANCE
+//!
+//! where the first three are the figures the plan prints, and the read-ahead is the printed
+//! record count times the longest line of this input. The test also reports how tight the bound
+//! is (bound / measured).
+//!
+//! One `#[test]` runs every pipeline in turn: the allocator counts every thread of the process,
+//! so nothing else may run beside it.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, Condvar, Mutex};
+
+use subpass::graph::Plan;
+use subpass::runtime::{run_stream, RunOptions};
+
+struct Counting;
+
+static CURRENT: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+// SAFETY: every call is forwarded to the system allocator unchanged; the counters only observe.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: forwarded with the caller's own layout.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            let now = CURRENT.fetch_add(layout.size(), Relaxed) + layout.size();
+            PEAK.fetch_max(now, Relaxed);
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        CURRENT.fetch_sub(layout.size(), Relaxed);
+        // SAFETY: `ptr` came from `alloc` with this layout.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: forwarded unchanged; the caller upholds realloc's contract.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            if new_size >= layout.size() {
+                let now =
+                    CURRENT.fetch_add(new_size - layout.size(), Relaxed) + new_size - layout.size();
+                PEAK.fetch_max(now, Relaxed);
+            } else {
+                CURRENT.fetch_sub(layout.size() - new_size, Relaxed);
+            }
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+/// What the bound leaves out, all of it independent of batch size and record count:
+/// - the reader's 64 KiB buffer and its line-assembly buffer (one line, at most 64 KiB here);
+/// - per-thread state (channel slots, the env of each worker, thread names, tracing): about
+///   a few KiB per thread, for at most ~12 threads;
+/// - each chunk's record metadata (line numbers, about 64 bytes a record) and the formatted
+///   output text the sink writes (one chunk's lines at a time): at most 256 KiB here;
+/// - the plan's own structures beyond parameters (names, shapes, routes): a few KiB.
+const ALLOWANCE: usize = 1 << 20;
+
+/// Synthetic JSON-lines records made on the fly, so the input itself takes no heap.
+struct Records {
+    values: usize,
+    left: usize,
+    produced: Arc<AtomicUsize>,
+    line: Vec<u8>,
+    at: usize,
+}
+
+impl Records {
+    fn make_line(&mut self) {
+        self.line.clear();
+        self.line.push(b'[');
+        for i in 0..self.values {
+            if i > 0 {
+                self.line.push(b',');
+            }
+            let v = ((self.produced.load(Relaxed) * 31 + i * 7) % 2001) as f32 / 1000.0 - 1.0;
+            write!(self.line, "{v:.3}").unwrap();
+        }
+        self.line.extend_from_slice(b"]\n");
+        self.at = 0;
+    }
+}
+
+impl Read for Records {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.at == self.line.len() {
+            if self.left == 0 {
+                return Ok(0);
+            }
+            self.make_line();
+            self.left -= 1;
+            self.produced.fetch_add(1, Relaxed);
+        }
+        let n = buf.len().min(self.line.len() - self.at);
+        buf[..n].copy_from_slice(&self.line[self.at..self.at + n]);
+        self.at += n;
+        Ok(n)
+    }
+}
+
+/// Discards output, but blocks until the gate opens: while it is closed, the pipeline fills up
+/// behind the stalled output as far as its bounds let it.
+struct StalledWriter {
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Write for StalledWriter {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        let (open, cv) = &*self.gate;
+        let mut open = open.lock().unwrap();
+        while !*open {
+            open = cv.wait(open).unwrap();
+        }
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+struct Measured {
+    bound: usize,
+    peak: usize,
+}
+
+fn measure(path: &Path) -> Measured {
+    let base = CURRENT.load(Relaxed);
+    let plan = Arc::new(Plan::load(path).unwrap());
+    let values = plan.input_len();
+    // The longest line this input has: `-1.000,` per value.
+    let line_bytes = values * 7 + 2;
+    let params: u64 = plan.stages.iter().map(|s| s.param_bytes).sum();
+    let bound = params as usize
+        + plan.budget.activation_bytes() as usize
+        + plan.max_records_read_ahead() * line_bytes
+        + ALLOWANCE;
+    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    let produced = Arc::new(AtomicUsize::new(0));
+    let input = Records {
+        values,
+        // Enough to fill every slot behind the stall, then as many again to stream through.
+        left: 3 * plan.max_records_read_ahead(),
+        produced: produced.clone(),
+        line: Vec::with_capacity(line_bytes),
+        at: 0,
+    };
+    // The stall ends once subpass has stopped reading (no new record for 300 ms): it is then as
+    // full as its bounds let it get. This decides only how full the pipeline gets before it
+    // drains; the assertion (peak within the bound) must hold at every moment either way.
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            let mut last = usize::MAX;
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(300));
+                let now = produced.load(Relaxed);
+                if now == last {
+                    break;
+                }
+                last = now;
+            }
+            let (open, cv) = &*gate;
+            *open.lock().unwrap() = true;
+            cv.notify_all();
+        })
+    };
+    PEAK.store(CURRENT.load(Relaxed), Relaxed);
+    let (_stop, never) = crossbeam_channel::bounded(1);
+    let options = RunOptions {
+        max_line_bytes: line_bytes,
+        ..RunOptions::default()
+    };
+    let report = run_stream(
+        plan,
+        Box::new(input),
+        Box::new(StalledWriter { gate }),
+        Box::new(std::io::sink()),
+        &options,
+        never,
+    )
+    .unwrap();
+    opener.join().unwrap();
+    assert_eq!(report.stats.records_rejected, 0);
+    Measured {
+        bound,
+        peak: PEAK.load(Relaxed) - base,
+    }
+}
+
+#[test]
+fn peak_heap_stays_within_the_printed_bound() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut configs: Vec<_> = std::fs::read_dir(root.join("configs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    configs.sort();
+    assert!(configs.len() >= 5, "{configs:?}");
+    let mut failures = Vec::new();
+    for path in &configs {
+        let m = measure(path);
+        let name = path.file_name().unwrap().to_string_lossy();
+        // How tight the printed figures are: their sum (the bound without the allowance)
+        // against the whole measured peak.
+        eprintln!(
+            "{name}: peak {} bytes, bound {} bytes; printed figures / peak = {:.2}",
+            m.peak,
+            m.bound,
+            (m.bound - ALLOWANCE) as f64 / m.peak as f64
+        );
+        if m.peak > m.bound {
+            failures.push(format!("{name}: peak {} > bound {}", m.peak, m.bound));
+        }
+    }
+    assert!(failures.is_empty(), "{failures:#?}");
+}
