@@ -5,8 +5,12 @@ use crossbeam_channel::{bounded, Receiver};
 
 /// A receiver that yields once when SIGINT or SIGTERM arrives. Tokio waits for the signals on a
 /// small thread of its own, away from the compute threads.
+///
+/// The handlers are in place when this returns, so a signal that comes once the pipeline runs
+/// (once a caller has seen output) always drains, never kills with the default action.
 pub fn signal_listener() -> Receiver<()> {
     let (tx, rx) = bounded(1);
+    let (installed_tx, installed) = bounded::<()>(1);
     std::thread::Builder::new()
         .name("subpass-signals".into())
         .spawn(move || {
@@ -18,6 +22,7 @@ pub fn signal_listener() -> Receiver<()> {
                     let (Ok(mut int), Ok(mut term)) = (signal(SignalKind::interrupt()), signal(SignalKind::terminate())) else {
                         return;
                     };
+                    let _ = installed_tx.send(());
                     tokio::select! { _ = int.recv() => {}, _ = term.recv() => {} }
                     tracing::info!("signal received: finishing the chunks in flight (signal again to exit now)");
                     let _ = tx.try_send(());
@@ -26,11 +31,14 @@ pub fn signal_listener() -> Receiver<()> {
                 }
                 #[cfg(not(unix))]
                 {
+                    drop(installed_tx);
                     let _ = tokio::signal::ctrl_c().await;
                     let _ = tx.try_send(());
                 }
             });
         })
         .expect("spawn the signal thread");
+    // An error means no handler could be installed: the default actions stay, as before.
+    let _ = installed.recv();
     rx
 }
