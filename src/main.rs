@@ -114,6 +114,9 @@ fn main() -> ExitCode {
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
     quiet_stage_panics();
+    // Test builds only: the fail points named in FAILPOINTS (src/runtime/fault.rs).
+    #[cfg(feature = "fail-points")]
+    let _fail_points = fail::FailScenario::setup();
     let cli = Cli::parse();
     match cli.command {
         Command::Validate { pipeline } => validate(&pipeline),

@@ -274,11 +274,10 @@ fn head_closing_stdout_ends_quietly() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
 }
 
-#[test]
-fn a_failing_stage_is_named_and_exits_one_promptly() {
-    let start = Instant::now();
-    let out = subpass()
-        .env("SUBPASS_INJECT_PANIC", "head")
+/// `subpass run configs/digits-cnn.yaml` over the 450 digits records (15 chunks), with `FAILPOINTS`.
+fn run_with_failpoints(failpoints: &str) -> std::process::Output {
+    subpass()
+        .env("FAILPOINTS", failpoints)
         .args([
             "run",
             "configs/digits-cnn.yaml",
@@ -286,11 +285,45 @@ fn a_failing_stage_is_named_and_exits_one_promptly() {
             "examples/digits-test.jsonl",
         ])
         .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
+        .unwrap()
+}
+
+/// With `FAILPOINTS` set, the run must exit 1 and stderr must say `message`.
+fn assert_run_fails_with(failpoints: &str, message: &str) {
+    let out = run_with_failpoints(failpoints);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("stage `head` failed"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(message), "{stderr}");
+}
+
+#[test]
+#[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
+fn a_failing_stage_is_named_and_exits_one_promptly() {
+    let start = Instant::now();
+    assert_run_fails_with(
+        "stage=return(head)",
+        "stage `head` failed: injected fault in chunk ",
+    );
     assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[test]
+#[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
+fn a_fault_aimed_at_one_chunk_fails_that_chunk() {
+    assert_run_fails_with(
+        "stage=return(tower_b@5)",
+        "stage `tower_b` failed: injected fault in chunk 5 rows ",
+    );
+}
+
+/// The shipped build has no fail points: `FAILPOINTS` changes nothing.
+#[test]
+#[cfg_attr(feature = "fail-points", ignore = "the default build only")]
+fn the_default_build_has_no_fail_points() {
+    let out = run_with_failpoints("stage=return(head)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 450);
 }
 
 /// Peak RSS of a run over `records` records of 784 values, streamed through stdin.

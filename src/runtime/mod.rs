@@ -20,6 +20,8 @@
 //! and the sink flushes when its last producer is gone.
 
 pub mod budget;
+#[cfg(any(test, feature = "fail-points"))]
+mod fault;
 mod run;
 pub mod shutdown;
 mod sink;

@@ -101,7 +101,6 @@ fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
     let counters = Counters::new(stage_names);
     let (inboxes, stage_channels, sink_rx): (Inboxes, Vec<StageChannels>, _) = channels(plan);
     let (failures_tx, failures_rx) = unbounded();
-    let inject = std::env::var("SUBPASS_INJECT_PANIC").ok();
     let mut threads = Vec::new();
     for (s, (stage, ch)) in plan.stages.iter().zip(stage_channels).enumerate() {
         let emitter = inboxes.emitter(&stage.routes);
@@ -115,7 +114,6 @@ fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
                 counters: counters.clone(),
                 failures: failures_tx.clone(),
                 tracer: tracer.clone(),
-                inject_panic: inject.as_deref() == Some(stage.name.as_str()),
             };
             threads.push(spawn_named(
                 format!("subpass-stage-{}-{replica}", stage.name),

@@ -24,8 +24,6 @@ pub(super) struct StageWorker {
     pub counters: Arc<super::stats::Counters>,
     pub failures: Sender<Failure>,
     pub tracer: Option<Tracer>,
-    /// Testing aid (`SUBPASS_INJECT_PANIC=<stage>`): panic on the first chunk.
-    pub inject_panic: bool,
 }
 
 impl StageWorker {
@@ -40,8 +38,14 @@ impl StageWorker {
             };
             let t1 = Instant::now();
             let computed = catch_unwind(AssertUnwindSafe(|| {
-                if self.inject_panic {
-                    panic!("injected failure (SUBPASS_INJECT_PANIC)");
+                // Tests' fault injection (`fault`): fails here as a panicking kernel would.
+                #[cfg(feature = "fail-points")]
+                if let Some(fault) = super::fault::injected(&super::fault::FaultSite {
+                    stage: &stage.name,
+                    chunk: part.chunk,
+                    rows: 0..part.rows,
+                }) {
+                    panic!("{fault}");
                 }
                 let mut env = Env::new(self.plan.graph.nodes.len());
                 for (v, t) in part.values {
