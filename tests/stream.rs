@@ -3,10 +3,10 @@
 
 mod common;
 
-use std::io::{Read, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -219,13 +219,20 @@ fn sigterm_drains_in_flight_records_and_exits_zero() {
     let mut stdin = child.stdin.take().unwrap();
     let line = format!("{}\n", digits_line());
     std::thread::spawn(move || while stdin.write_all(line.as_bytes()).is_ok() {});
-    let mut stdout = child.stdout.take().unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let (first_line_tx, first_line) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut s = String::new();
+        stdout.read_line(&mut s).unwrap();
+        let _ = first_line_tx.send(());
         stdout.read_to_string(&mut s).unwrap();
         s
     });
-    std::thread::sleep(Duration::from_millis(800));
+    // A first output line means records are in flight, and the signal handlers are installed
+    // (before the first record is read): the signal lands in a running pipeline.
+    first_line
+        .recv_timeout(Duration::from_secs(30))
+        .expect("no output line within 30 s");
     let killed = std::process::Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
