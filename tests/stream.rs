@@ -86,6 +86,17 @@ fn concurrent_branches_join_and_a_replicated_stage_process_every_chunk() {
     ]);
 }
 
+/// The `id` of every output line, in output order.
+fn output_ids(out: &str) -> Vec<u64> {
+    out.lines()
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
+                .as_u64()
+                .unwrap_or_else(|| panic!("no numeric id: {l}"))
+        })
+        .collect()
+}
+
 #[test]
 fn unordered_output_emits_every_record_exactly_once() {
     let mut input = String::new();
@@ -104,15 +115,7 @@ fn unordered_output_emits_every_record_exactly_once() {
     std::thread::spawn(move || stdin.write_all(input.as_bytes()));
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success());
-    let mut ids: Vec<u64> = String::from_utf8(out.stdout)
-        .unwrap()
-        .lines()
-        .map(|l| {
-            serde_json::from_str::<serde_json::Value>(l).unwrap()["id"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let mut ids = output_ids(&String::from_utf8(out.stdout).unwrap());
     ids.sort();
     assert_eq!(ids, (0..997).collect::<Vec<u64>>());
 }
@@ -155,53 +158,103 @@ fn read_ahead_bound(pipeline: &str) -> u64 {
         .unwrap()
 }
 
+/// The digits record as `n` lines with the ids 0..n.
+fn numbered_digits_lines(n: u64) -> Vec<String> {
+    let mut record: serde_json::Value = serde_json::from_str(&digits_line()).unwrap();
+    (0..n)
+        .map(|id| {
+            record["id"] = id.into();
+            format!("{record}\n")
+        })
+        .collect()
+}
+
+/// Writes begun and writes completed on the child's stdin: a write begun and not completed is one
+/// the process is not taking.
+#[derive(Default)]
+struct WriteProgress {
+    begun: AtomicU64,
+    done: AtomicU64,
+}
+
 #[test]
 fn a_stalled_reader_of_stdout_stops_the_reading_of_stdin() {
+    const RECORDS: u64 = 10_000;
     let pipeline = "configs/digits-mlp.yaml";
     let bound = read_ahead_bound(pipeline);
-    let mut child = spawn_piped(&["run", pipeline]);
-    let mut stdin = child.stdin.take().unwrap();
-    let _stdout = child.stdout.take().unwrap(); // held open, never read
-    let line = format!("{}\n", digits_line());
-    let written = Arc::new(AtomicU64::new(0));
-    let w = written.clone();
-    let line_len = line.len() as u64;
-    std::thread::spawn(move || {
-        while stdin.write_all(line.as_bytes()).is_ok() {
-            w.fetch_add(1, Ordering::Relaxed);
-        }
-    });
-    // Wait until the writer makes no progress for a while: subpass has stopped reading.
-    let start = Instant::now();
-    let mut last = 0;
-    let mut since = Instant::now();
-    while since.elapsed() < Duration::from_millis(1500) {
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "stdin was never blocked: {} records taken",
-            written.load(Ordering::Relaxed)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-        let now = written.load(Ordering::Relaxed);
-        if now != last {
-            last = now;
-            since = Instant::now();
-        }
-    }
     // Pipe buffers and our 64 KiB read and write buffers hold lines the bound does not count:
     // the stdin pipe and read buffer (input lines), the stdout pipe and write buffer (output lines,
     // at least 100 bytes each).
+    let lines = numbered_digits_lines(RECORDS);
+    let shortest = lines.iter().map(String::len).min().unwrap() as u64;
     let pipe = 1u64 << 16;
-    let slack = 2 * pipe / line_len + 2 + 2 * pipe / 100;
-    let taken = written.load(Ordering::Relaxed);
+    let slack = 2 * pipe / shortest + 2 + 2 * pipe / 100;
+    assert!(
+        RECORDS > 2 * (bound + slack),
+        "the stream must be far longer than what subpass may hold"
+    );
+
+    let mut child = spawn_piped(&["run", pipeline]);
+    let mut stdin = child.stdin.take().unwrap();
+    let mut stdout = child.stdout.take().unwrap(); // not read until the stall is seen
+    let progress = Arc::new(WriteProgress::default());
+    let p = progress.clone();
+    let writer = std::thread::spawn(move || -> std::io::Result<()> {
+        for line in &lines {
+            p.begun.fetch_add(1, Ordering::SeqCst);
+            stdin.write_all(line.as_bytes())?;
+            p.done.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(()) // stdin drops: EOF
+    });
+
+    // With stdout unread, the writer must end up inside a write that does not complete: a
+    // stall, held for 1.5 s while subpass is alive and has taken at most its bound.
+    let held = Duration::from_millis(1500);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut last, mut since) = (u64::MAX, Instant::now());
+    let taken = loop {
+        let done = progress.done.load(Ordering::SeqCst);
+        if writer.is_finished() {
+            panic!(
+                "no stall: the writer finished ({:?}) after {done} of {RECORDS} records with stdout unread",
+                writer.join().unwrap()
+            );
+        }
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "subpass exited with its stdout unread"
+        );
+        assert!(
+            Instant::now() < deadline,
+            "stdin never stalled: {done} records taken"
+        );
+        if done != last {
+            (last, since) = (done, Instant::now());
+        } else if since.elapsed() >= held && progress.begun.load(Ordering::SeqCst) == done + 1 {
+            break done;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     eprintln!("backpressure: {taken} records taken from stdin; bound {bound} + buffers {slack}");
     assert!(
         taken <= bound + slack,
         "{taken} records taken from stdin; bound {bound} + buffers {slack}"
     );
-    assert!(taken > 0);
-    child.kill().unwrap();
-    let _ = child.wait();
+
+    // Reading again releases the stall: every record comes out, once, in order, and the run ends.
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        stdout.read_to_string(&mut out).map(|_| out)
+    });
+    let status = wait_with_timeout(&mut child, Duration::from_secs(60));
+    writer
+        .join()
+        .unwrap()
+        .expect("every record is taken once stdout is read");
+    assert!(status.success(), "exit status {status:?}");
+    let ids = output_ids(&reader.join().unwrap().unwrap());
+    assert_eq!(ids, (0..RECORDS).collect::<Vec<u64>>());
 }
 
 #[test]
