@@ -450,6 +450,9 @@ def table(report):
             f"{r['cpu_per_wall_median']:.2f} | {r['loadavg_median']:.1f} |")
     if "skipped" in res.get("subpass", {}):
         lines += ["", f"subpass: {res['subpass']['skipped']}"]
+    elif "subpass" in res:
+        lines += ["", f"subpass start-up and model load, on an empty input: "
+                  f"{res['subpass']['startup_seconds_empty_input']:.2f} s (median of 3)."]
     lines += ["", f"Token-length sorting instead of character-length sorting would compute "
               f"{c['padded_tokens_token_sorted']:,} padded tokens "
               f"({c['padded_tokens_token_sorted'] / c['real_tokens']:.3f}× real)."]
