@@ -3,7 +3,7 @@
 
 use serde_json::value::RawValue;
 
-use super::parse::{RecordMeta, Rejection};
+use super::record::{RecordMeta, Rejection};
 
 /// How an output line names its record.
 #[derive(Debug, Clone)]

@@ -1,15 +1,18 @@
-//! Records in and predictions out: reading lines with a length cap, parsing JSON lines and CSV
-//! into tensors, and formatting output and error lines.
+//! Records in and predictions out: reading lines with a length cap ([`read_lines`]), numbers
+//! ([`parse_json_number`]), records of JSON lines and CSV into tensors ([`RecordParser`]), and
+//! output and error lines ([`OutputFormatter`]).
 //!
 //! Nothing here knows about stages; the runtime moves what this module produces.
 
 mod format;
-mod parse;
+mod number;
 mod reader;
+mod record;
 
 pub use format::{argmax, write_rejection, OutputFormatter, RecordKey};
-pub use parse::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};
+pub use number::{parse_csv_number, parse_json_number};
 pub use reader::{read_lines, LineText, RawLine};
+pub use record::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};
 
 /// Capacity of the reader → chunker hand-off, in batches of lines.
 pub const READER_QUEUE: usize = 2;
