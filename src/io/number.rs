@@ -6,10 +6,21 @@
 //! value is the f32 nearest the decimal written, as Rust's own `str::parse::<f32>` gives it.
 
 /// The JSON number starting at `b[start]`, to the nearest f32, and the index just past it; it must
-/// end at a separator (`,`, `]`, whitespace or the end of `b`). Read in a single pass: its grammar
-/// is checked while its digits are read. Short decimals (at most 7 significant digits, exponent
-/// within ±10: what records hold) are exact in f32 with one correctly rounded division or
-/// product, Clinger's fast path; anything else goes to the full parser.
+/// end at a separator (`,`, `]`, whitespace or the end of `b`).
+///
+/// Read in a single pass: its grammar is checked while its digits are read, and the value is made
+/// from those digits where one correctly rounded operation is exact. Short decimals (at most 7
+/// significant digits, exponent within ±10: what records hold) take Clinger's fast path in f32;
+/// up to 15 digits take one f64 operation ([`via_f64`]); anything else goes to fast-float2, which
+/// reads the digits again.
+///
+/// What the fast paths pay (`cargo bench --bench numbers`: lines of 784 numbers, fast-float2
+/// alone after a grammar check against this function, medians of alternated runs, five rounds on
+/// a shared 2-core machine): fast-float2 alone takes 1.48–1.53× the time on 3-decimal values,
+/// 1.09–1.61× (median 1.55×) on shortest f32 reprs, 1.25–1.41× on 15 digits, 1.44–1.96× on
+/// `-1.5e-3`. A 128-bit path for 16–19 digits did not pay (with it, Python's 17-digit reprs took
+/// 0.94–1.29× the time they take without it, three rounds of alternated builds) and was dropped;
+/// on those lines this function and fast-float2 alone now run level (0.96–1.01×).
 pub fn parse_json_number(b: &[u8], start: usize) -> Result<(f32, usize), String> {
     const POW10: [f32; 11] = [1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10];
     let mut i = start;
@@ -81,7 +92,7 @@ pub fn parse_json_number(b: &[u8], start: usize) -> Result<(f32, usize), String>
         } else {
             v
         }
-    } else if let Some(v) = via_f64(mantissa, exponent).or_else(|| via_u128(mantissa, exponent)) {
+    } else if let Some(v) = via_f64(mantissa, exponent) {
         if negative {
             -v
         } else {
@@ -144,71 +155,6 @@ fn via_f64(mantissa: u64, exponent: i64) -> Option<f32> {
     let on_midpoint = r.to_bits() & ((1 << 29) - 1) == 1 << 28;
     let normal = (f32::MIN_POSITIVE as f64..=f32::MAX as f64).contains(&r);
     (normal && !on_midpoint).then_some(r as f32)
-}
-
-/// `mantissa × 10^exponent` rounded to f32 exactly with integer arithmetic, for the 16–19 digit
-/// numbers that `repr` of a float32-as-float64 gives (Python's `json.dumps(t.tolist())`): the
-/// quotient or product is formed in 128 bits, its top 24 bits kept and rounded half to even with
-/// everything below them (the division's remainder included) as the sticky part.
-fn via_u128(mantissa: u64, exponent: i64) -> Option<f32> {
-    const POW10: [u64; 20] = [
-        1,
-        10,
-        100,
-        1_000,
-        10_000,
-        100_000,
-        1_000_000,
-        10_000_000,
-        100_000_000,
-        1_000_000_000,
-        10_000_000_000,
-        100_000_000_000,
-        1_000_000_000_000,
-        10_000_000_000_000,
-        100_000_000_000_000,
-        1_000_000_000_000_000,
-        10_000_000_000_000_000,
-        100_000_000_000_000_000,
-        1_000_000_000_000_000_000,
-        10_000_000_000_000_000_000,
-    ];
-    if mantissa == 0 || mantissa == u64::MAX || !(-19..=19).contains(&exponent) {
-        return None; // u64::MAX: the digit reader saturated, the mantissa is not exact
-    }
-    let (q, inexact, scale) = if exponent < 0 {
-        let d = POW10[(-exponent) as usize] as u128;
-        let n = (mantissa as u128) << 64;
-        (n / d, !n.is_multiple_of(d), -64)
-    } else {
-        (
-            mantissa as u128 * POW10[exponent as usize] as u128,
-            false,
-            0,
-        )
-    };
-    let bits = 128 - q.leading_zeros() as i64;
-    if bits < 26 {
-        return None; // too few bits for a guard bit: leave it to the full parser
-    }
-    let shift = bits - 24;
-    let mut sig = (q >> shift) as u32;
-    let rest = q & ((1u128 << shift) - 1);
-    let half = 1u128 << (shift - 1);
-    if rest > half || (rest == half && (inexact || sig & 1 == 1)) {
-        sig += 1;
-    }
-    let mut e = shift + scale + 23; // value = 1.sig × 2^e
-    if sig == 1 << 24 {
-        sig >>= 1;
-        e += 1;
-    }
-    if !(-126..=127).contains(&e) {
-        return None; // subnormal or overflow: the full parser says what it is
-    }
-    Some(f32::from_bits(
-        (((e + 127) as u32) << 23) | (sig & 0x7F_FFFF),
-    ))
 }
 
 /// Parse one CSV field as a number: finite in f32, in any spelling spreadsheets write (`+1`,
@@ -280,7 +226,7 @@ mod tests {
             assert_eq!(got.to_bits(), want.to_bits(), "{text}: {got} vs {want}");
         }
         // Long decimals, as float dumps write them: 9 significant digits (the f32 round trip),
-        // 15, and 17-19 (the 128-bit path).
+        // 15 (both on the f64 path), and 17-19 (fast-float2).
         let mut next = crate::weights::seeded_stream(3, "long-decimals");
         for i in 0..30000 {
             let v = next() * 10f32.powi((i % 13) - 6);
