@@ -1,8 +1,7 @@
 //! The `subpass` command line: parse arguments, set up logging, call the library, map the result
 //! to an exit status.
 
-use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,8 +9,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use subpass::graph::Plan;
-use subpass::io::InputFormat;
-use subpass::runtime::{self, RunError, RunOptions};
+use subpass::io::{self as rio, InputFormat};
+use subpass::runtime::{self, Label, RunError, RunOptions};
 
 /// EX_CONFIG from sysexits.h, as `vector validate` uses: the pipeline file is wrong.
 const EXIT_CONFIG: u8 = 78;
@@ -113,7 +112,7 @@ fn main() -> ExitCode {
         .with_target(false)
         .with_ansi(io::IsTerminal::is_terminal(&io::stderr()))
         .init();
-    quiet_stage_panics();
+    runtime::quiet_stage_panics();
     // Test builds only: the fail points named in FAILPOINTS (src/runtime/fault.rs).
     #[cfg(feature = "fail-points")]
     let _fail_points = fail::FailScenario::setup();
@@ -205,20 +204,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// Stage panics are reported once, with the stage's name, by the runtime; keep the default
-/// hook's backtrace noise for panics anywhere else.
-fn quiet_stage_panics() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        let in_stage = std::thread::current()
-            .name()
-            .is_some_and(|n| n.starts_with("subpass-stage-"));
-        if !in_stage {
-            default(info);
-        }
-    }));
-}
-
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
@@ -254,27 +239,6 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-fn open_input(path: Option<PathBuf>) -> io::Result<Box<dyn Read + Send>> {
-    match path {
-        Some(p) if p.as_os_str() != "-" => File::open(&p)
-            .map(|f| Box::new(f) as Box<dyn Read + Send>)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot open {}: {e}", p.display()))),
-        _ => Ok(Box::new(io::stdin())),
-    }
-}
-
-fn create_output(
-    path: Option<PathBuf>,
-    default: fn() -> Box<dyn Write + Send>,
-) -> io::Result<Box<dyn Write + Send>> {
-    match path {
-        Some(p) if p.as_os_str() != "-" => File::create(&p)
-            .map(|f| Box::new(f) as Box<dyn Write + Send>)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot create {}: {e}", p.display()))),
-        _ => Ok(default()),
-    }
-}
-
 fn run(
     pipeline: &Path,
     input: Option<PathBuf>,
@@ -287,41 +251,27 @@ fn run(
     let Some(plan) = load_plan(pipeline) else {
         return ExitCode::from(EXIT_CONFIG);
     };
-    let label_index = match &label {
-        None => None,
-        Some(field) => match plan.output.passthrough.iter().position(|p| p == field) {
-            Some(i) if plan.output.argmax => Some(i),
-            _ => return fail(&format!("--label {field} needs `output: {{argmax: true, passthrough: [{field}]}}` in the pipeline file")),
-        },
+    let label = match label.map(|field| Label::resolve(&plan, &field)).transpose() {
+        Ok(label) => label,
+        Err(e) => return fail(&e.to_string()),
     };
     let streams = (|| {
         Ok::<_, io::Error>((
-            open_input(input)?,
-            create_output(output, || Box::new(io::stdout()))?,
-            create_output(errors, || Box::new(io::stderr()))?,
+            rio::open_input(input.as_deref())?,
+            rio::create_output(output.as_deref(), io::stdout)?,
+            rio::create_output(errors.as_deref(), io::stderr)?,
         ))
     })();
     let (input, output, errors) = match streams {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
-    let options = RunOptions {
-        label: label_index,
-        ..options
-    };
+    let options = RunOptions { label, ..options };
     let shutdown = runtime::shutdown::signal_listener();
     let result = runtime::run_stream(plan, input, output, errors, &options, shutdown);
     match result {
         Ok(report) => {
-            eprint!("{}", report.stats.summary());
-            if let (Some(field), Some(acc)) = (&label, &report.stats.accuracy) {
-                eprintln!(
-                    "accuracy: {} of {} records ({:.2}%): argmax against `{field}`",
-                    acc.correct,
-                    acc.labelled,
-                    acc.percent()
-                );
-            }
+            eprint!("{}", report.summary());
             if let Some(p) = stats_path {
                 let json = serde_json::to_string_pretty(&report.stats).expect("stats serialise");
                 if let Err(e) = std::fs::write(&p, json + "\n") {

@@ -71,7 +71,16 @@ fn check(model: &str, min_accuracy: f64) {
     }
     let accuracy = correct as f64 / got.len() as f64;
     assert!(accuracy >= min_accuracy, "{model}: accuracy {accuracy}");
-    // The run's own tally (`--label`) agrees with the count made here.
+    // The run's own tally (`--label`) agrees with the count made here, in --stats and on stderr.
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        summary.contains(&format!(
+            "accuracy: {correct} of {} records ({:.2}%): argmax against `label`",
+            got.len(),
+            100.0 * accuracy
+        )),
+        "{summary}"
+    );
     let s = read_json(&stats);
     assert_eq!(s["accuracy"]["correct"].as_u64().unwrap() as usize, correct);
     assert_eq!(
@@ -99,4 +108,18 @@ fn shipped_models_verify() {
             "examples/digits-test.jsonl",
         ]);
     }
+}
+
+#[test]
+fn a_label_the_pipeline_does_not_pass_through_is_refused_before_reading() {
+    // stdin stays open: a run that started reading would wait on it.
+    let mut child = spawn_piped(&["run", "configs/digits-mlp.yaml", "--label", "id"]);
+    let status = wait_with_timeout(&mut child, std::time::Duration::from_secs(30));
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert!(
+        stderr.contains("--label id needs `output: {argmax: true, passthrough: [id]}`"),
+        "{stderr}"
+    );
 }

@@ -4,6 +4,7 @@
 use serde_json::value::RawValue;
 
 use super::record::{RecordMeta, Rejection};
+use crate::graph::Graph;
 
 /// How an output line names its record.
 #[derive(Debug, Clone)]
@@ -98,6 +99,16 @@ impl OutputFormatter {
         }
         out.extend_from_slice(b"}\n");
     }
+}
+
+/// The name of each of `graph`'s outputs, in order: what keys `y` when there are several. `run`
+/// writes output lines with these names and `verify` reads them back by the same names.
+pub fn output_names(graph: &Graph) -> Vec<String> {
+    graph
+        .outputs
+        .iter()
+        .map(|v| graph.value_name(*v).to_string())
+        .collect()
 }
 
 /// Append a rejected line's report.

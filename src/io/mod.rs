@@ -1,6 +1,6 @@
-//! Records in and predictions out: reading lines with a length cap ([`read_lines`]), numbers
-//! ([`parse_json_number`]), records of JSON lines and CSV into tensors ([`RecordParser`]), and
-//! output and error lines ([`OutputFormatter`]).
+//! Records in and predictions out: files or standard streams ([`open_input`]), reading lines with
+//! a length cap ([`read_lines`]), numbers ([`parse_json_number`]), records of JSON lines and CSV
+//! into tensors ([`RecordParser`]), and output and error lines ([`OutputFormatter`]).
 //!
 //! Nothing here knows about stages; the runtime moves what this module produces.
 
@@ -8,11 +8,13 @@ mod format;
 mod number;
 mod reader;
 mod record;
+mod streams;
 
-pub use format::{argmax, write_rejection, OutputFormatter, RecordKey};
+pub use format::{argmax, output_names, write_rejection, OutputFormatter, RecordKey};
 pub use number::{parse_csv_number, parse_json_number};
 pub use reader::{read_lines, LineText, RawLine};
 pub use record::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};
+pub use streams::{create_output, open_input};
 
 /// Capacity of the reader → chunker hand-off, in batches of lines.
 pub const READER_QUEUE: usize = 2;

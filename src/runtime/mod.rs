@@ -22,6 +22,7 @@
 pub mod budget;
 #[cfg(any(test, feature = "fail-points"))]
 mod fault;
+mod label;
 mod run;
 pub mod shutdown;
 mod sink;
@@ -39,7 +40,10 @@ use crate::graph::{Env, Plan, ValueId};
 use crate::io::ChunkMeta;
 use crate::ops::Tensor;
 
-pub use run::{run_bench_pipeline, run_stream, BenchRun, RunError, RunOptions, RunReport};
+pub use label::{Label, LabelError};
+pub use run::{
+    quiet_stage_panics, run_bench_pipeline, run_stream, BenchRun, RunError, RunOptions, RunReport,
+};
 pub use stats::{RunStats, StageStats};
 
 /// Sequence number of a chunk, from 0 in input order; the reorder step emits by it.

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 
 use super::budget::InFlight;
+use super::label::Label;
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
 use super::source::{input_env, run_chunker, ParserWorker, RawChunk};
 use super::stage::{run_join, StageWorker};
@@ -20,7 +21,8 @@ use super::{channels, Emitter, Failure, Inboxes, Part, StageChannels};
 use crate::graph::plan::PARSE_QUEUE;
 use crate::graph::Plan;
 use crate::io::{
-    self as rio, write_rejection, InputFormat, OutputFormatter, RecordKey, RecordMeta, RecordParser,
+    self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
+    RecordMeta, RecordParser,
 };
 
 /// How `run` treats its input and reports.
@@ -33,8 +35,8 @@ pub struct RunOptions {
     /// Log the stats this often.
     pub stats_interval: Option<Duration>,
     pub trace: Option<PathBuf>,
-    /// Index of the passthrough field holding each record's class; tallies argmax accuracy.
-    pub label: Option<usize>,
+    /// The passthrough field holding each record's class; tallies argmax accuracy.
+    pub label: Option<Label>,
 }
 
 impl Default for RunOptions {
@@ -71,6 +73,19 @@ pub enum RunError {
 #[derive(Debug)]
 pub struct RunReport {
     pub stats: RunStats,
+    /// What the accuracy in `stats` was scored against, to name it in the summary.
+    pub label: Option<Label>,
+}
+
+impl RunReport {
+    /// What `run` prints on stderr at exit: the statistics, then the accuracy under `--label`.
+    pub fn summary(&self) -> String {
+        let mut s = self.stats.summary();
+        if let (Some(label), Some(accuracy)) = (&self.label, &self.stats.accuracy) {
+            s.push_str(&label.describe(accuracy));
+        }
+        s
+    }
 }
 
 /// A started set of stage actors, waiting for a source and a sink.
@@ -85,6 +100,23 @@ struct Running {
     failures_rx: Receiver<Failure>,
     /// Stage workers and joins; joined after a clean finish.
     threads: Vec<JoinHandle<()>>,
+}
+
+/// The name of every stage replica's thread starts with this.
+const STAGE_THREAD: &str = "subpass-stage-";
+
+/// Stage panics are reported once, with the stage's name, by the runtime; this keeps the default
+/// hook's message and backtrace for panics anywhere else. For a process that runs pipelines.
+pub fn quiet_stage_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_stage = std::thread::current()
+            .name()
+            .is_some_and(|n| n.starts_with(STAGE_THREAD));
+        if !in_stage {
+            default(info);
+        }
+    }));
 }
 
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
@@ -116,7 +148,7 @@ fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
                 tracer: tracer.clone(),
             };
             threads.push(spawn_named(
-                format!("subpass-stage-{}-{replica}", stage.name),
+                format!("{STAGE_THREAD}{}-{replica}", stage.name),
                 move || worker.run(),
             ));
         }
@@ -241,23 +273,17 @@ pub fn run_stream(
     drop(running.source);
 
     // Sink.
-    let names: Vec<String> = plan
-        .graph
-        .outputs
-        .iter()
-        .map(|v| plan.graph.value_name(*v).to_string())
-        .collect();
     let mut writer = JsonOutput {
         formatter: OutputFormatter::new(
             &plan.output.field,
             plan.output.argmax,
             &plan.output.passthrough,
-            &names,
+            &output_names(&plan.graph),
         ),
         out: BufWriter::with_capacity(64 << 10, output),
         errors,
         strict: options.strict,
-        label: options.label,
+        label: options.label.clone(),
         counters: running.counters.clone(),
         buf: Vec::new(),
         ebuf: Vec::new(),
@@ -296,6 +322,7 @@ pub fn run_stream(
     }
     result.map(|()| RunReport {
         stats: running.counters.snapshot(start.elapsed()),
+        label: options.label.clone(),
     })
 }
 
@@ -305,7 +332,7 @@ struct JsonOutput {
     out: BufWriter<Box<dyn Write + Send>>,
     errors: Box<dyn Write + Send>,
     strict: bool,
-    label: Option<usize>,
+    label: Option<Label>,
     counters: Arc<Counters>,
     /// Reused line buffers.
     buf: Vec<u8>,
@@ -360,15 +387,8 @@ impl ChunkOutput for JsonOutput {
             );
             self.formatter.write_record(&mut self.buf, rec, &parts);
             written += 1;
-            if let Some(l) = self.label {
-                let class = rec.passthrough[l]
-                    .as_ref()
-                    .and_then(|v| v.get().trim().parse::<usize>().ok());
-                if let Some(class) = class {
-                    r.labelled.fetch_add(1, Relaxed);
-                    r.correct
-                        .fetch_add(u64::from(rio::argmax(parts[0]) == class), Relaxed);
-                }
+            if let Some(label) = &self.label {
+                label.tally(rec, parts[0], r);
             }
         }
         self.out.write_all(&self.buf).map_err(output_error)?;
