@@ -164,12 +164,7 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         never,
     )?;
     let text = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let names: Vec<String> = plan
-        .graph
-        .outputs
-        .iter()
-        .map(|v| plan.graph.value_name(*v).to_string())
-        .collect();
+    let names = crate::io::output_names(&plan.graph);
     let mut diffs: Vec<OutputDiff> = names
         .iter()
         .map(|n| OutputDiff {
