@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use subpass::config::PipelineConfig;
 use subpass::kernels::{gemm::matmul_acc, packed::DenseWeights};
-use subpass::ops::{KernelKind, Layer, Op, Scratch, Tensor};
+use subpass::ops::{Chunk, KernelKind, Layer, Op, Scratch, Tensor};
 
 fn values(n: usize, seed: u32) -> Vec<f32> {
     (0..n)
@@ -104,7 +104,7 @@ fn layer_benches(c: &mut Criterion) {
     for (name, yaml, input) in cases {
         let op = op(yaml, &input);
         let (l, out) = layer(op.as_ref(), &input);
-        let flops = op.flops(&[&input], &out);
+        let flops = op.flops(&[&input], &out, 1);
         let mut group = c.benchmark_group(name);
         group
             .sample_size(20)
@@ -119,7 +119,7 @@ fn layer_benches(c: &mut Criterion) {
             let mut scratch = Scratch::default();
             group.throughput(Throughput::Elements(flops * batch as u64));
             group.bench_with_input(BenchmarkId::from_parameter(batch), &batch, |b, _| {
-                b.iter(|| black_box(l.forward(&[&x], &mut scratch)))
+                b.iter(|| black_box(l.forward(&[&x], &Chunk::records(batch), &mut scratch)))
             });
         }
         group.finish();

@@ -176,7 +176,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
             chunks[c % chunks.len()][..rows * plan.input_len()].to_vec(),
         )
         .expect("rows × len");
-        std::hint::black_box(plan.graph.forward_with(input, &mut scratch));
+        std::hint::black_box(plan.graph.forward_with(input, None, &mut scratch));
         done += rows;
         progress.done.fetch_add(rows as u64, Relaxed);
         c += 1;

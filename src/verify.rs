@@ -103,7 +103,7 @@ pub fn monolithic(graph: &Graph, batch: usize, values: &[f32], rows: usize) -> V
         )
         .expect("rows × len");
         for (i, out) in graph
-            .forward_with(batch, &mut scratch)
+            .forward_with(batch, None, &mut scratch)
             .into_iter()
             .enumerate()
         {

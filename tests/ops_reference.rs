@@ -34,7 +34,7 @@ fn run_case(dir: &Path, kernels: KernelKind) -> f64 {
     let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
     let (input, expected) = (tensor(&st, "input"), tensor(&st, "expected"));
-    let outputs = graph.forward(input);
+    let outputs = graph.forward(input, None);
     assert_eq!(outputs.len(), 1, "{}: one output expected", dir.display());
     let got = &outputs[0];
     assert_eq!(

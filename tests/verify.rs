@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use subpass::graph::Plan;
-use subpass::ops::{Layer, Scratch, Tensor};
+use subpass::ops::{Chunk, Layer, Scratch, Tensor};
 use subpass::verify::{synthetic_jsonl, verify};
 
 /// A fast kernel with a bug: one output value in every record is off by a relative 1e-3, about
@@ -16,8 +16,8 @@ use subpass::verify::{synthetic_jsonl, verify};
 struct Miscomputes(Box<dyn Layer>);
 
 impl Layer for Miscomputes {
-    fn forward(&self, inputs: &[&Tensor], scratch: &mut Scratch) -> Tensor {
-        let mut out = self.0.forward(inputs, scratch);
+    fn forward(&self, inputs: &[&Tensor], chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
+        let mut out = self.0.forward(inputs, chunk, scratch);
         let width = out.len() / out.shape()[0];
         for record in out.as_slice_mut().unwrap().chunks_exact_mut(width) {
             record[width / 2] = record[width / 2] * 1.001 + 1e-3;

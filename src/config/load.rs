@@ -94,18 +94,26 @@ fn parse_document(
     let name = top.get("name").and_then(|v| r.string(v, "name"));
     let input = top
         .require(r, "input", "the per-record input, e.g. {shape: [784]}")
-        .and_then(|v| parse_input(r, v));
+        .and_then(|v| parse_input(r, v, base));
     let weights = parse_weights(r, &top, base);
     let layers = top
         .require(r, "layers", "the list of layers")
         .and_then(|v| parse_layers(r, v));
     let outputs = top.get("outputs").map(|v| located_strings(r, v, "outputs"));
-    let stages = top.get("stages").map(|v| parse_stages(r, v));
+    let layer_names: Vec<String> = match &layers {
+        Some((l, _)) => l.iter().map(|l| l.name.clone()).collect(),
+        None => Vec::new(),
+    };
+    let stages = top.get("stages").map(|v| parse_stages(r, v, &layer_names));
     let batch = top.get("batch").map(|v| parse_batch(r, v));
     let output = top.get("output").map(|v| parse_output(r, v));
     // Without an input shape or layers there is no graph to check; any other broken section
     // falls back to its default so the layers and stages are still checked in this same pass.
     let (layers, broken_layers) = layers?;
+    let mut batch = batch.flatten().unwrap_or(BatchConfig::default());
+    if let Some(input) = &input {
+        check_token_budget(r, input, &mut batch);
+    }
     let stages_broken = matches!(stages, Some(None));
     Some(PipelineConfig {
         name,
@@ -118,7 +126,7 @@ fn parse_document(
         } else {
             stages.flatten()
         },
-        batch: batch.flatten().unwrap_or(BatchConfig::default()),
+        batch,
         output: output.flatten().unwrap_or_default(),
         broken_layers,
         stages_broken,
@@ -137,28 +145,49 @@ impl Default for OutputConfig {
     }
 }
 
-fn parse_input(r: &mut Reader, v: &Value) -> Option<InputConfig> {
-    let m = r.map(v, "input", &["shape", "field", "parsers"])?;
+/// Default cap on a text record's tokens (sentence-transformers' `max_seq_length` for BERT-family
+/// encoders).
+const DEFAULT_MAX_TOKENS: u64 = 256;
+
+fn parse_input(r: &mut Reader, v: &Value, base: &Path) -> Option<InputConfig> {
+    let m = r.map(v, "input", &["shape", "text", "field", "parsers"])?;
+    let text = m.get("text").map(|t| parse_text_input(r, t, base));
     let shape_path = m.key_path("shape");
-    let shape = m
-        .require(r, "shape", "the per-record shape, e.g. [1, 28, 28]")
-        .and_then(|v| {
-            let items = r.list(v, &shape_path)?;
-            if items.is_empty() {
-                r.error(&shape_path, "a record needs at least one axis");
-                return None;
-            }
-            let dims: Vec<Option<u64>> = items
-                .iter()
-                .enumerate()
-                .map(|(i, d)| r.integer(d, &format!("{shape_path}[{i}]"), 1))
-                .collect();
-            dims.into_iter()
-                .map(|d| d.map(|d| d as usize))
-                .collect::<Option<Vec<_>>>()
-        });
+    let shape = match (&text, m.get("shape")) {
+        (Some(_), Some(_)) => {
+            r.error(
+                &shape_path,
+                "text records have no fixed shape (each is a sequence of tokens); give `shape` or `text`, not both",
+            );
+            None
+        }
+        // One id per token.
+        (Some(_), None) => Some(vec![1]),
+        (None, _) => m
+            .require(
+                r,
+                "shape",
+                "the per-record shape, e.g. [1, 28, 28], or `text` for text records",
+            )
+            .and_then(|v| {
+                let items = r.list(v, &shape_path)?;
+                if items.is_empty() {
+                    r.error(&shape_path, "a record needs at least one axis");
+                    return None;
+                }
+                let dims: Vec<Option<u64>> = items
+                    .iter()
+                    .enumerate()
+                    .map(|(i, d)| r.integer(d, &format!("{shape_path}[{i}]"), 1))
+                    .collect();
+                dims.into_iter()
+                    .map(|d| d.map(|d| d as usize))
+                    .collect::<Option<Vec<_>>>()
+            }),
+    };
     let field = match m.get("field") {
         Some(v) => r.string(v, &m.key_path("field")),
+        None if text.is_some() => Some("text".to_string()),
         None => Some("x".to_string()),
     };
     let parsers = match m.get("parsers") {
@@ -169,8 +198,53 @@ fn parse_input(r: &mut Reader, v: &Value) -> Option<InputConfig> {
     };
     Some(InputConfig {
         shape: shape?,
+        text: match text {
+            Some(t) => Some(t?),
+            None => None,
+        },
         field: field?,
         parsers: parsers?,
+    })
+}
+
+/// Tokens per chunk when a text pipeline does not say: enough for a full batch of typical
+/// sentences, few enough that a chunk's activations stay small.
+const DEFAULT_CHUNK_TOKENS: usize = 4096;
+
+/// `batch.max_tokens` goes with text records, and must fit the longest record.
+fn check_token_budget(r: &mut Reader, input: &InputConfig, batch: &mut BatchConfig) {
+    match (&input.text, batch.max_tokens) {
+        (None, Some(_)) => r.error(
+            "batch.max_tokens",
+            "`max_tokens` caps the tokens of text records; this pipeline's records are numbers",
+        ),
+        (Some(text), Some(n)) if n < text.max_tokens => r.error(
+            "batch.max_tokens",
+            format!(
+                "a chunk of {n} tokens cannot hold a record of input.text.max_tokens = {} tokens",
+                text.max_tokens
+            ),
+        ),
+        (Some(text), None) => batch.max_tokens = Some(DEFAULT_CHUNK_TOKENS.max(text.max_tokens)),
+        _ => {}
+    }
+}
+
+fn parse_text_input(r: &mut Reader, v: &Value, base: &Path) -> Option<TextInput> {
+    let m = r.map(v, "input.text", &["tokenizer", "max_tokens"])?;
+    let tokenizer = m
+        .require(r, "tokenizer", "the path of a Hugging Face tokenizer.json")
+        .and_then(|t| r.string(t, &m.key_path("tokenizer")));
+    let max_tokens = match m.get("max_tokens") {
+        Some(v) => r
+            .integer_in(v, &m.key_path("max_tokens"), 2, MAX_BATCH)
+            .map(|n| n as usize),
+        None => Some(DEFAULT_MAX_TOKENS as usize),
+    };
+    Some(TextInput {
+        tokenizer: base.join(tokenizer?),
+        max_tokens: max_tokens?,
+        key_path: m.key_path("tokenizer"),
     })
 }
 
@@ -224,27 +298,100 @@ fn parse_layers(r: &mut Reader, v: &Value) -> Option<(Vec<LayerConfig>, Vec<Stri
         r.error("layers", "a pipeline needs at least one layer");
         return None;
     }
-    let mut layers = Vec::with_capacity(items.len());
-    let mut broken = Vec::new();
-    let mut previous = "input".to_string();
+    let mut layers = LayerList {
+        layers: Vec::with_capacity(items.len()),
+        broken: Vec::new(),
+        previous: "input".to_string(),
+    };
     for (i, item) in items.iter().enumerate() {
         let path = format!("layers[{i}]");
-        match parse_layer(r, item, &path, &previous) {
+        if item.get("repeat").is_some() {
+            parse_block(r, item, &path, &mut layers);
+        } else {
+            layers.parse(r, item, &path);
+        }
+    }
+    Some((layers.layers, layers.broken))
+}
+
+/// The layers parsed so far, and the name the next layer reads by default.
+struct LayerList {
+    layers: Vec<LayerConfig>,
+    broken: Vec<String>,
+    previous: String,
+}
+
+impl LayerList {
+    fn parse(&mut self, r: &mut Reader, item: &Value, path: &str) -> bool {
+        match parse_layer(r, item, path, &self.previous) {
             Some(layer) => {
-                previous = layer.name.clone();
-                layers.push(layer);
+                self.previous = layer.name.clone();
+                self.layers.push(layer);
+                true
             }
             None => {
                 // Keep the default-input chain pointing at the broken layer's name if it has one,
                 // so its successor does not report a misleading input error.
                 if let Some(name) = item.get("name").and_then(Value::as_str) {
-                    previous = name.to_string();
-                    broken.push(previous.clone());
+                    self.previous = name.to_string();
+                    self.broken.push(self.previous.clone());
                 }
+                false
             }
         }
     }
-    Some((layers, broken))
+}
+
+/// Most repetitions of one block: a typo must not become a million layers.
+const MAX_REPEAT: u64 = 1024;
+
+/// A block of layers repeated `repeat` times (`{repeat: 6, layers: [...]}`): in every string of
+/// the block, `{i}` becomes the repetition's index (0, 1, ...) and `{input}` the name of the value
+/// the repetition reads (the layer before the block, then the previous repetition's last
+/// layer). Errors point at the template's keys; a template that fails once is not expanded
+/// again, so its errors are reported once.
+fn parse_block(r: &mut Reader, item: &Value, path: &str, layers: &mut LayerList) {
+    let Some(m) = r.map(item, path, &["repeat", "layers"]) else {
+        return;
+    };
+    let count = m
+        .require(r, "repeat", "how many times to repeat the block")
+        .and_then(|v| r.integer_in(v, &m.key_path("repeat"), 1, MAX_REPEAT));
+    let templates = m
+        .require(r, "layers", "the layers of the block")
+        .and_then(|v| r.list(v, &m.key_path("layers")));
+    let (Some(count), Some(templates)) = (count, templates) else {
+        return;
+    };
+    if templates.is_empty() {
+        r.error(&m.key_path("layers"), "a block needs at least one layer");
+        return;
+    }
+    for i in 0..count {
+        let input = layers.previous.clone();
+        for (j, template) in templates.iter().enumerate() {
+            let layer = substitute(template, &i.to_string(), &input);
+            if !layers.parse(r, &layer, &format!("{path}.layers[{j}]")) {
+                return;
+            }
+        }
+    }
+}
+
+/// `value` with `{i}` and `{input}` replaced in every string it holds.
+fn substitute(value: &Value, index: &str, input: &str) -> Value {
+    match value {
+        Value::String(s) => Value::String(s.replace("{i}", index).replace("{input}", input)),
+        Value::Sequence(items) => {
+            Value::Sequence(items.iter().map(|v| substitute(v, index, input)).collect())
+        }
+        Value::Mapping(m) => Value::Mapping(
+            m.iter()
+                .map(|(k, v)| (k.clone(), substitute(v, index, input)))
+                .collect(),
+        ),
+        other => other.clone(),
+    }
 }
 
 const LAYER_KEYS: [&str; 4] = ["name", "op", "inputs", "params"];
@@ -419,7 +566,7 @@ fn optional_bool(r: &mut Reader, m: &Map, key: &str, default: bool) -> Option<bo
     }
 }
 
-fn parse_stages(r: &mut Reader, v: &Value) -> Option<Vec<StageConfig>> {
+fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec<StageConfig>> {
     let items = r.list(v, "stages")?;
     if items.is_empty() {
         r.error(
@@ -441,7 +588,8 @@ fn parse_stages(r: &mut Reader, v: &Value) -> Option<Vec<StageConfig>> {
             .and_then(|n| r.string(n, &m.key_path("name")));
         let layers = m
             .require(r, "layers", "the layers this stage runs")
-            .and_then(|l| located_strings(r, l, &m.key_path("layers")));
+            .and_then(|l| located_strings(r, l, &m.key_path("layers")))
+            .map(|l| expand_ranges(r, l, layer_names));
         if let Some(l) = &layers {
             if l.is_empty() {
                 r.error(&m.key_path("layers"), "a stage needs at least one layer");
@@ -464,9 +612,68 @@ fn parse_stages(r: &mut Reader, v: &Value) -> Option<Vec<StageConfig>> {
     ok.then_some(stages)
 }
 
+/// Stage layers given as `first..last` stand for every layer from `first` to `last` in file
+/// order, both included (a range of repeated blocks reads `l0.attn..l2.out`).
+fn expand_ranges(
+    r: &mut Reader,
+    items: Vec<Located<String>>,
+    layer_names: &[String],
+) -> Vec<Located<String>> {
+    let mut out = Vec::with_capacity(items.len());
+    for item in items {
+        let Some((first, last)) = item.value.split_once("..") else {
+            out.push(item);
+            continue;
+        };
+        let find = |r: &mut Reader, name: &str| {
+            let found = layer_names.iter().position(|n| n == name);
+            if found.is_none() {
+                let names: Vec<&str> = layer_names.iter().map(String::as_str).collect();
+                let hint = suggest(name, &names)
+                    .map(|s| format!(" (did you mean `{s}`?)"))
+                    .unwrap_or_default();
+                r.error(
+                    &item.path,
+                    format!(
+                        "the range `{}` names an unknown layer `{name}`{hint}",
+                        item.value
+                    ),
+                );
+            }
+            found
+        };
+        let (a, b) = (find(r, first.trim()), find(r, last.trim()));
+        match (a, b) {
+            (Some(a), Some(b)) if a <= b => {
+                out.extend(layer_names[a..=b].iter().map(|n| Located {
+                    value: n.clone(),
+                    path: item.path.clone(),
+                }))
+            }
+            (Some(_), Some(_)) => r.error(
+                &item.path,
+                format!(
+                    "the range `{}` runs backwards: `{}` comes after `{}` in the file",
+                    item.value,
+                    first.trim(),
+                    last.trim()
+                ),
+            ),
+            _ => {}
+        }
+    }
+    out
+}
+
 fn parse_batch(r: &mut Reader, v: &Value) -> Option<BatchConfig> {
-    let m = r.map(v, "batch", &["size", "max_delay_ms"])?;
+    let m = r.map(v, "batch", &["size", "max_tokens", "max_delay_ms"])?;
     let size = bounded_int(r, &m, "size", MAX_BATCH, 32);
+    let max_tokens = match m.get("max_tokens") {
+        Some(v) => r
+            .integer_in(v, &m.key_path("max_tokens"), 1, MAX_BATCH)
+            .map(|n| Some(n as usize)),
+        None => Some(None),
+    };
     let delay = match m.get("max_delay_ms") {
         Some(v) => r
             .integer_in(v, &m.key_path("max_delay_ms"), 0, 3_600_000)
@@ -475,6 +682,7 @@ fn parse_batch(r: &mut Reader, v: &Value) -> Option<BatchConfig> {
     };
     Some(BatchConfig {
         size: size?,
+        max_tokens: max_tokens?,
         max_delay: Duration::from_millis(delay? as u64),
     })
 }

@@ -49,6 +49,7 @@ impl Default for BatchConfig {
     fn default() -> Self {
         BatchConfig {
             size: 32,
+            max_tokens: None,
             max_delay: Duration::from_millis(5),
         }
     }
@@ -63,12 +64,25 @@ pub struct Located<T> {
 
 #[derive(Debug, Clone)]
 pub struct InputConfig {
-    /// Per-record shape, without the batch axis.
+    /// Per-record shape, without the batch axis; for text, `[1]` per token (its id).
     pub shape: Vec<usize>,
+    /// Text records, tokenized by the parsers; `None` for records of numbers.
+    pub text: Option<TextInput>,
     /// JSON object field that holds the record.
     pub field: String,
     /// Parser actors; parsing text dominates a stdin pipeline, so it can be replicated.
     pub parsers: usize,
+}
+
+/// Records that are text: each becomes a sequence of token ids, one row per token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TextInput {
+    /// A Hugging Face `tokenizer.json` (path resolved against the pipeline file's folder).
+    pub tokenizer: PathBuf,
+    /// Tokens per record at most, special tokens included; longer texts are truncated.
+    pub max_tokens: usize,
+    /// Key path of the tokenizer, for errors found when it is loaded.
+    pub key_path: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -111,6 +125,9 @@ pub struct StageConfig {
 pub struct BatchConfig {
     /// Records per chunk.
     pub size: usize,
+    /// Tokens per chunk at most, for text records: chunks stay even in cost, and the memory
+    /// bound is in tokens. `None` for records of numbers.
+    pub max_tokens: Option<usize>,
     /// How long the first record of a chunk may wait for the chunk to fill.
     pub max_delay: Duration,
 }

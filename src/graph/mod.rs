@@ -15,7 +15,7 @@ pub mod plan;
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{suggest, ConfigError, ConfigErrors, PipelineConfig, WeightsSource};
-use crate::ops::{self, KernelKind, Layer, Op, TensorSpec};
+use crate::ops::{self, Chunk, KernelKind, Layer, Op, Rows, TensorSpec};
 use crate::weights::WeightStore;
 
 pub use plan::Plan;
@@ -48,8 +48,10 @@ pub struct Node {
     pub name: String,
     pub op: std::sync::Arc<dyn Op>,
     pub inputs: Vec<ValueId>,
-    /// Per-record output shape.
+    /// Per-row output shape (per record, or per token for token rows).
     pub shape: Vec<usize>,
+    /// What the output's rows are.
+    pub rows: Rows,
     /// Parameter tensors, by full name, with their shapes.
     pub params: Vec<(String, Vec<usize>)>,
     pub flops_per_record: u64,
@@ -61,6 +63,8 @@ pub struct Node {
 #[derive(Debug)]
 pub struct Graph {
     pub input_shape: Vec<usize>,
+    /// Records of numbers come one row per record; text, one row per token.
+    pub input_rows: Rows,
     pub nodes: Vec<Node>,
     /// Runnable layers, one per node: the fast kernels, or the reference ones for `verify`.
     pub layers: Vec<Box<dyn Layer>>,
@@ -73,6 +77,13 @@ pub struct Graph {
 }
 
 impl Graph {
+    pub fn rows(&self, v: ValueId) -> Rows {
+        match v.layer() {
+            None => self.input_rows,
+            Some(i) => self.nodes[i].rows,
+        }
+    }
+
     pub fn shape(&self, v: ValueId) -> &[usize] {
         match v.layer() {
             None => &self.input_shape,
@@ -155,6 +166,12 @@ impl Graph {
         };
         let broken = |name: &str| config.broken_layers.iter().any(|b| b == name);
 
+        let input_rows = match config.input.text {
+            Some(_) => Rows::Tokens,
+            None => Rows::Records,
+        };
+        // FLOPs per token are quoted for the longest record (attention grows with length).
+        let seq = config.input.text.as_ref().map_or(1, |t| t.max_tokens);
         let mut nodes: Vec<Node> = Vec::new();
         let mut layers_out: Vec<Box<dyn Layer>> = Vec::new();
         // Index of each layer's node, or None where the layer could not be resolved.
@@ -206,6 +223,29 @@ impl Graph {
                     Some(j) => nodes[resolved[j].unwrap()].shape.as_slice(),
                 })
                 .collect();
+            let input_kinds: Vec<Rows> = inputs
+                .iter()
+                .map(|v| match v.layer() {
+                    None => input_rows,
+                    Some(j) => nodes[resolved[j].unwrap()].rows,
+                })
+                .collect();
+            let rows = match layer.op.rows(&input_kinds) {
+                Ok(r) => r,
+                Err(e) => {
+                    err(
+                        &format!("{}.{}", layer.path, e.key),
+                        format!(
+                            "layer `{}` ({}): {}",
+                            layer.name,
+                            layer.op.name(),
+                            e.message
+                        ),
+                    );
+                    resolved.push(None);
+                    continue;
+                }
+            };
             let shape = match layer.op.output_shape(&shapes) {
                 Ok(s) => s,
                 Err(e) => {
@@ -280,7 +320,7 @@ impl Graph {
                 used_tensors.insert(full.clone());
                 params.push((full, pshape.clone()));
             }
-            let flops = layer.op.flops(&shapes, &shape);
+            let flops = layer.op.flops(&shapes, &shape, seq);
             if values.len() == specs.len() {
                 layers_out.push(layer.op.build(kernels, &shapes, &shape, values));
             }
@@ -295,6 +335,7 @@ impl Graph {
                 op: layer.op.clone(),
                 inputs: inputs.collect(),
                 shape,
+                rows,
                 params,
                 flops_per_record: flops,
                 path: layer.path.clone(),
@@ -348,6 +389,7 @@ impl Graph {
         if errors.is_empty() && layers_out.len() == nodes.len() {
             Ok(Graph {
                 input_shape: config.input.shape.clone(),
+                input_rows,
                 nodes,
                 layers: layers_out,
                 outputs,
@@ -359,15 +401,25 @@ impl Graph {
         }
     }
 
-    /// The monolithic reference: every layer in order, on one thread, over one batch.
-    /// Returns the output values in output order.
-    pub fn forward(&self, input: ops::Tensor) -> Vec<ops::Tensor> {
-        self.forward_with(input, &mut ops::Scratch::default())
+    /// The monolithic pass: every layer in order, on one thread, over one batch of records
+    /// (for text, `seqs` gives each record's first token; see [`Chunk::seqs`]). Returns the
+    /// output values in output order.
+    pub fn forward(&self, input: ops::Tensor, seqs: Option<Vec<usize>>) -> Vec<ops::Tensor> {
+        self.forward_with(input, seqs, &mut ops::Scratch::default())
     }
 
     /// [`Graph::forward`] reusing a caller's scratch buffers from batch to batch.
-    pub fn forward_with(&self, input: ops::Tensor, scratch: &mut ops::Scratch) -> Vec<ops::Tensor> {
-        let mut env = Env::new(self.nodes.len());
+    pub fn forward_with(
+        &self,
+        input: ops::Tensor,
+        seqs: Option<Vec<usize>>,
+        scratch: &mut ops::Scratch,
+    ) -> Vec<ops::Tensor> {
+        let records = match &seqs {
+            Some(s) => s.len().saturating_sub(1),
+            None => input.shape()[0],
+        };
+        let mut env = Env::new(self.nodes.len(), records, seqs.map(Into::into));
         env.set(ValueId::INPUT, std::sync::Arc::new(input));
         let all: Vec<usize> = (0..self.nodes.len()).collect();
         self.eval(&all, &mut env, scratch);
@@ -393,7 +445,11 @@ impl Graph {
             let inputs: Vec<std::sync::Arc<ops::Tensor>> =
                 node.inputs.iter().map(|v| env.get(*v).clone()).collect();
             let refs: Vec<&ops::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
-            let out = self.layers[i].forward(&refs, scratch);
+            let chunk = Chunk {
+                records: env.records,
+                seqs: env.seqs.as_deref(),
+            };
+            let out = self.layers[i].forward(&refs, &chunk, scratch);
             env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
         }
     }
@@ -403,12 +459,18 @@ impl Graph {
 #[derive(Debug, Default)]
 pub struct Env {
     values: Vec<Option<std::sync::Arc<ops::Tensor>>>,
+    /// Records in the chunk.
+    pub records: usize,
+    /// For text: where each record's tokens start (`records + 1` offsets).
+    pub seqs: Option<std::sync::Arc<[usize]>>,
 }
 
 impl Env {
-    pub fn new(layers: usize) -> Env {
+    pub fn new(layers: usize, records: usize, seqs: Option<std::sync::Arc<[usize]>>) -> Env {
         Env {
             values: vec![None; layers + 1],
+            records,
+            seqs,
         }
     }
 

@@ -14,6 +14,7 @@ use crate::config::{
     suggest, BatchConfig, ConfigError, ConfigErrors, OutputConfig, PipelineConfig, StageConfig,
     DEFAULT_QUEUE,
 };
+use crate::ops::Rows;
 
 /// Where a stage's inputs come from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -202,18 +203,18 @@ impl Plan {
                 .collect::<BTreeSet<_>>()
                 .into_iter()
                 .collect();
-            let record_values = |vs: &mut dyn Iterator<Item = ValueId>| -> u64 {
-                vs.map(|v| graph.shape(v).iter().product::<usize>() as u64)
-                    .sum()
+            let bytes = |vs: &mut dyn Iterator<Item = ValueId>| -> u64 {
+                vs.map(|v| chunk_bytes(&graph, &config.batch, v)).sum()
             };
-            let per_record =
-                record_values(&mut inputs.iter().copied().chain(inside.iter().copied()));
             // Scratch is per slot, reused by every layer of the stage: the largest need each.
             let scratch = (0..crate::ops::SCRATCH_SLOTS)
                 .map(|slot| {
                     layers
                         .iter()
-                        .map(|&l| graph.layers[l].scratch(config.batch.size)[slot] as u64)
+                        .map(|&l| {
+                            let rows = max_rows(&config.batch, graph.nodes[l].rows);
+                            graph.layers[l].scratch(rows)[slot] as u64
+                        })
                         .max()
                         .unwrap_or(0)
                 })
@@ -228,10 +229,10 @@ impl Plan {
                     .iter()
                     .map(|&l| graph.nodes[l].flops_per_record)
                     .sum(),
-                activation_bytes_per_chunk: per_record * F32 * config.batch.size as u64,
-                input_bytes_per_chunk: record_values(&mut inputs.iter().copied())
-                    * F32
-                    * config.batch.size as u64,
+                activation_bytes_per_chunk: bytes(
+                    &mut inputs.iter().copied().chain(inside.iter().copied()),
+                ),
+                input_bytes_per_chunk: bytes(&mut inputs.iter().copied()),
                 scratch_bytes: scratch,
                 layers,
                 inputs,
@@ -419,6 +420,21 @@ impl Plan {
     }
 }
 
+/// The most rows a chunk's value has: one per record, or one per token for text.
+fn max_rows(batch: &BatchConfig, rows: Rows) -> usize {
+    match rows {
+        Rows::Records => batch.size,
+        Rows::Tokens => batch
+            .max_tokens
+            .expect("text pipelines always have a token budget"),
+    }
+}
+
+/// The most bytes value `v` takes in one chunk.
+fn chunk_bytes(graph: &Graph, batch: &BatchConfig, v: ValueId) -> u64 {
+    graph.shape(v).iter().product::<usize>() as u64 * F32 * max_rows(batch, graph.rows(v)) as u64
+}
+
 /// The bound on activations in flight, place by place (see [`ActivationBytes`]).
 fn activation_bytes(
     graph: &Graph,
@@ -427,13 +443,10 @@ fn activation_bytes(
     chunks: usize,
     config: &PipelineConfig,
 ) -> ActivationBytes {
-    let batch = config.batch.size as u64;
     let values_bytes = |vs: &[ValueId]| {
         vs.iter()
-            .map(|v| graph.shape(*v).iter().product::<usize>() as u64)
+            .map(|v| chunk_bytes(graph, &config.batch, *v))
             .sum::<u64>()
-            * F32
-            * batch
     };
     // What each producer sends each stage, per chunk: a joining stage's parts.
     let mut parts: Vec<Vec<u64>> = vec![Vec::new(); stages.len()];

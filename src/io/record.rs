@@ -48,10 +48,12 @@ pub struct ChunkMeta {
     pub admitted_at: Instant,
 }
 
-/// A parsed chunk: `rows × input_len` values and the metadata of its rows.
+/// A parsed chunk: `rows × input_len` values and the metadata of its records.
 #[derive(Debug)]
 pub struct ParsedChunk {
     pub values: Vec<f32>,
+    /// For text: `records + 1` offsets, record `r` owning token rows `seqs[r]..seqs[r + 1]`.
+    pub seqs: Option<Vec<usize>>,
     pub meta: ChunkMeta,
 }
 
@@ -121,6 +123,7 @@ impl RecordParser {
         }
         ParsedChunk {
             values,
+            seqs: None,
             meta: ChunkMeta {
                 records,
                 rejected,

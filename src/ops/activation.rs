@@ -6,7 +6,7 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use super::{
-    contiguous, tensor, Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
+    contiguous, tensor, Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
 };
 
 /// Slope of `leaky_relu` for negative inputs (PyTorch's default).
@@ -146,10 +146,13 @@ impl Op for ActivationOp {
     fn name(&self) -> &'static str {
         self.0.name()
     }
+    fn rows(&self, inputs: &[super::Rows]) -> Result<super::Rows, ShapeError> {
+        super::same_rows(self.name(), inputs)
+    }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Ok(inputs[0].to_vec())
     }
-    fn flops(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         inputs[0].iter().product::<usize>() as u64
     }
     fn build(
@@ -170,7 +173,7 @@ struct ActivationLayer {
 }
 
 impl Layer for ActivationLayer {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = inputs[0];
         let last = *x.shape().last().unwrap_or(&1);
         match self.kind {

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    contiguous, tensor, Arity, Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
+    contiguous, tensor, Arity, Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError,
+    Tensor,
 };
 
 #[derive(Debug)]
@@ -31,6 +32,9 @@ impl Op for Add {
     fn name(&self) -> &'static str {
         "add"
     }
+    fn rows(&self, inputs: &[super::Rows]) -> Result<super::Rows, ShapeError> {
+        super::same_rows(self.name(), inputs)
+    }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         let first = inputs[0];
         for (i, s) in inputs.iter().enumerate().skip(1) {
@@ -45,7 +49,7 @@ impl Op for Add {
         }
         Ok(first.to_vec())
     }
-    fn flops(&self, inputs: &[&[usize]], output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
         output.iter().product::<usize>() as u64 * (inputs.len() as u64 - 1)
     }
     fn build(
@@ -65,7 +69,7 @@ struct AddLayer {
 }
 
 impl Layer for AddLayer {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         match self.kind {
             KernelKind::Fast => {
                 let mut out = inputs[0].as_standard_layout().into_owned();

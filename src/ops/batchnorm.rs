@@ -4,8 +4,8 @@
 use std::sync::Arc;
 
 use super::{
-    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, KernelKind, Layer, Op,
-    OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
+    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, Chunk, KernelKind,
+    Layer, Op, OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
 };
 
 #[derive(Debug)]
@@ -54,7 +54,7 @@ impl Op for BatchNormOp {
             TensorSpec::constant("running_var", c, 1.0),
         ]
     }
-    fn flops(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         inputs[0].iter().product::<usize>() as u64
     }
     fn build(
@@ -100,7 +100,7 @@ struct BatchNorm {
 }
 
 impl Layer for BatchNorm {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let mut out = inputs[0].as_standard_layout().into_owned();
         let channels = self.scale.len();
         let per_channel: usize = out.shape()[2..].iter().product();
@@ -130,7 +130,7 @@ struct BatchNormReference {
 }
 
 impl Layer for BatchNormReference {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let channels = self.weight.len();
         let per_channel: usize = inputs[0].shape()[2..].iter().product();

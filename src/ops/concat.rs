@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    contiguous, tensor, Arity, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, KernelKind,
-    Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
+    contiguous, tensor, Arity, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, Chunk,
+    KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
 };
 
 #[derive(Debug)]
@@ -73,7 +73,7 @@ impl Op for Concat {
         }
         Ok(out)
     }
-    fn flops(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, _inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         0
     }
     fn build(
@@ -94,7 +94,7 @@ struct ConcatLayer {
 }
 
 impl Layer for ConcatLayer {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         // In row-major order, concatenating on axis `a` interleaves, for each index of the axes
         // before it (batch included), one contiguous block from each input.
         let axis = self.axis + 1;

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::activation::reference_activation;
 use super::{
     apply_activation, batched, contiguous, tensor, Activation, AttrDefault, AttrKind, AttrSpec,
-    AttrValue, Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ScratchNeed, ShapeError, Tensor,
-    TensorSpec,
+    AttrValue, Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ScratchNeed, ShapeError,
+    Tensor, TensorSpec,
 };
 use crate::kernels::direct_conv;
 use crate::kernels::gemm::matmul_acc;
@@ -177,7 +177,7 @@ impl Op for Conv2dOp {
         }
         v
     }
-    fn flops(&self, inputs: &[&[usize]], output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
         let per_out = (inputs[0][0] / self.groups * self.kernel[0] * self.kernel[1]) as u64;
         2 * per_out * output.iter().product::<usize>() as u64
     }
@@ -324,7 +324,7 @@ impl Conv2d {
 }
 
 impl Layer for Conv2d {
-    fn forward(&self, inputs: &[&Tensor], scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let n = inputs[0].shape()[0];
         let [ch, h, w] = self.g.input;
@@ -451,7 +451,7 @@ struct Conv2dReference {
 }
 
 impl Layer for Conv2dReference {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let n = inputs[0].shape()[0];
         let [ch, h, w] = self.g.input;

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use super::activation::reference_activation;
 use super::{
     apply_activation, contiguous, tensor, Activation, AttrDefault, AttrKind, AttrSpec, AttrValue,
-    Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
+    Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
 };
 use crate::kernels::packed::DenseWeights;
 
@@ -62,6 +62,9 @@ impl Op for DenseOp {
     fn name(&self) -> &'static str {
         "dense"
     }
+    fn rows(&self, inputs: &[super::Rows]) -> Result<super::Rows, ShapeError> {
+        super::same_rows(self.name(), inputs)
+    }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         let mut out = inputs[0].to_vec();
         *out.last_mut().expect("records have at least one axis") = self.units;
@@ -79,7 +82,7 @@ impl Op for DenseOp {
         }
         v
     }
-    fn flops(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         2 * inputs[0].iter().product::<usize>() as u64 * self.units as u64
     }
     fn build(
@@ -122,7 +125,7 @@ struct Dense {
 }
 
 impl Layer for Dense {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = inputs[0];
         let rows = x.len() / self.inputs;
         let mut shape = x.shape().to_vec();
@@ -152,7 +155,7 @@ struct DenseReference {
 }
 
 impl Layer for DenseReference {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let (k, n) = (self.inputs, self.op.units);
         let mut out = Vec::with_capacity(x.len() / k * n);

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use ndarray::IxDyn;
 
-use super::{Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor};
+use super::{Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor};
 
 #[derive(Debug)]
 pub(super) struct FlattenFamily;
@@ -31,7 +31,7 @@ impl Op for Flatten {
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Ok(vec![inputs[0].iter().product()])
     }
-    fn flops(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, _inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         0
     }
     fn build(
@@ -50,7 +50,7 @@ impl Op for Flatten {
 struct FlattenLayer;
 
 impl Layer for FlattenLayer {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = inputs[0];
         let n = x.shape()[0];
         let per: usize = x.shape()[1..].iter().product();

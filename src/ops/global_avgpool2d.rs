@@ -3,7 +3,7 @@
 use std::sync::Arc;
 
 use super::{
-    contiguous, tensor, Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
+    contiguous, tensor, Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
 };
 
 #[derive(Debug)]
@@ -39,7 +39,7 @@ impl Op for GlobalAvgPool2d {
             )),
         }
     }
-    fn flops(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         inputs[0].iter().product::<usize>() as u64
     }
     fn build(
@@ -59,7 +59,7 @@ struct GlobalAvgPoolLayer {
 }
 
 impl Layer for GlobalAvgPoolLayer {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let shape = inputs[0].shape();
         let (n, c, plane) = (shape[0], shape[1], shape[2] * shape[3]);

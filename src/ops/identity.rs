@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use super::{Attrs, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor};
+use super::{Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor};
 
 #[derive(Debug)]
 pub(super) struct IdentityFamily;
@@ -26,10 +26,13 @@ impl Op for Identity {
     fn name(&self) -> &'static str {
         "identity"
     }
+    fn rows(&self, inputs: &[super::Rows]) -> Result<super::Rows, ShapeError> {
+        super::same_rows(self.name(), inputs)
+    }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Ok(inputs[0].to_vec())
     }
-    fn flops(&self, _inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, _inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         0
     }
     fn build(
@@ -51,7 +54,7 @@ impl Op for Identity {
 struct IdentityLayer;
 
 impl Layer for IdentityLayer {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         inputs[0].clone()
     }
 }

@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, KernelKind, Layer, Op,
-    OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
+    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, Chunk, KernelKind,
+    Layer, Op, OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
 };
 
 #[derive(Debug)]
@@ -41,6 +41,9 @@ impl Op for LayerNormOp {
     fn name(&self) -> &'static str {
         "layernorm"
     }
+    fn rows(&self, inputs: &[super::Rows]) -> Result<super::Rows, ShapeError> {
+        super::same_rows(self.name(), inputs)
+    }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Ok(inputs[0].to_vec())
     }
@@ -51,7 +54,7 @@ impl Op for LayerNormOp {
             TensorSpec::constant("bias", d, 0.0),
         ]
     }
-    fn flops(&self, inputs: &[&[usize]], _output: &[usize]) -> u64 {
+    fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         inputs[0].iter().product::<usize>() as u64
     }
     fn build(
@@ -81,7 +84,7 @@ struct LayerNorm {
 }
 
 impl Layer for LayerNorm {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let d = self.weight.len();
         match self.kind {
             KernelKind::Fast => {

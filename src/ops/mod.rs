@@ -22,15 +22,19 @@
 
 mod activation;
 mod add;
+mod attention;
 mod attrs;
 mod batchnorm;
 mod concat;
 mod conv2d;
 mod dense;
+mod embedding;
 mod flatten;
 mod global_avgpool2d;
 mod identity;
+mod l2_normalize;
 mod layernorm;
+mod mean_pool;
 mod pool;
 
 use std::fmt::Debug;
@@ -59,6 +63,10 @@ pub static FAMILIES: &[&dyn OpFamily] = &[
     &identity::IdentityFamily,
     &add::AddFamily,
     &concat::ConcatFamily,
+    &embedding::EmbeddingFamily,
+    &attention::AttentionFamily,
+    &mean_pool::MeanPoolFamily,
+    &l2_normalize::L2NormalizeFamily,
 ];
 
 /// The family that answers to `name`, if any.
@@ -95,6 +103,50 @@ impl Arity {
             Arity::One => "exactly 1",
             Arity::Many => "2 or more",
         }
+    }
+}
+
+/// What axis 0 of a value's batched tensor counts: records, or the tokens of variable-length
+/// records packed one after another (`[Σ tokens, ...]`, no padding), with the chunk's sequence
+/// offsets telling where each record's tokens start ([`Chunk::seqs`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rows {
+    Records,
+    Tokens,
+}
+
+impl Rows {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Rows::Records => "one row per record",
+            Rows::Tokens => "one row per token",
+        }
+    }
+}
+
+/// What a kernel needs to know of the chunk beyond its input tensors.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    /// Records in the chunk.
+    pub records: usize,
+    /// For token rows: `records + 1` offsets, record `r` owning rows `seqs[r]..seqs[r + 1]`.
+    pub seqs: Option<&'a [usize]>,
+}
+
+impl Chunk<'_> {
+    /// A chunk of `records` records and no token rows.
+    pub fn records(records: usize) -> Chunk<'static> {
+        Chunk {
+            records,
+            seqs: None,
+        }
+    }
+
+    /// The sequence offsets, which an op on token rows can rely on: the plan only builds such
+    /// ops on values that have them.
+    pub fn seqs(&self) -> &[usize] {
+        self.seqs
+            .expect("token rows come with sequence offsets (checked when the plan was built)")
     }
 }
 
@@ -182,8 +234,26 @@ pub trait Op: Debug + Send + Sync {
     fn tensors(&self, _inputs: &[&[usize]]) -> Vec<TensorSpec> {
         Vec::new()
     }
-    /// Floating-point operations per record (a multiply-add counts 2).
-    fn flops(&self, inputs: &[&[usize]], output: &[usize]) -> u64;
+    /// What the output's rows are, given the inputs': by default an op needs one row per
+    /// record (convolutions, pools, reshapes); ops that act row by row on the last axis
+    /// (dense, layernorm, activations, add) override it with [`same_rows`] and so also act per
+    /// token.
+    fn rows(&self, inputs: &[Rows]) -> Result<Rows, ShapeError> {
+        match inputs.iter().position(|r| *r != Rows::Records) {
+            None => Ok(Rows::Records),
+            Some(i) => Err(ShapeError::at(
+                "inputs",
+                format!(
+                    "{} needs one row per record, but input {i} has one row per token (pool the tokens first, e.g. with mean_pool)",
+                    self.name()
+                ),
+            )),
+        }
+    }
+    /// Floating-point operations per row of the output (per record, or per token for token
+    /// rows; a multiply-add counts 2). Ops whose cost per token grows with the sequence's
+    /// length (attention) answer for sequences of `seq` tokens; the others ignore it.
+    fn flops(&self, inputs: &[&[usize]], output: &[usize], seq: usize) -> u64;
     /// Build a kernel. `tensors` come in the order [`Self::tensors`] lists them, as f32.
     fn build(
         &self,
@@ -237,7 +307,7 @@ impl Scratch {
 /// One op with its weights, ready to run.
 pub trait Layer: Send + Sync + Debug {
     /// Compute the layer over a batch. Input shapes were checked when the plan was built.
-    fn forward(&self, inputs: &[&Tensor], scratch: &mut Scratch) -> Tensor;
+    fn forward(&self, inputs: &[&Tensor], chunk: &Chunk, scratch: &mut Scratch) -> Tensor;
     /// Scratch floats per slot for a chunk of `rows` records: everything the kernel needs beyond
     /// its inputs and its output.
     fn scratch(&self, _rows: usize) -> ScratchNeed {
@@ -246,6 +316,23 @@ pub trait Layer: Send + Sync + Debug {
     /// Bytes of parameters the kernel holds, in its own layout (packing and padding included).
     fn param_bytes(&self) -> u64 {
         0
+    }
+}
+
+/// [`Op::rows`] for ops that act row by row: the output has the rows of the inputs, which must
+/// agree.
+pub fn same_rows(name: &str, inputs: &[Rows]) -> Result<Rows, ShapeError> {
+    let first = inputs[0];
+    match inputs.iter().position(|r| *r != first) {
+        None => Ok(first),
+        Some(i) => Err(ShapeError::at(
+            "inputs",
+            format!(
+                "{name} needs inputs with the same rows: input 0 has {}, input {i} {}",
+                first.describe(),
+                inputs[i].describe()
+            ),
+        )),
     }
 }
 

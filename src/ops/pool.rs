@@ -3,8 +3,8 @@
 use std::sync::Arc;
 
 use super::{
-    batched, contiguous, tensor, AttrDefault, AttrKind, AttrSpec, Attrs, KernelKind, Layer, Op,
-    OpFamily, Scratch, ShapeError, Tensor,
+    batched, contiguous, tensor, AttrDefault, AttrKind, AttrSpec, Attrs, Chunk, KernelKind, Layer,
+    Op, OpFamily, Scratch, ShapeError, Tensor,
 };
 
 #[derive(Debug)]
@@ -80,7 +80,7 @@ impl Op for PoolOp {
             (w - self.kernel[1]) / self.stride[1] + 1,
         ])
     }
-    fn flops(&self, _inputs: &[&[usize]], output: &[usize]) -> u64 {
+    fn flops(&self, _inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
         output.iter().product::<usize>() as u64 * (self.kernel[0] * self.kernel[1]) as u64
     }
     fn build(
@@ -183,7 +183,7 @@ impl Pool2d {
 }
 
 impl Layer for Pool2d {
-    fn forward(&self, inputs: &[&Tensor], _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let n = inputs[0].shape()[0];
         let mut out = vec![0.0f32; n * self.output.iter().product::<usize>()];

@@ -57,6 +57,8 @@ pub struct Part {
     pub chunk: ChunkId,
     pub rows: usize,
     pub values: Vec<(ValueId, Arc<Tensor>)>,
+    /// For text: where each record's tokens start in token-row values.
+    pub seqs: Option<Arc<[usize]>>,
     /// The chunk's record metadata; only the source's part for the sink carries it.
     pub meta: Option<Box<ChunkMeta>>,
 }
@@ -113,6 +115,7 @@ impl Emitter {
                 chunk,
                 rows,
                 values,
+                seqs: env.seqs.clone(),
                 meta,
             })
             .map_err(|_| Closed)?;

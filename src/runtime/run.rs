@@ -470,7 +470,7 @@ pub fn run_bench_pipeline(
                 rejected: Vec::new(),
                 admitted_at: Instant::now(),
             };
-            let env = input_env(&feed_plan, rows, values);
+            let env = input_env(&feed_plan, rows, values, None);
             if source.emit(id, rows, &env, Some(Box::new(meta))).is_err() {
                 return;
             }

@@ -47,7 +47,7 @@ impl StageWorker {
                 }) {
                     panic!("{fault}");
                 }
-                let mut env = Env::new(self.plan.graph.nodes.len());
+                let mut env = Env::new(self.plan.graph.nodes.len(), part.rows, part.seqs);
                 for (v, t) in part.values {
                     env.set(v, t);
                 }

@@ -1,0 +1,286 @@
+//! `attention`: multi-head self-attention within each record's tokens, with the tensor names of
+//! PyTorch's `BertSelfAttention` and `BertSelfOutput` (`self.query.weight`, ...,
+//! `output.dense.weight`): `softmax(Q Kᵀ / √d) V` per head, heads concatenated, then the output
+//! projection. The residual add and layer norm that follow in BERT are ops of their own.
+//!
+//! Tokens stay packed (`[Σ tokens, hidden]`): the projections run on every token of the chunk at
+//! once through the packed dense kernel, and only the scores look at sequence boundaries, one
+//! query row at a time, so no padding is ever computed and no per-head buffer is allocated.
+
+use std::sync::Arc;
+
+use super::{
+    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, Attrs, Chunk, KernelKind, Layer, Op,
+    OpFamily, Rows, Scratch, ScratchNeed, ShapeError, Tensor, TensorSpec,
+};
+use crate::kernels::packed::DenseWeights;
+
+#[derive(Debug)]
+pub(super) struct AttentionFamily;
+
+impl OpFamily for AttentionFamily {
+    fn names(&self) -> &'static [&'static str] {
+        &["attention"]
+    }
+    fn attributes(&self) -> &'static [AttrSpec] {
+        const ATTRS: &[AttrSpec] = &[AttrSpec::new(
+            "heads",
+            AttrKind::Int {
+                min: 1,
+                max: 1 << 16,
+            },
+            AttrDefault::Required("the number of attention heads"),
+        )];
+        ATTRS
+    }
+    fn doc(&self) -> &'static str {
+        "`self.query`, `self.key`, `self.value`, `output.dense` (each `.weight` [hidden, hidden], `.bias` [hidden]); one row per token; self-attention within each record, no residual"
+    }
+    fn configure(&self, _name: &str, a: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
+        Ok(Arc::new(AttentionOp {
+            heads: a.int("heads"),
+        }))
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct AttentionOp {
+    heads: usize,
+}
+
+impl Op for AttentionOp {
+    fn name(&self) -> &'static str {
+        "attention"
+    }
+    fn rows(&self, inputs: &[Rows]) -> Result<Rows, ShapeError> {
+        match inputs[0] {
+            Rows::Tokens => Ok(Rows::Tokens),
+            Rows::Records => Err(ShapeError::at(
+                "inputs",
+                "attention works within each record's tokens; its input has one row per record",
+            )),
+        }
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+        match inputs[0] {
+            [h] if h % self.heads == 0 => Ok(vec![*h]),
+            [h] => Err(ShapeError::at(
+                "heads",
+                format!("hidden width {h} is not divisible by {} heads", self.heads),
+            )),
+            other => Err(ShapeError::at(
+                "inputs",
+                format!("attention needs token rows of [hidden], found {other:?}"),
+            )),
+        }
+    }
+    fn tensors(&self, inputs: &[&[usize]]) -> Vec<TensorSpec> {
+        let h = inputs[0][0];
+        let suffixes: [[&'static str; 2]; 4] = [
+            ["self.query.weight", "self.query.bias"],
+            ["self.key.weight", "self.key.bias"],
+            ["self.value.weight", "self.value.bias"],
+            ["output.dense.weight", "output.dense.bias"],
+        ];
+
+        suffixes
+            .into_iter()
+            .flat_map(|[w, b]| {
+                [
+                    TensorSpec::uniform(w, vec![h, h], h),
+                    TensorSpec::uniform(b, vec![h], h),
+                ]
+            })
+            .collect()
+    }
+    fn flops(&self, inputs: &[&[usize]], _output: &[usize], seq: usize) -> u64 {
+        let h = inputs[0][0] as u64;
+        // Four projections, then scores and the weighted sum against `seq` keys.
+        2 * 4 * h * h + 2 * 2 * h * seq as u64
+    }
+    fn build(
+        &self,
+        kind: KernelKind,
+        inputs: &[&[usize]],
+        _output: &[usize],
+        tensors: Vec<Vec<f32>>,
+    ) -> Box<dyn Layer> {
+        let h = inputs[0][0];
+        let [wq, bq, wk, bk, wv, bv, wo, bo]: [Vec<f32>; 8] =
+            tensors.try_into().expect("attention reads eight tensors");
+        match kind {
+            KernelKind::Fast => {
+                // Q, K and V in one product: their weights stacked as one [3h, h] matrix.
+                let qkv = [wq, wk, wv].concat();
+                Box::new(Attention {
+                    heads: self.heads,
+                    hidden: h,
+                    qkv: DenseWeights::new(qkv, 3 * h, h),
+                    qkv_bias: [bq, bk, bv].concat(),
+                    out: DenseWeights::new(wo, h, h),
+                    out_bias: bo,
+                })
+            }
+            KernelKind::Reference => Box::new(AttentionReference {
+                heads: self.heads,
+                hidden: h,
+                weights: [wq, wk, wv, wo],
+                biases: [bq, bk, bv, bo],
+            }),
+        }
+    }
+}
+
+/// Softmax over `row` in place, the maximum subtracted so exp never overflows.
+fn softmax(row: &mut [f32]) {
+    let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let mut sum = 0.0;
+    for x in row.iter_mut() {
+        *x = (*x - max).exp();
+        sum += *x;
+    }
+    let inv = 1.0 / sum;
+    row.iter_mut().for_each(|x| *x *= inv);
+}
+
+#[derive(Debug)]
+struct Attention {
+    heads: usize,
+    hidden: usize,
+    /// `[Wq; Wk; Wv]`, packed.
+    qkv: DenseWeights,
+    qkv_bias: Vec<f32>,
+    out: DenseWeights,
+    out_bias: Vec<f32>,
+}
+
+impl Layer for Attention {
+    fn forward(&self, inputs: &[&Tensor], chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
+        let x = contiguous(inputs[0]);
+        let h = self.hidden;
+        let tokens = x.len() / h;
+        let d = h / self.heads;
+        let scale = 1.0 / (d as f32).sqrt();
+        let seqs = chunk.seqs();
+        let (qkv, rest) = scratch.slots(self.scratch(tokens));
+        // Every token's Q, K and V at once: [tokens, 3h].
+        for row in qkv.chunks_exact_mut(3 * h) {
+            row.copy_from_slice(&self.qkv_bias);
+        }
+        self.qkv.matmul_acc(tokens, &x, qkv);
+        let (context, scores) = rest.split_at_mut(tokens * h);
+        for r in 0..chunk.records {
+            let (start, end) = (seqs[r], seqs[r + 1]);
+            let len = end - start;
+            let scores = &mut scores[..len];
+            for head in 0..self.heads {
+                let (q0, k0, v0) = (head * d, h + head * d, 2 * h + head * d);
+                for i in start..end {
+                    let q = &qkv[i * 3 * h + q0..][..d];
+                    for (j, s) in (start..end).zip(scores.iter_mut()) {
+                        let k = &qkv[j * 3 * h + k0..][..d];
+                        *s = q.iter().zip(k).map(|(a, b)| a * b).sum::<f32>() * scale;
+                    }
+                    softmax(scores);
+                    let ctx = &mut context[i * h + q0..][..d];
+                    ctx.fill(0.0);
+                    for (j, p) in (start..end).zip(scores.iter()) {
+                        let v = &qkv[j * 3 * h + v0..][..d];
+                        ctx.iter_mut().zip(v).for_each(|(c, v)| *c += p * v);
+                    }
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(tokens * h);
+        for _ in 0..tokens {
+            out.extend_from_slice(&self.out_bias);
+        }
+        self.out.matmul_acc(tokens, context, &mut out);
+        tensor(vec![tokens, h], out)
+    }
+
+    fn scratch(&self, rows: usize) -> ScratchNeed {
+        // Q, K and V of every token; the heads' context of every token, and one row of scores
+        // (a sequence is at most every token of the chunk).
+        [rows * 3 * self.hidden, rows * self.hidden + rows]
+    }
+
+    fn param_bytes(&self) -> u64 {
+        self.qkv.bytes() + self.out.bytes() + (self.qkv_bias.len() + self.out_bias.len()) as u64 * 4
+    }
+}
+
+/// The reference: for each record and head, the textbook formula in f64 from the unpacked
+/// weights, full score matrix and all.
+#[derive(Debug)]
+struct AttentionReference {
+    heads: usize,
+    hidden: usize,
+    weights: [Vec<f32>; 4],
+    biases: [Vec<f32>; 4],
+}
+
+impl AttentionReference {
+    /// `x · Wᵀ + b` for rows of `x`, in f64.
+    fn project(&self, which: usize, x: &[f64]) -> Vec<f64> {
+        let h = self.hidden;
+        let (w, b) = (&self.weights[which], &self.biases[which]);
+        x.chunks_exact(h)
+            .flat_map(|row| {
+                (0..h).map(move |o| {
+                    b[o] as f64
+                        + row
+                            .iter()
+                            .zip(&w[o * h..(o + 1) * h])
+                            .map(|(x, w)| x * *w as f64)
+                            .sum::<f64>()
+                })
+            })
+            .collect()
+    }
+}
+
+impl Layer for AttentionReference {
+    fn forward(&self, inputs: &[&Tensor], chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
+        let h = self.hidden;
+        let d = h / self.heads;
+        let x: Vec<f64> = contiguous(inputs[0]).iter().map(|v| *v as f64).collect();
+        let tokens = x.len() / h;
+        let (q, k, v) = (
+            self.project(0, &x),
+            self.project(1, &x),
+            self.project(2, &x),
+        );
+        let mut context = vec![0.0f64; tokens * h];
+        let seqs = chunk.seqs();
+        for r in 0..chunk.records {
+            let (start, end) = (seqs[r], seqs[r + 1]);
+            for head in 0..self.heads {
+                let at = |m: &[f64], t: usize, c: usize| m[t * h + head * d + c];
+                for i in start..end {
+                    let scores: Vec<f64> = (start..end)
+                        .map(|j| {
+                            (0..d).map(|c| at(&q, i, c) * at(&k, j, c)).sum::<f64>()
+                                / (d as f64).sqrt()
+                        })
+                        .collect();
+                    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+                    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+                    for (j, s) in (start..end).zip(&scores) {
+                        let p = (s - max).exp() / total;
+                        for c in 0..d {
+                            context[i * h + head * d + c] += p * at(&v, j, c);
+                        }
+                    }
+                }
+            }
+        }
+        let out = self.project(3, &context);
+        tensor(vec![tokens, h], out.into_iter().map(|v| v as f32).collect())
+    }
+
+    fn param_bytes(&self) -> u64 {
+        let w: usize = self.weights.iter().chain(&self.biases).map(Vec::len).sum();
+        w as u64 * 4
+    }
+}
