@@ -155,6 +155,12 @@ impl Progress {
 }
 
 pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, RunError> {
+    if plan.tokenizer.is_some() {
+        // Its synthetic chunks are records of numbers; text needs sentences and their tokens.
+        return Err(RunError::Format(
+            "bench measures pipelines of numeric records; time a text pipeline end to end with `subpass run PIPELINE --format text < FILE` (benches/peers/text_race.py does, beside its peers)".into(),
+        ));
+    }
     let mut progress = Progress::new(options.progress && std::io::stderr().is_terminal());
     let records = options.records.max(1);
     let size = plan.batch.size;
@@ -222,7 +228,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
     // (c) The stream path: JSON text in, JSON text out, all in memory.
     let io_rate = if options.io {
         progress.phase("[3/3] JSON lines in and out", 0);
-        let text = crate::verify::synthetic_jsonl(&plan, records, 2);
+        let text = crate::verify::synthetic_records(&plan, records, 2);
         let (_keep, never) = crossbeam_channel::bounded(1);
         let t = Instant::now();
         run_stream(

@@ -30,6 +30,8 @@ struct Cli {
 enum Format {
     Jsonl,
     Csv,
+    /// One line, one text record (pipelines with `input: {text: ...}`).
+    Text,
 }
 
 #[derive(Subcommand)]
@@ -136,6 +138,7 @@ fn main() -> ExitCode {
                 format: match format {
                     Format::Jsonl => InputFormat::JsonLines,
                     Format::Csv => InputFormat::Csv,
+                    Format::Text => InputFormat::Text,
                 },
                 max_line_bytes,
                 strict,
@@ -295,7 +298,7 @@ fn verify(pipeline: &Path, input: Option<PathBuf>, records: usize, tolerance: f6
             Ok(d) => d,
             Err(e) => return fail(&format!("cannot read {}: {e}", p.display())),
         },
-        None => subpass::verify::synthetic_jsonl(&plan, records, 1),
+        None => subpass::verify::synthetic_records(&plan, records, 1),
     };
     let stages = plan.stages.len();
     match subpass::verify::verify(plan, data) {

@@ -38,10 +38,48 @@ impl VerifyReport {
     }
 }
 
-/// Seeded synthetic records as JSON lines (standard normal-ish values in [-1, 1)).
-pub fn synthetic_jsonl(plan: &Plan, records: usize, seed: u64) -> Vec<u8> {
+/// Seeded synthetic records in the format the pipeline reads: JSON lines of values in [-1, 1),
+/// or for text pipelines, lines of 1 to 40 words (short and long sequences, punctuation, digits
+/// and accents, so every tokenizer path and sequence length shows up).
+pub fn synthetic_records(plan: &Plan, records: usize, seed: u64) -> Vec<u8> {
     let mut next = seeded_stream(seed, "verify-records");
     let mut out = Vec::new();
+    if plan.tokenizer.is_some() {
+        const WORDS: [&str; 24] = [
+            "the",
+            "stream",
+            "of",
+            "records",
+            "flows",
+            "through",
+            "every",
+            "stage",
+            "and",
+            "each",
+            "chunk",
+            "is",
+            "bounded,",
+            "café",
+            "naïve",
+            "2024",
+            "tokens",
+            "attention",
+            "pooling",
+            "embeddings!",
+            "(fast)",
+            "reference",
+            "kernels",
+            "verify?",
+        ];
+        let mut pick = |n: usize| ((next() + 1.0) * 0.5 * n as f32) as usize % n;
+        for _ in 0..records {
+            let words = 1 + pick(40);
+            let line: Vec<&str> = (0..words).map(|_| WORDS[pick(WORDS.len())]).collect();
+            out.extend_from_slice(line.join(" ").as_bytes());
+            out.push(b'\n');
+        }
+        return out;
+    }
     let mut buf = ryu::Buffer::new();
     for _ in 0..records {
         out.push(b'[');
@@ -87,23 +125,35 @@ pub enum VerifyError {
 }
 
 /// The monolithic pass of `graph` over `rows` records: every layer in order on this thread, over
-/// batches of `batch` records, outputs concatenated.
-pub fn monolithic(graph: &Graph, batch: usize, values: &[f32], rows: usize) -> Vec<ArrayD<f32>> {
+/// batches of `batch` records, outputs concatenated. For text, `seqs` says where each record's
+/// tokens start in `values` (`rows + 1` offsets).
+pub fn monolithic(
+    graph: &Graph,
+    batch: usize,
+    values: &[f32],
+    rows: usize,
+    seqs: Option<&[usize]>,
+) -> Vec<ArrayD<f32>> {
     let len: usize = graph.input_shape.iter().product();
     let size = batch.max(1);
     let mut parts: Vec<Vec<ArrayD<f32>>> = vec![Vec::new(); graph.outputs.len()];
     let mut scratch = crate::ops::Scratch::default();
     for start in (0..rows).step_by(size) {
         let n = size.min(rows - start);
-        let mut shape = vec![n];
+        // The batch's rows of input: its records', or its records' tokens'.
+        let (first, last, local) = match seqs {
+            Some(s) => {
+                let local: Vec<usize> = s[start..=start + n].iter().map(|o| o - s[start]).collect();
+                (s[start], s[start + n], Some(local))
+            }
+            None => (start, start + n, None),
+        };
+        let mut shape = vec![last - first];
         shape.extend_from_slice(&graph.input_shape);
-        let batch = ArrayD::from_shape_vec(
-            IxDyn(&shape),
-            values[start * len..(start + n) * len].to_vec(),
-        )
-        .expect("rows × len");
+        let batch = ArrayD::from_shape_vec(IxDyn(&shape), values[first * len..last * len].to_vec())
+            .expect("rows × len");
         for (i, out) in graph
-            .forward_with(batch, None, &mut scratch)
+            .forward_with(batch, local, &mut scratch)
             .into_iter()
             .enumerate()
         {
@@ -125,18 +175,26 @@ pub fn monolithic(graph: &Graph, batch: usize, values: &[f32], rows: usize) -> V
         .collect()
 }
 
-/// Run `input` (JSON lines) through both paths and compare.
+/// Run `input` (JSON lines, or text lines for a text pipeline) through both paths and compare.
 pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyError> {
     // The reference side: parse with the same parser, one batch, one thread.
-    let parser = RecordParser::new(
-        &plan.graph.input_shape,
-        &plan.input_field,
-        &[],
-        InputFormat::JsonLines,
-    );
+    let format = match plan.tokenizer {
+        Some(_) => InputFormat::Text,
+        None => InputFormat::JsonLines,
+    };
+    let mut parser = RecordParser::new(&plan.graph.input_shape, &plan.input_field, &[], format);
+    if let Some(t) = &plan.tokenizer {
+        parser = parser.with_tokenizer(t.clone());
+    }
     let (tx, rx) = crossbeam_channel::unbounded();
-    crate::io::read_lines(&input[..], usize::MAX, usize::MAX, &tx)
-        .expect("reading memory cannot fail");
+    crate::io::read_lines(
+        &input[..],
+        usize::MAX,
+        usize::MAX,
+        format == InputFormat::Text,
+        &tx,
+    )
+    .expect("reading memory cannot fail");
     drop(tx);
     let lines: Vec<_> = rx.iter().flatten().collect();
     let parsed = parser.parse_chunk(&lines, std::time::Instant::now(), true);
@@ -149,7 +207,13 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
     let rows = parsed.meta.records.len();
     let graph =
         Graph::build_with(&plan.config, KernelKind::Reference).map_err(VerifyError::Reference)?;
-    let reference = monolithic(&graph, plan.batch.size, &parsed.values, rows);
+    let reference = monolithic(
+        &graph,
+        plan.batch.size,
+        &parsed.values,
+        rows,
+        parsed.seqs.as_deref(),
+    );
 
     // The decomposed side: the real streaming pipeline, in order, over the same bytes.
     let out = SharedBuf::default();
@@ -160,7 +224,10 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         Box::new(std::io::Cursor::new(input)),
         Box::new(out.clone()),
         Box::new(errors),
-        &RunOptions::default(),
+        &RunOptions {
+            format,
+            ..RunOptions::default()
+        },
         never,
     )?;
     let text = out.0.lock().unwrap_or_else(|e| e.into_inner()).clone();

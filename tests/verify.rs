@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use subpass::graph::Plan;
 use subpass::ops::{Chunk, Layer, Scratch, Tensor};
-use subpass::verify::{synthetic_jsonl, verify};
+use subpass::verify::{synthetic_records, verify};
 
 /// A fast kernel with a bug: one output value in every record is off by a relative 1e-3, about
 /// what a wrong tail loop or a dropped term would do.
@@ -38,7 +38,7 @@ fn plan_with_wrong_first_layer() -> Plan {
 fn verify_passes_the_real_kernels_and_catches_a_wrong_one() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("configs/mlp.yaml");
     let good = Arc::new(Plan::load(&path).unwrap());
-    let input = synthetic_jsonl(&good, 200, 3);
+    let input = synthetic_records(&good, 200, 3);
     let report = verify(good, input.clone()).unwrap();
     assert!(report.passes(1e-5), "{report:?}");
 

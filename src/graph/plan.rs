@@ -122,6 +122,8 @@ pub struct Plan {
     pub budget: InFlightBudget,
     /// The parsed file the plan was made from (`verify` builds its reference graph from it).
     pub config: PipelineConfig,
+    /// For text records: the tokenizer the parsers share.
+    pub tokenizer: Option<std::sync::Arc<crate::io::TextTokenizer>>,
 }
 
 const F32: u64 = 4;
@@ -159,14 +161,14 @@ impl Plan {
         // Stage structure errors do not depend on the graph, so they are found even when layers
         // have errors too: one pass shows a user everything.
         let stage_members = check_stage_membership(config);
+        let tokenizer = load_tokenizer(config);
         let graph = Graph::build(config);
-        let (graph, membership) = match (graph, stage_members) {
-            (Ok(g), Ok(m)) => (g, m),
-            (Err(mut a), Err(b)) => {
-                a.0.extend(b.0);
-                return Err(a);
+        let (graph, membership, tokenizer) = match (graph, stage_members, tokenizer) {
+            (Ok(g), Ok(m), Ok(t)) => (g, m, t),
+            (g, m, t) => {
+                let errors = [g.err(), m.err(), t.err()].into_iter().flatten();
+                return Err(ConfigErrors(errors.flat_map(|e| e.0).collect()));
             }
-            (Err(e), _) | (_, Err(e)) => return Err(e),
         };
         let stage_configs: Vec<StageConfig> = match &config.stages {
             Some(s) => s.clone(),
@@ -302,6 +304,7 @@ impl Plan {
             output: config.output.clone(),
             budget: InFlightBudget { chunks, bytes },
             config: config.clone(),
+            tokenizer,
         })
     }
 
@@ -418,6 +421,24 @@ impl Plan {
         );
         out
     }
+}
+
+/// The tokenizer of a text pipeline, loaded and set up (errors located at its key).
+fn load_tokenizer(
+    config: &PipelineConfig,
+) -> Result<Option<std::sync::Arc<crate::io::TextTokenizer>>, ConfigErrors> {
+    let Some(text) = &config.input.text else {
+        return Ok(None);
+    };
+    crate::io::TextTokenizer::load(&text.tokenizer, text.max_tokens)
+        .map(|t| Some(std::sync::Arc::new(t)))
+        .map_err(|message| {
+            ConfigErrors(vec![ConfigError {
+                path: text.key_path.clone(),
+                location: None,
+                message,
+            }])
+        })
 }
 
 /// The most rows a chunk's value has: one per record, or one per token for text.

@@ -27,6 +27,7 @@ pub fn read_lines(
     input: impl Read,
     max_line_bytes: usize,
     batch: usize,
+    keep_blank: bool,
     tx: &Sender<Vec<RawLine>>,
 ) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(64 << 10, input);
@@ -56,7 +57,7 @@ pub fn read_lines(
                         });
                         return;
                     }
-                    if line.iter().all(u8::is_ascii_whitespace) {
+                    if !keep_blank && line.iter().all(u8::is_ascii_whitespace) {
                         line.clear();
                         return;
                     }
@@ -133,7 +134,7 @@ mod tests {
 
     fn lines(input: &[u8], max: usize) -> Vec<RawLine> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_lines(input, max, 3, &tx).unwrap();
+        read_lines(input, max, 3, false, &tx).unwrap();
         drop(tx);
         rx.iter().flatten().collect()
     }

@@ -19,6 +19,8 @@ use super::reader::{LineText, RawLine};
 pub enum InputFormat {
     JsonLines,
     Csv,
+    /// One line, one text record, taken as it is (an empty line is an empty text).
+    Text,
 }
 
 /// What the output writer needs to know about one good record.
@@ -65,6 +67,8 @@ pub struct RecordParser {
     field: String,
     passthrough: Vec<String>,
     format: InputFormat,
+    /// Text records: each becomes its token ids, one row per token.
+    tokenizer: Option<std::sync::Arc<super::TextTokenizer>>,
 }
 
 impl RecordParser {
@@ -75,7 +79,15 @@ impl RecordParser {
             field: field.to_string(),
             passthrough: passthrough.to_vec(),
             format,
+            tokenizer: None,
         }
+    }
+
+    /// Records are text, tokenized by `tokenizer` (in `--format text`, or in the string of a
+    /// JSON object's field).
+    pub fn with_tokenizer(mut self, tokenizer: std::sync::Arc<super::TextTokenizer>) -> Self {
+        self.tokenizer = Some(tokenizer);
+        self
     }
 
     /// Parse a chunk's lines; bad lines become rejections and take no row.
@@ -89,6 +101,11 @@ impl RecordParser {
         let mut values = Vec::with_capacity(lines.len() * self.len);
         let mut records = Vec::with_capacity(lines.len());
         let mut rejected = Vec::new();
+        let mut seqs = self.tokenizer.as_ref().map(|_| {
+            let mut s = Vec::with_capacity(lines.len() + 1);
+            s.push(0);
+            s
+        });
         for (i, line) in lines.iter().enumerate() {
             let may_be_header = first_chunk && i == 0;
             let mark = values.len();
@@ -101,16 +118,34 @@ impl RecordParser {
                         "line is not valid UTF-8 (invalid byte at offset {})",
                         e.valid_up_to()
                     )),
-                    Ok(text) => match self.format {
-                        InputFormat::JsonLines => self.parse_json(text, line.number, &mut values),
-                        InputFormat::Csv => {
+                    Ok(text) => match (&self.tokenizer, self.format) {
+                        (Some(t), InputFormat::Text) => tokenize(t, text, &mut values).map(|()| {
+                            Some(RecordMeta {
+                                line: line.number,
+                                key: RecordKey::Line(line.number),
+                                passthrough: vec![None; self.passthrough.len()],
+                            })
+                        }),
+                        (Some(t), _) => self.parse_json_text(t, text, line.number, &mut values),
+                        (None, InputFormat::JsonLines) => {
+                            self.parse_json(text, line.number, &mut values)
+                        }
+                        (None, InputFormat::Csv) => {
                             self.parse_csv(text, line.number, may_be_header, &mut values)
+                        }
+                        (None, InputFormat::Text) => {
+                            Err("--format text needs a pipeline whose input is text".to_string())
                         }
                     },
                 },
             };
             match result {
-                Ok(Some(meta)) => records.push(meta),
+                Ok(Some(meta)) => {
+                    records.push(meta);
+                    if let Some(s) = &mut seqs {
+                        s.push(values.len());
+                    }
+                }
                 Ok(None) => values.truncate(mark), // a CSV header
                 Err(error) => {
                     values.truncate(mark);
@@ -123,7 +158,7 @@ impl RecordParser {
         }
         ParsedChunk {
             values,
-            seqs: None,
+            seqs,
             meta: ChunkMeta {
                 records,
                 rejected,
@@ -182,6 +217,39 @@ impl RecordParser {
                 Ok(_) => Err("expected a JSON array of numbers or an object".to_string()),
             },
         }
+    }
+
+    /// A JSON object whose `field` holds the record's text.
+    fn parse_json_text(
+        &self,
+        tokenizer: &super::TextTokenizer,
+        text: &str,
+        number: u64,
+        out: &mut Vec<f32>,
+    ) -> Result<Option<RecordMeta>, String> {
+        let trimmed = text.trim_ascii();
+        if !trimmed.starts_with('{') {
+            return Err(format!(
+                "expected a JSON object whose `{}` field holds the text (or use --format text)",
+                self.field
+            ));
+        }
+        let (x, fields) = object_fields(trimmed, &self.field, None)?;
+        let x =
+            x.ok_or_else(|| format!("object has no field `{}` holding the text", self.field))?;
+        let record: String = serde_json::from_str(x)
+            .map_err(|_| format!("field `{}` must hold a string, found {x}", self.field))?;
+        tokenize(tokenizer, &record, out)?;
+        let raw = |name: &str| fields.get(name).map(|v| (*v).to_owned());
+        let key = match raw("id") {
+            Some(id) => RecordKey::Id(id),
+            None => RecordKey::Line(number),
+        };
+        Ok(Some(RecordMeta {
+            line: number,
+            key,
+            passthrough: self.passthrough.iter().map(|f| raw(f)).collect(),
+        }))
     }
 
     fn parse_csv(
@@ -310,6 +378,17 @@ fn object_fields<'a>(
         return Err(invalid("trailing characters", i));
     }
     Ok((record_text, fields))
+}
+
+/// Append the token ids of `text`, one value per token.
+fn tokenize(
+    tokenizer: &super::TextTokenizer,
+    text: &str,
+    out: &mut Vec<f32>,
+) -> Result<(), String> {
+    // Ids are far below 2^24, so f32 holds them exactly.
+    out.extend(tokenizer.encode(text)?.into_iter().map(|id| id as f32));
+    Ok(())
 }
 
 /// The index just past the string starting at `b[i] == '"'`.

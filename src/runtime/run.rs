@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use super::budget::InFlight;
 use super::label::Label;
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{input_env, run_chunker, ParserWorker, RawChunk};
+use super::source::{input_env, run_chunker, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RunStats};
 use super::trace::Tracer;
@@ -67,6 +67,9 @@ pub enum RunError {
     Input(io::Error),
     #[error("internal error: {0}")]
     Internal(String),
+    /// The input format does not fit the pipeline's records.
+    #[error("{0}")]
+    Format(String),
 }
 
 /// What a finished run reports.
@@ -209,6 +212,19 @@ fn spawn_stats_logger(
     });
 }
 
+/// Text pipelines read `--format text` or JSON lines; the others, JSON lines or CSV.
+fn check_format(plan: &Plan, format: InputFormat) -> Result<(), RunError> {
+    match (plan.tokenizer.is_some(), format) {
+        (true, InputFormat::Csv) => Err(RunError::Format(
+            "this pipeline's records are text: use --format text or --format jsonl".into(),
+        )),
+        (false, InputFormat::Text) => Err(RunError::Format(
+            "--format text needs a pipeline whose input is text (`input: {text: ...}`)".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Run a pipeline over a stream of records until the input ends or `shutdown` fires.
 pub fn run_stream(
     plan: Arc<Plan>,
@@ -219,6 +235,7 @@ pub fn run_stream(
     shutdown: Receiver<()>,
 ) -> Result<RunReport, RunError> {
     let start = Instant::now();
+    check_format(&plan, options.format)?;
     let tracer = options.trace.as_ref().map(|_| Tracer::new(start));
     let running = spawn_stages(&plan, &tracer);
     let budget = InFlight::new(plan.budget.chunks);
@@ -229,9 +246,19 @@ pub fn run_stream(
     let batch = plan.batch;
     let max_line = options.max_line_bytes;
     let reader_failures = running.failures_tx.clone();
+    // In text, an empty line is a record (the empty text); elsewhere blank lines are skipped.
+    let keep_blank = options.format == InputFormat::Text;
+    let token_budget = plan
+        .tokenizer
+        .as_ref()
+        .zip(batch.max_tokens)
+        .map(|(t, chunk)| TokenBudget {
+            chunk,
+            record: t.max_tokens(),
+        });
     // Not joined: after a signal it may sit in a read() on stdin until the process exits.
     spawn_named("subpass-reader".into(), move || {
-        if let Err(e) = rio::read_lines(input, max_line, batch.size, &lines_tx) {
+        if let Err(e) = rio::read_lines(input, max_line, batch.size, keep_blank, &lines_tx) {
             let _ = reader_failures.send(Failure {
                 stage: "reader".into(),
                 message: format!("reading input: {e}"),
@@ -247,15 +274,19 @@ pub fn run_stream(
             chunker_budget,
             chunks_tx,
             batch.size,
+            token_budget,
             batch.max_delay,
         )
     }));
-    let parser = RecordParser::new(
+    let mut parser = RecordParser::new(
         &plan.graph.input_shape,
         &plan.input_field,
         &plan.output.passthrough,
         options.format,
     );
+    if let Some(t) = &plan.tokenizer {
+        parser = parser.with_tokenizer(t.clone());
+    }
     for replica in 0..plan.parsers {
         let worker = ParserWorker {
             plan: plan.clone(),

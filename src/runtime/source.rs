@@ -12,7 +12,7 @@ use super::stats::Counters;
 use super::trace::Tracer;
 use super::{ChunkId, Emitter};
 use crate::graph::{Env, Plan, ValueId};
-use crate::io::{RawLine, RecordParser};
+use crate::io::{token_estimate, LineText, RawLine, RecordParser};
 
 /// A chunk's raw lines, admitted into the pipeline.
 pub(super) struct RawChunk {
@@ -21,16 +21,32 @@ pub(super) struct RawChunk {
     pub admitted_at: Instant,
 }
 
-/// Groups lines into chunks of `size`, sending a partial chunk once its first line has waited
-/// `max_delay` (so a trickle is answered promptly), and stops early when `shutdown` fires.
+/// A text pipeline's cap on tokens: per chunk, and per record (its truncation).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct TokenBudget {
+    pub chunk: usize,
+    pub record: usize,
+}
+
+/// Groups lines into chunks of `size` lines (and, for text, at most `tokens.chunk` tokens, as
+/// judged from each line's length before it is tokenized), sending a partial chunk once its
+/// first line has waited `max_delay` (so a trickle is answered promptly), and stops early when
+/// `shutdown` fires.
 pub(super) fn run_chunker(
     lines: Receiver<Vec<RawLine>>,
     shutdown: Receiver<()>,
     budget: InFlight,
     out: Sender<RawChunk>,
     size: usize,
+    tokens: Option<TokenBudget>,
     max_delay: Duration,
 ) {
+    let estimate = |line: &RawLine| match (&line.text, tokens) {
+        (LineText::Bytes(b), Some(t)) => token_estimate(b.len(), t.record),
+        _ => 0,
+    };
+    let token_cap = tokens.map_or(usize::MAX, |t| t.chunk);
+    let mut pending_tokens = 0;
     let mut pending: Vec<RawLine> = Vec::with_capacity(size);
     let mut deadline: Option<Instant> = None;
     let mut next_id: ChunkId = 0;
@@ -57,12 +73,23 @@ pub(super) fn run_chunker(
             recv(lines) -> msg => match msg {
                 Ok(batch) => {
                     for line in batch {
+                        let cost = estimate(&line);
+                        if pending_tokens + cost > token_cap {
+                            pending_tokens = 0;
+                            if !flush(&mut pending, &mut deadline) {
+                                return;
+                            }
+                        }
                         if pending.is_empty() {
                             deadline = Some(Instant::now() + max_delay);
                         }
                         pending.push(line);
-                        if pending.len() == size && !flush(&mut pending, &mut deadline) {
-                            return;
+                        pending_tokens += cost;
+                        if pending.len() == size {
+                            pending_tokens = 0;
+                            if !flush(&mut pending, &mut deadline) {
+                                return;
+                            }
                         }
                     }
                 }
@@ -76,6 +103,7 @@ pub(super) fn run_chunker(
                 return;
             }
             recv(timer) -> _ => {
+                pending_tokens = 0;
                 if !flush(&mut pending, &mut deadline) {
                     return;
                 }
