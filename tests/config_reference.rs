@@ -261,6 +261,11 @@ fn verify_passes_on_every_config() {
     let mut failures = Vec::new();
     for cfg in &configs {
         let rel = cfg.strip_prefix(root()).unwrap();
+        // Text pipelines need their model and verify slowly on the f64 reference kernels:
+        // tests/minilm.rs verifies them on a few records.
+        if std::fs::read_to_string(cfg).unwrap().contains("\n  text:") {
+            continue;
+        }
         let out = subpass(&["verify", rel.to_str().unwrap()]);
         if !out.status.success() {
             failures.push(format!(

@@ -422,7 +422,7 @@ impl Graph {
         let mut env = Env::new(self.nodes.len(), records, seqs.map(Into::into));
         env.set(ValueId::INPUT, std::sync::Arc::new(input));
         let all: Vec<usize> = (0..self.nodes.len()).collect();
-        self.eval(&all, &mut env, scratch);
+        self.eval(&all, &mut env, &[], scratch);
         let outputs: Vec<_> = self.outputs.iter().map(|v| env.get(*v).clone()).collect();
         drop(env);
         // The environment is gone, so each output is held once (unless it is listed twice).
@@ -432,14 +432,26 @@ impl Graph {
             .collect()
     }
 
-    /// Evaluate `layers` (node indices, ascending) reading and writing values in `env`.
-    pub fn eval(&self, layers: &[usize], env: &mut Env, scratch: &mut ops::Scratch) {
-        for &i in layers {
+    /// Evaluate `layers` (node indices, ascending) reading and writing values in `env`. After
+    /// `layers[j]`, the values in `frees[j]` are dropped (no later layer reads them and nothing
+    /// downstream wants them), so a stage holds only its live values; an empty `frees` keeps
+    /// every value.
+    pub fn eval(
+        &self,
+        layers: &[usize],
+        env: &mut Env,
+        frees: &[Vec<ValueId>],
+        scratch: &mut ops::Scratch,
+    ) {
+        for (j, &i) in layers.iter().enumerate() {
             let node = &self.nodes[i];
             if node.op.passes_through() {
                 // identity and dropout: the same tensor under a new name, shared, not copied.
                 let same = env.get(node.inputs[0]).clone();
                 env.set(ValueId::of_layer(i), same);
+                for v in frees.get(j).into_iter().flatten() {
+                    env.values[v.0] = None;
+                }
                 continue;
             }
             let inputs: Vec<std::sync::Arc<ops::Tensor>> =
@@ -450,7 +462,11 @@ impl Graph {
                 seqs: env.seqs.as_deref(),
             };
             let out = self.layers[i].forward(&refs, &chunk, scratch);
+            drop(inputs);
             env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
+            for v in frees.get(j).into_iter().flatten() {
+                env.values[v.0] = None;
+            }
         }
     }
 }

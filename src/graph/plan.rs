@@ -53,7 +53,10 @@ pub struct StagePlan {
     pub routes: Vec<Route>,
     pub param_bytes: u64,
     pub flops_per_record: u64,
-    /// Bytes of one full chunk's tensors in this stage: its inputs and every layer output.
+    /// Values each layer's evaluation can drop once it has run (see [`Graph::eval`]).
+    pub frees: Vec<Vec<ValueId>>,
+    /// The most bytes of one full chunk's tensors this stage holds at once: its inputs and the
+    /// layer outputs still live, as it evaluates its layers and frees the dead ones.
     pub activation_bytes_per_chunk: u64,
     /// Bytes of one full chunk's inputs to this stage.
     pub input_bytes_per_chunk: u64,
@@ -208,6 +211,18 @@ impl Plan {
             let bytes = |vs: &mut dyn Iterator<Item = ValueId>| -> u64 {
                 vs.map(|v| chunk_bytes(&graph, &config.batch, v)).sum()
             };
+            // What leaves the stage: values read by other stages, and the pipeline's outputs.
+            let keep: BTreeSet<ValueId> = inside
+                .iter()
+                .copied()
+                .filter(|v| {
+                    graph.outputs.contains(v)
+                        || (0..graph.nodes.len())
+                            .any(|l| stage_of(l) != s && graph.nodes[l].inputs.contains(v))
+                })
+                .collect();
+            let frees = liveness(&graph, &layers, &keep);
+            let peak = peak_live_bytes(&graph, &config.batch, &layers, &inputs, &frees);
             // Scratch is per slot, reused by every layer of the stage: the largest need each.
             let scratch = (0..crate::ops::SCRATCH_SLOTS)
                 .map(|slot| {
@@ -231,9 +246,8 @@ impl Plan {
                     .iter()
                     .map(|&l| graph.nodes[l].flops_per_record)
                     .sum(),
-                activation_bytes_per_chunk: bytes(
-                    &mut inputs.iter().copied().chain(inside.iter().copied()),
-                ),
+                activation_bytes_per_chunk: peak,
+                frees,
                 input_bytes_per_chunk: bytes(&mut inputs.iter().copied()),
                 scratch_bytes: scratch,
                 layers,
@@ -423,6 +437,64 @@ impl Plan {
     }
 }
 
+/// The stages that feed `stage`, directly or through others.
+fn ancestors(stages: &[StagePlan], stage: usize) -> BTreeSet<usize> {
+    let mut found = BTreeSet::new();
+    let mut todo = vec![stage];
+    while let Some(s) = todo.pop() {
+        for p in &stages[s].producers {
+            if let Producer::Stage(p) = p {
+                if found.insert(*p) {
+                    todo.push(*p);
+                }
+            }
+        }
+    }
+    found
+}
+
+/// For each of `layers` (in order), the values to drop after it runs: those no later layer of
+/// the stage reads and that do not leave the stage. A value no layer reads goes right after it
+/// is made (unless it leaves).
+fn liveness(graph: &Graph, layers: &[usize], keep: &BTreeSet<ValueId>) -> Vec<Vec<ValueId>> {
+    let mut last_use: BTreeMap<ValueId, usize> = BTreeMap::new();
+    for (j, &l) in layers.iter().enumerate() {
+        last_use.insert(ValueId::of_layer(l), j);
+        for v in &graph.nodes[l].inputs {
+            last_use.insert(*v, j);
+        }
+    }
+    let mut frees = vec![Vec::new(); layers.len()];
+    for (v, j) in last_use {
+        if !keep.contains(&v) {
+            frees[j].push(v);
+        }
+    }
+    frees
+}
+
+/// The most bytes a stage's values take at once for a full chunk: a layer's output is made
+/// while everything live before it still is.
+fn peak_live_bytes(
+    graph: &Graph,
+    batch: &BatchConfig,
+    layers: &[usize],
+    inputs: &[ValueId],
+    frees: &[Vec<ValueId>],
+) -> u64 {
+    let mut live: u64 = inputs.iter().map(|v| chunk_bytes(graph, batch, *v)).sum();
+    let mut peak = live;
+    for (j, &l) in layers.iter().enumerate() {
+        live += chunk_bytes(graph, batch, ValueId::of_layer(l));
+        peak = peak.max(live);
+        live -= frees[j]
+            .iter()
+            .map(|v| chunk_bytes(graph, batch, *v))
+            .sum::<u64>();
+    }
+    peak
+}
+
 /// The tokenizer of a text pipeline, loaded and set up (errors located at its key).
 fn load_tokenizer(
     config: &PipelineConfig,
@@ -484,6 +556,9 @@ fn activation_bytes(
         sink: chunks as u64 * values_bytes(&graph.outputs),
         ..ActivationBytes::default()
     };
+    // Chunks that can be anywhere upstream of each stage (in its ancestors' queues, joins and
+    // workers, or a parser's hands): a join waits for a missing part that is there.
+    let holds = |s: &StagePlan| (s.queue + s.replicas + usize::from(s.producers.len() > 1)) as u64;
     for (s, stage) in stages.iter().enumerate() {
         let (queue, replicas) = (stage.queue as u64, stage.replicas as u64);
         b.queues += queue * stage.input_bytes_per_chunk;
@@ -494,7 +569,13 @@ fn activation_bytes(
             let smallest = parts[s].iter().copied().min().unwrap_or(0);
             // The inbox holds parts; a waiting chunk holds all its parts but the last; the
             // join's hand holds one assembled chunk while the work queue is full.
-            b.joins += queue * largest + chunks as u64 * (stage.input_bytes_per_chunk - smallest);
+            let upstream = ancestors(stages, s)
+                .iter()
+                .map(|&a| holds(&stages[a]))
+                .sum::<u64>()
+                + config.input.parsers as u64;
+            let waiting = upstream.min(chunks as u64);
+            b.joins += queue * largest + waiting * (stage.input_bytes_per_chunk - smallest);
             b.queues += stage.input_bytes_per_chunk;
         }
     }

@@ -326,7 +326,9 @@ pub fn run_stream(
     }
     let sink_plan = plan.clone();
     let sink_rx = running.sink_rx;
-    spawn_named("subpass-sink".into(), move || {
+    // Joined with the others on success, so a caller that gets the report back holds the only
+    // references left to the plan and the output.
+    threads.push(spawn_named("subpass-sink".into(), move || {
         let producers = sink_plan.sink_producers.len();
         let r = run_sink(
             sink_rx,
@@ -336,8 +338,9 @@ pub fn run_stream(
             &budget,
             &mut writer,
         );
+        drop(writer);
         let _ = done_tx.send(r);
-    });
+    }));
 
     let result = wait(done_rx, running.failures_rx);
     drop(stop_stats_tx);

@@ -51,7 +51,9 @@ impl StageWorker {
                 for (v, t) in part.values {
                     env.set(v, t);
                 }
-                self.plan.graph.eval(&stage.layers, &mut env, &mut scratch);
+                self.plan
+                    .graph
+                    .eval(&stage.layers, &mut env, &stage.frees, &mut scratch);
                 env
             }));
             let env = match computed {
