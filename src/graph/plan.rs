@@ -342,14 +342,38 @@ impl Plan {
     pub fn describe(&self) -> String {
         let g = &self.graph;
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "pipeline `{}`: input {:?} per record, batch {} records, max delay {} ms",
-            self.name,
-            g.input_shape,
-            self.batch.size,
-            self.batch.max_delay.as_millis()
-        );
+        match (&self.config.input.text, self.batch.max_tokens) {
+            (Some(text), Some(tokens)) => {
+                let _ = writeln!(
+                    out,
+                    "pipeline `{}`: text records of at most {} tokens ({}), chunks of at most {} records and {tokens} tokens, max delay {} ms",
+                    self.name,
+                    text.max_tokens,
+                    text.tokenizer.display(),
+                    self.batch.size,
+                    self.batch.max_delay.as_millis()
+                );
+                let _ = writeln!(
+                    out,
+                    "FLOPs are per row: per token for token rows (attention counted for {}-token records), per record for record rows",
+                    text.max_tokens
+                );
+            }
+            _ => {
+                let _ = writeln!(
+                    out,
+                    "pipeline `{}`: input {:?} per record, batch {} records, max delay {} ms",
+                    self.name,
+                    g.input_shape,
+                    self.batch.size,
+                    self.batch.max_delay.as_millis()
+                );
+            }
+        }
+        let per = |rows: Rows| match rows {
+            Rows::Records => "record",
+            Rows::Tokens => "token",
+        };
         let _ = writeln!(out, "\nlayers:");
         let width = g
             .nodes
@@ -361,7 +385,7 @@ impl Plan {
         let _ = writeln!(
             out,
             "  {:width$}  {:16}  {:18}  {:>10}  {:>12}",
-            "name", "op", "output", "params", "FLOPs/rec"
+            "name", "op", "output", "params", "FLOPs/row"
         );
         for (i, n) in g.nodes.iter().enumerate() {
             let inputs: Vec<&str> = n.inputs.iter().map(|v| g.value_name(*v)).collect();
@@ -370,7 +394,7 @@ impl Plan {
                 "  {:width$}  {:16}  {:18}  {:>10}  {:>12}   <- {}",
                 n.name,
                 n.op.name(),
-                format!("{:?}", n.shape),
+                format!("{:?}/{}", n.shape, per(n.rows)),
                 g.param_count(i),
                 n.flops_per_record,
                 inputs.join(", ")
@@ -395,12 +419,13 @@ impl Plan {
             let _ = writeln!(out, "  {}: layers [{}]", s.name, layers.join(", "));
             let _ = writeln!(
                 out,
-                "    fed by {}{join}; queue {}, replicas {}; params {}; {} FLOPs/record; activations {}/chunk",
+                "    fed by {}{join}; queue {}, replicas {}; params {}; {} FLOPs/{}; activations {}/chunk",
                 fed.join(" + "),
                 s.queue,
                 s.replicas,
                 human_bytes(s.param_bytes),
                 s.flops_per_record,
+                per(s.layers.first().map_or(Rows::Records, |&l| g.nodes[l].rows)),
                 human_bytes(s.activation_bytes_per_chunk)
             );
         }

@@ -226,15 +226,36 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Softmax over `row` in place, the maximum subtracted so exp never overflows.
+#[inline(always)]
 fn softmax(row: &mut [f32]) {
     let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-    let mut sum = 0.0;
     for x in row.iter_mut() {
-        *x = (*x - max).exp();
-        sum += *x;
+        *x = exp(*x - max);
     }
+    let sum: f32 = row.iter().sum();
     let inv = 1.0 / sum;
     row.iter_mut().for_each(|x| *x *= inv);
+}
+
+/// eˣ for x ≤ 0 (a softmax's shifted scores), as 2ⁿ·p(r) with r = x − n·ln 2 in [−ln2/2, ln2/2]
+/// and p Cephes' degree-6 polynomial: within 2 ulp of `f32::exp` (checked in `tests` below).
+/// Unlike libm's expf it is branch-free, so the loop over a row of scores vectorises.
+#[inline(always)]
+#[allow(clippy::excessive_precision)] // Cephes' coefficients, as published
+fn exp(x: f32) -> f32 {
+    // Below −87.3, eˣ is under f32's smallest normal: flush to e^−87.3 ≈ 1e−38, a zero weight.
+    let x = x.clamp(-87.3, 0.0);
+    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
+    // ln 2 in two parts, so n·ln2 is subtracted without losing r's low bits.
+    let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4;
+    let mut p = 1.987_569_1e-4;
+    p = p * r + 1.398_199_9e-3;
+    p = p * r + 8.333_452e-3;
+    p = p * r + 4.166_579_6e-2;
+    p = p * r + 1.666_666_5e-1;
+    p = p * r + 5.000_000_1e-1;
+    let p = p * r * r + r + 1.0;
+    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[derive(Debug)]
@@ -359,5 +380,22 @@ impl Layer for AttentionReference {
     fn param_bytes(&self) -> u64 {
         let w: usize = self.weights.iter().chain(&self.biases).map(Vec::len).sum();
         w as u64 * 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fast_exp_is_within_2_ulp_on_softmax_inputs() {
+        for i in 0..=87_000 {
+            let x = -(i as f32) / 1000.0;
+            let (got, want) = (exp(x), x.exp());
+            assert!(
+                (got - want).abs() <= 2.0 * f32::EPSILON * want,
+                "exp({x}) = {got}, not {want}"
+            );
+        }
     }
 }

@@ -92,6 +92,15 @@ pub(super) fn run_chunker(
                             }
                         }
                     }
+                    // `max_delay_ms: 0`: no waiting for more records once the input pauses, so a
+                    // lone record is answered at once (a busy stream still fills its chunks,
+                    // since its reader stays ahead of the chunker).
+                    if max_delay.is_zero() && lines.is_empty() {
+                        pending_tokens = 0;
+                        if !flush(&mut pending, &mut deadline) {
+                            return;
+                        }
+                    }
                 }
                 Err(_) => {
                     flush(&mut pending, &mut deadline);
