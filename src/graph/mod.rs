@@ -230,24 +230,13 @@ impl Graph {
                     Some(j) => nodes[resolved[j].unwrap()].rows,
                 })
                 .collect();
-            let rows = match layer.op.rows(&input_kinds) {
+            // Rows first: a shape error on token rows would be a misleading second complaint.
+            let checked = layer
+                .op
+                .rows(&input_kinds)
+                .and_then(|rows| Ok((rows, layer.op.output_shape(&shapes)?)));
+            let (rows, shape) = match checked {
                 Ok(r) => r,
-                Err(e) => {
-                    err(
-                        &format!("{}.{}", layer.path, e.key),
-                        format!(
-                            "layer `{}` ({}): {}",
-                            layer.name,
-                            layer.op.name(),
-                            e.message
-                        ),
-                    );
-                    resolved.push(None);
-                    continue;
-                }
-            };
-            let shape = match layer.op.output_shape(&shapes) {
-                Ok(s) => s,
                 Err(e) => {
                     err(
                         &format!("{}.{}", layer.path, e.key),
