@@ -133,3 +133,77 @@ fn a_repeated_block_expands_in_order_with_its_inputs() {
         "a range takes every layer between its ends"
     );
 }
+
+/// Mistakes in the text-specific parts of a pipeline file are located errors, all reported in
+/// one pass.
+#[test]
+fn text_pipeline_mistakes_are_located() {
+    let dir = fixture_dir();
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "input: {shape: [4], text: {tokenizer: t.json}}\nlayers:\n  - {name: a, op: identity}\n",
+            "input.shape",
+            "not both",
+        ),
+        (
+            "input: {shape: [4]}\nlayers:\n  - {name: a, op: identity}\nbatch: {max_tokens: 100}\n",
+            "batch.max_tokens",
+            "records are numbers",
+        ),
+        (
+            "input: {text: {tokenizer: t.json, max_tokens: 300}}\nlayers:\n  - {name: a, op: identity}\nbatch: {max_tokens: 100}\n",
+            "batch.max_tokens",
+            "cannot hold a record",
+        ),
+        (
+            "input: {shape: [4]}\nlayers:\n  - repeat: 0\n    layers: [{name: a, op: identity}]\n",
+            "layers[0].repeat",
+            "",
+        ),
+        (
+            "input: {shape: [4]}\nlayers:\n  - repeat: 2\n    layers: [{name: \"a{i}\", op: dense, unitz: 3}]\n",
+            "layers[0].layers[0].unitz",
+            "did you mean `units`",
+        ),
+        (
+            "input: {shape: [4]}\nlayers:\n  - {name: a, op: identity}\n  - {name: b, op: identity}\nstages:\n  - {name: s, layers: [b..a]}\n",
+            "stages[0].layers[0]",
+            "runs backwards",
+        ),
+        (
+            "input: {shape: [4]}\nlayers:\n  - {name: a, op: identity}\nstages:\n  - {name: s, layers: [a..zz]}\n",
+            "stages[0].layers[0]",
+            "unknown layer `zz`",
+        ),
+    ];
+    for (text, path, words) in cases {
+        let errors = PipelineConfig::parse(text, &dir).unwrap_err().0;
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.path == *path && e.message.contains(words) && e.location.is_some()),
+            "{path} / {words:?}: {errors:#?}"
+        );
+    }
+    // Token rows where an op needs records, and records where attention needs tokens: the
+    // graph check names the layer and the key.
+    let text = "input: {text: {tokenizer: t.json}}\nlayers:\n  - {name: e, op: embedding, vocab: 10, hidden: 8}\n  - {name: f, op: flatten}\n";
+    let config = PipelineConfig::parse(text, &dir).unwrap();
+    let errors = Graph::build_with(&config, KernelKind::Fast).unwrap_err().0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "layers[1].inputs" && e.message.contains("mean_pool")),
+        "{errors:#?}"
+    );
+    let text =
+        "input: {shape: [8]}\ninit: {seed: 1}\nlayers:\n  - {name: a, op: attention, heads: 2}\n";
+    let config = PipelineConfig::parse(text, &dir).unwrap();
+    let errors = Graph::build_with(&config, KernelKind::Fast).unwrap_err().0;
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.path == "layers[0].inputs" && e.message.contains("one row per record")),
+        "{errors:#?}"
+    );
+}
