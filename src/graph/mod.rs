@@ -5,10 +5,9 @@
 //! key path it comes from. [`plan`] then cuts the graph into stages.
 //!
 //! The graph knows ops only through the [`Op`] trait: shapes, tensors, FLOPs and kernels all come
-//! from the op's own file in [`crate::ops`]. Records whose shape varies (token sequences) need a
-//! symbolic axis in the per-record shape, which today is a plain `Vec<usize>`: shape inference,
-//! the byte bound (computed for the longest allowed sequence) and the parser's length check are
-//! the three places that read it.
+//! from the op's own file in [`crate::ops`]. Each value also has its rows: one per record, or one
+//! per token for text ([`Rows`]); shapes are per row, and the byte bound counts token rows at the
+//! chunk's token budget.
 
 pub mod plan;
 

@@ -16,9 +16,11 @@
 //! [`FAMILIES`]. The README's op table is generated from the registry ([`markdown_table`]) and a
 //! test keeps the two equal.
 //!
-//! Shapes are concrete per-record shapes today. Records of varying length (token sequences) will
-//! give a shape a symbolic axis; ops then answer [`Op::flops`] for the concrete length of each
-//! sequence, which is how attention's quadratic cost shows.
+//! Records of varying length (token sequences) are not padded to a common shape: a value's rows
+//! are either records or the tokens of every record packed one after another ([`Rows`]), its
+//! shape is per row, and the chunk's offsets ([`Chunk::seqs`]) say where each record's tokens
+//! start. Ops say what rows they take and give ([`Op::rows`]), and answer [`Op::flops`] for a
+//! given sequence length, which is how attention's quadratic cost shows.
 
 mod activation;
 mod add;
