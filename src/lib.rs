@@ -17,7 +17,7 @@
 //! | the shared fast kernels (packed GEMM, direct convolution), chosen per CPU | [`kernels::isa`] | [`kernels`] |
 //! | running actors over bounded channels | [`runtime::run_stream`] | [`runtime`] |
 //! | records in and predictions out | [`io::RecordParser`], [`io::OutputFormatter`] | [`io`] |
-//! | the equivalence proof and the benchmark | [`verify`], [`bench`] | |
+//! | the check against the reference kernels, and the benchmark | [`verify`], [`mod@bench`] | |
 //!
 //! The monolithic pass ([`graph::Graph::forward`]) runs a graph's layers in order in one thread;
 //! `verify` runs it on the reference kernels and compares the decomposed pipeline (fast kernels)

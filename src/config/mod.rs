@@ -1,5 +1,5 @@
-//! The pipeline file (version 1): its types ([`schema`]), and how YAML text becomes them
-//! ([`load`], over the located YAML reader in [`yaml`]).
+//! The pipeline file (version 1): its types (`schema.rs`), and how YAML text becomes them
+//! (`load.rs`, over the located YAML reader in `yaml.rs`).
 //!
 //! This module owns the *syntax* of a pipeline: which keys exist, their types, defaults and
 //! ranges (each op's attributes come from its schema in [`crate::ops`]). It checks each value on

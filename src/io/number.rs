@@ -11,7 +11,7 @@
 /// Read in a single pass: its grammar is checked while its digits are read, and the value is made
 /// from those digits where one correctly rounded operation is exact. Short decimals (at most 7
 /// significant digits, exponent within ±10: what records hold) take Clinger's fast path in f32;
-/// up to 15 digits take one f64 operation ([`via_f64`]); anything else goes to fast-float2, which
+/// up to 15 digits take one f64 operation (`via_f64`); anything else goes to fast-float2, which
 /// reads the digits again.
 ///
 /// What the fast paths pay (`cargo bench --bench numbers`: lines of 784 numbers, fast-float2
