@@ -47,6 +47,10 @@ pub struct BenchReport {
     pub speedup: f64,
     /// GFLOP/s of the decomposed pipeline, from the plan's FLOP count.
     pub gflops: f64,
+    /// This machine's FMA peak, every core at once (`kernels::peak`), measured by this run.
+    pub peak_gflops: f64,
+    /// `gflops` over `peak_gflops`.
+    pub efficiency: f64,
     pub monolithic_gflops: f64,
     /// Chunk latency (admitted to written) with the pipeline full, at its throughput.
     pub latency_p50_ms: f64,
@@ -260,6 +264,10 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
         .max_by(|a, b| a.busy_pct.total_cmp(&b.busy_pct))
         .map(|s| s.name.clone())
         .unwrap_or_default();
+    progress.phase("machine FMA peak, every core", 1);
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let peak_gflops = crate::kernels::peak::fma_peak_gflops(cores, Duration::from_millis(500));
+    let gflops = piped * flops / 1e9;
     Ok(BenchReport {
         pipeline: plan.name.clone(),
         records,
@@ -269,7 +277,9 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
         pipeline_records_per_s: piped,
         io_records_per_s: io_rate,
         speedup: piped / mono,
-        gflops: piped * flops / 1e9,
+        gflops,
+        peak_gflops,
+        efficiency: gflops / peak_gflops,
         monolithic_gflops: mono * flops / 1e9,
         latency_p50_ms: percentile(&lat, 0.5),
         latency_p99_ms: percentile(&lat, 0.99),
@@ -296,8 +306,12 @@ impl BenchReport {
             self.monolithic_records_per_s, self.monolithic_gflops
         );
         s += &format!(
-            "  (b) decomposed pipeline  : {:>10.0} records/s  {:>6.1} GFLOP/s  ({:.2}x (a))\n",
-            self.pipeline_records_per_s, self.gflops, self.speedup
+            "  (b) decomposed pipeline  : {:>10.0} records/s  {:>6.1} GFLOP/s  ({:.2}x (a)), {:.0}% of this machine's FMA peak ({:.0} GFLOP/s)\n",
+            self.pipeline_records_per_s,
+            self.gflops,
+            self.speedup,
+            100.0 * self.efficiency,
+            self.peak_gflops
         );
         if let Some(io) = self.io_records_per_s {
             s += &format!(

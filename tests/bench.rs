@@ -30,6 +30,8 @@ fn bench_json_has_every_figure() {
         "io_records_per_s",
         "speedup",
         "gflops",
+        "peak_gflops",
+        "efficiency",
         "latency_p50_ms",
         "latency_p99_ms",
     ] {
@@ -44,6 +46,11 @@ fn bench_json_has_every_figure() {
         assert!(rss.is_some_and(|b| b > 0), "`peak_rss_bytes` = {rss:?}");
     }
     assert!(r["latency_p99_ms"].as_f64() >= r["latency_p50_ms"].as_f64());
+    let (gflops, peak) = (
+        r["gflops"].as_f64().unwrap(),
+        r["peak_gflops"].as_f64().unwrap(),
+    );
+    assert!((r["efficiency"].as_f64().unwrap() - gflops / peak).abs() < 1e-9);
     let speedup = r["pipeline_records_per_s"].as_f64().unwrap()
         / r["monolithic_records_per_s"].as_f64().unwrap();
     assert!((r["speedup"].as_f64().unwrap() - speedup).abs() < 1e-9 * speedup.max(1.0));

@@ -9,6 +9,7 @@
 pub mod direct_conv;
 pub mod gemm;
 pub mod packed;
+pub mod peak;
 
 use std::sync::OnceLock;
 
