@@ -263,7 +263,8 @@ fn verify_passes_on_every_config() {
         let rel = cfg.strip_prefix(root()).unwrap();
         // Text pipelines need their model and verify slowly on the f64 reference kernels:
         // tests/minilm.rs verifies them on a few records.
-        if std::fs::read_to_string(cfg).unwrap().contains("\n  text:") {
+        let config = subpass::config::PipelineConfig::load(cfg).unwrap();
+        if config.input.text.is_some() {
             continue;
         }
         let out = subpass(&["verify", rel.to_str().unwrap()]);

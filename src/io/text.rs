@@ -43,11 +43,6 @@ impl TextTokenizer {
         Ok(ids.to_vec())
     }
 
-    /// Rows of the largest id it can produce, so a pipeline can check its embedding table.
-    pub fn vocab_size(&self) -> usize {
-        self.tokenizer.get_vocab_size(true)
-    }
-
     pub fn max_tokens(&self) -> usize {
         self.max_tokens
     }
