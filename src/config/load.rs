@@ -73,8 +73,8 @@ impl PipelineConfig {
     }
 }
 
-const TOP_KEYS: [&str; 9] = [
-    "name", "input", "weights", "init", "layers", "outputs", "stages", "batch", "output",
+const TOP_KEYS: [&str; 10] = [
+    "name", "input", "weights", "init", "layers", "outputs", "stages", "batch", "output", "planned",
 ];
 
 fn parse_document(
@@ -104,9 +104,15 @@ fn parse_document(
         Some((l, _)) => l.iter().map(|l| l.name.clone()).collect(),
         None => Vec::new(),
     };
-    let stages = top.get("stages").map(|v| parse_stages(r, v, &layer_names));
+    // `stages: auto` leaves the stages to the planner, which runs when the pipeline starts.
+    let auto_stages = top.get("stages").and_then(Value::as_str) == Some("auto");
+    let stages = top
+        .get("stages")
+        .filter(|_| !auto_stages)
+        .map(|v| parse_stages(r, v, &layer_names));
     let batch = top.get("batch").map(|v| parse_batch(r, v));
     let output = top.get("output").map(|v| parse_output(r, v));
+    let planned = top.get("planned").and_then(|v| parse_planned(r, v));
     // Without an input shape or layers there is no graph to check; any other broken section
     // falls back to its default so the layers and stages are still checked in this same pass.
     let (layers, broken_layers) = layers?;
@@ -126,6 +132,8 @@ fn parse_document(
         } else {
             stages.flatten()
         },
+        auto_stages,
+        planned,
         batch,
         output: output.flatten().unwrap_or_default(),
         broken_layers,
@@ -324,9 +332,9 @@ struct LayerList {
 impl LayerList {
     fn parse(&mut self, r: &mut Reader, item: &Value, path: &str) -> bool {
         match parse_layer(r, item, path, &self.previous) {
-            Some(layer) => {
-                self.previous = layer.name.clone();
-                self.layers.push(layer);
+            Some(layers) => {
+                self.previous = layers.last().expect("a layer").name.clone();
+                self.layers.extend(layers);
                 true
             }
             None => {
@@ -394,9 +402,14 @@ fn substitute(value: &Value, index: &str, input: &str) -> Value {
     }
 }
 
-const LAYER_KEYS: [&str; 4] = ["name", "op", "inputs", "params"];
+const LAYER_KEYS: [&str; 5] = ["name", "op", "inputs", "params", "shards"];
 
-fn parse_layer(r: &mut Reader, v: &Value, path: &str, previous: &str) -> Option<LayerConfig> {
+/// Most shards of one layer.
+pub const MAX_SHARDS: u64 = 64;
+
+/// A layer of the file: one layer, or with `shards: k` the k shards and the layer that joins
+/// them under the layer's own name (see [`shard_layer`]).
+fn parse_layer(r: &mut Reader, v: &Value, path: &str, previous: &str) -> Option<Vec<LayerConfig>> {
     // The allowed keys depend on the op, so read the op first.
     let op_name = v.get("op").and_then(Value::as_str).map(str::to_string);
     let family = op_name.as_deref().and_then(ops::family);
@@ -470,13 +483,73 @@ fn parse_layer(r: &mut Reader, v: &Value, path: &str, previous: &str) -> Option<
             return None;
         }
     }
-    Some(LayerConfig {
+    let shards = match m.get("shards") {
+        Some(v) => r.integer_in(v, &m.key_path("shards"), 1, MAX_SHARDS)? as usize,
+        None => 1,
+    };
+    let layer = LayerConfig {
         name: name?,
         inputs,
         params: params?,
         op: op?,
         path: path.to_string(),
-    })
+        shard: None,
+    };
+    if shards == 1 {
+        return Some(vec![layer]);
+    }
+    match shard_layer(&layer, shards) {
+        Ok(layers) => Some(layers),
+        Err(e) => {
+            r.error(
+                &m.key_path("shards"),
+                format!("layer `{}`: {e}", layer.name),
+            );
+            None
+        }
+    }
+}
+
+/// `layer` split into `count` shards named `NAME.shard0`, `NAME.shard1`, ..., which read its
+/// inputs and its tensors (each its part), followed by the layer that combines their outputs
+/// and keeps the name `NAME`, so the rest of the file reads the layer as if whole. The shards
+/// can be put in stages of their own to run concurrently; shards no stage names run in the
+/// stage of the combining layer.
+pub fn shard_layer(layer: &LayerConfig, count: usize) -> Result<Vec<LayerConfig>, String> {
+    let mut layers = Vec::with_capacity(count + 1);
+    let mut combine = None;
+    for index in 0..count {
+        let shard = layer.op.shard(index, count)?;
+        combine = Some(shard.combine);
+        layers.push(LayerConfig {
+            name: format!("{}.shard{index}", layer.name),
+            inputs: layer.inputs.clone(),
+            params: layer.params.clone(),
+            op: shard.op,
+            path: layer.path.clone(),
+            shard: Some(ShardOf {
+                combined: layer.name.clone(),
+                whole: layer.op.clone(),
+                slices: shard.slices,
+            }),
+        });
+    }
+    let inputs = layers
+        .iter()
+        .map(|s| Located {
+            value: s.name.clone(),
+            path: format!("{}.shards", layer.path),
+        })
+        .collect();
+    layers.push(LayerConfig {
+        name: layer.name.clone(),
+        inputs,
+        params: layer.name.clone(),
+        op: combine.expect("at least two shards"),
+        path: layer.path.clone(),
+        shard: None,
+    });
+    Ok(layers)
 }
 
 /// Read an op's attributes from its schema: each given one checked against its kind and range,
@@ -567,6 +640,13 @@ fn optional_bool(r: &mut Reader, m: &Map, key: &str, default: bool) -> Option<bo
 }
 
 fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec<StageConfig>> {
+    if let Some(other) = v.as_str() {
+        r.error(
+            "stages",
+            format!("`stages` is a list of stages, or `auto` for the planner's; found `{other}`"),
+        );
+        return None;
+    }
     let items = r.list(v, "stages")?;
     if items.is_empty() {
         r.error(
@@ -684,6 +764,30 @@ fn parse_batch(r: &mut Reader, v: &Value) -> Option<BatchConfig> {
         size: size?,
         max_tokens: max_tokens?,
         max_delay: Duration::from_millis(delay? as u64),
+    })
+}
+
+fn parse_planned(r: &mut Reader, v: &Value) -> Option<PlannedFigures> {
+    let m = r.map(v, "planned", &["cores", "batch", "records_per_s"])?;
+    let cores = m
+        .require(r, "cores", "the cores the plan was made for")
+        .and_then(|v| r.integer_in(v, &m.key_path("cores"), 1, MAX_WORKERS));
+    let batch = m
+        .require(r, "batch", "the batch size the plan was made for")
+        .and_then(|v| r.integer_in(v, &m.key_path("batch"), 1, MAX_BATCH));
+    let rate = m
+        .require(r, "records_per_s", "the predicted records per second")
+        .and_then(|v| match v.as_f64() {
+            Some(x) if x.is_finite() && x > 0.0 => Some(x),
+            _ => {
+                r.error(&m.key_path("records_per_s"), "must be a positive number");
+                None
+            }
+        });
+    Some(PlannedFigures {
+        cores: cores? as usize,
+        batch: batch? as usize,
+        records_per_s: rate?,
     })
 }
 

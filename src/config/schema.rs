@@ -33,8 +33,12 @@ pub struct PipelineConfig {
     pub layers: Vec<LayerConfig>,
     /// Names of the layers whose values are written out; `None` means the last layer.
     pub outputs: Option<Vec<Located<String>>>,
-    /// `None` means one stage holding every layer.
+    /// `None` means one stage holding every layer (or, with `auto_stages`, the planner's).
     pub stages: Option<Vec<StageConfig>>,
+    /// `stages: auto`: the planner chooses the stages when the pipeline starts.
+    pub auto_stages: bool,
+    /// What `subpass plan` predicted for the stages it wrote (`planned:`).
+    pub planned: Option<PlannedFigures>,
     pub batch: BatchConfig,
     pub output: OutputConfig,
     /// Where each key path is in the file, so later checks can locate their errors too.
@@ -108,6 +112,21 @@ pub struct LayerConfig {
     pub op: Arc<dyn Op>,
     /// Key path of this layer, `layers[i]`.
     pub path: String,
+    /// Set on the layers `shards: k` makes of one layer.
+    pub shard: Option<ShardOf>,
+}
+
+/// A layer that is one shard of a layer the file splits with `shards: k`: it reads the same
+/// inputs and the same tensors (`params`), cut to its part.
+#[derive(Debug, Clone)]
+pub struct ShardOf {
+    /// The layer that combines the shards; it keeps the name the file gave, so whatever reads
+    /// the layer reads the whole again.
+    pub combined: String,
+    /// The unsplit op, whose tensors the file (or `init`) holds.
+    pub whole: Arc<dyn Op>,
+    /// How each of the shard op's tensors is cut from the whole op's.
+    pub slices: Vec<crate::ops::TensorSlice>,
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +149,15 @@ pub struct BatchConfig {
     pub max_tokens: Option<usize>,
     /// How long the first record of a chunk may wait for the chunk to fill.
     pub max_delay: Duration,
+}
+
+/// `planned: {cores, batch, records_per_s}`: the planner's prediction for the stages it wrote,
+/// which `bench` shows beside what it measures.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PlannedFigures {
+    pub cores: usize,
+    pub batch: usize,
+    pub records_per_s: f64,
 }
 
 #[derive(Debug, Clone)]

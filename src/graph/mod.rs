@@ -14,7 +14,7 @@ pub mod plan;
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{suggest, ConfigError, ConfigErrors, PipelineConfig, WeightsSource};
-use crate::ops::{self, Chunk, KernelKind, Layer, Op, Rows, TensorSpec};
+use crate::ops::{self, Chunk, KernelKind, Layer, Op, Rows, TensorSlice, TensorSpec};
 use crate::weights::WeightStore;
 
 pub use plan::Plan;
@@ -56,6 +56,8 @@ pub struct Node {
     pub flops_per_record: u64,
     /// Key path of the layer in the pipeline file.
     pub path: String,
+    /// For a shard of a layer split by `shards: k`: the unsplit op, whose tensors it cuts.
+    pub whole: Option<std::sync::Arc<dyn Op>>,
 }
 
 /// The model as a DAG of layers in evaluation order, with weights loaded.
@@ -76,6 +78,20 @@ pub struct Graph {
 }
 
 impl Graph {
+    /// A chunk's values with the model input set: `records` records of numbers (`values` is
+    /// records × the input's length), or for text, tokens (`seqs` says where each record's
+    /// tokens start; `values` is tokens × the input's length).
+    pub fn input_env(&self, records: usize, values: Vec<f32>, seqs: Option<Vec<usize>>) -> Env {
+        let rows = seqs.as_ref().map_or(records, |s| s[records]);
+        let mut shape = vec![rows];
+        shape.extend_from_slice(&self.input_shape);
+        let input = ndarray::ArrayD::from_shape_vec(ndarray::IxDyn(&shape), values)
+            .expect("the parser fills rows × the input's length");
+        let mut env = Env::new(self.nodes.len(), records, seqs.map(Into::into));
+        env.set(ValueId::INPUT, std::sync::Arc::new(input));
+        env
+    }
+
     pub fn rows(&self, v: ValueId) -> Rows {
         match v.layer() {
             None => self.input_rows,
@@ -279,15 +295,43 @@ impl Graph {
             }
             let mut params = Vec::new();
             let mut values = Vec::new();
-            for TensorSpec {
-                suffix,
-                shape: pshape,
-                init,
-            } in &specs
+            // A shard reads the whole layer's tensors, as the file or `init` has them, and cuts
+            // its part: the weights are the same whether a layer is split or not.
+            let sources: Vec<(TensorSpec, TensorSlice)> = match &layer.shard {
+                Some(shard) => shard
+                    .whole
+                    .tensors(&shapes)
+                    .into_iter()
+                    .zip(shard.slices.iter().copied())
+                    .collect(),
+                None => specs
+                    .iter()
+                    .map(|s| (s.clone(), TensorSlice::Whole))
+                    .collect(),
+            };
+            for (
+                TensorSpec {
+                    suffix,
+                    shape: pshape,
+                    ..
+                },
+                (whole, slice),
+            ) in specs.iter().zip(&sources)
             {
-                let full = format!("{}.{suffix}", layer.params);
+                let full = format!("{}.{}", layer.params, whole.suffix);
                 if let Some(store) = &store {
-                    match store.fetch(&full, pshape, *init) {
+                    let fetched = store.fetch(&full, &whole.shape, whole.init).and_then(|v| {
+                        let (part, shape) = slice.apply(&v, &whole.shape);
+                        if shape == *pshape {
+                            Ok(part)
+                        } else {
+                            Err(format!(
+                                "shard tensor `{suffix}` cut from `{full}` {:?} has shape {shape:?}, the shard needs {pshape:?}",
+                                whole.shape
+                            ))
+                        }
+                    });
+                    match fetched {
                         Ok(v) => values.push(v),
                         // No weights source at all: say so once, for the first tensor needed.
                         Err(_) if matches!(store, WeightStore::None) => {
@@ -327,6 +371,7 @@ impl Graph {
                 params,
                 flops_per_record: flops,
                 path: layer.path.clone(),
+                whole: layer.shard.as_ref().map(|s| s.whole.clone()),
             });
         }
 
@@ -504,9 +549,12 @@ pub fn export_weights(
     let mut tensors = std::collections::BTreeMap::new();
     for node in &graph.nodes {
         let shapes: Vec<&[usize]> = node.inputs.iter().map(|v| graph.shape(*v)).collect();
-        for (spec, (name, shape)) in node.op.tensors(&shapes).iter().zip(&node.params) {
-            let values = store.fetch(name, shape, spec.init)?;
-            tensors.insert(name.clone(), (shape.clone(), values));
+        // Shards write the whole tensors they cut (once: they share names), so the file
+        // exported from a sharded pipeline is the unsplit model's.
+        let op = node.whole.as_ref().unwrap_or(&node.op);
+        for (spec, (name, _)) in op.tensors(&shapes).iter().zip(&node.params) {
+            let values = store.fetch(name, &spec.shape, spec.init)?;
+            tensors.insert(name.clone(), (spec.shape.clone(), values));
         }
     }
     crate::weights::write_safetensors(path, &tensors)?;

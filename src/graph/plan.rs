@@ -400,7 +400,14 @@ impl Plan {
                 inputs.join(", ")
             );
         }
-        let _ = writeln!(out, "\nstages:");
+        if self.config.auto_stages {
+            let _ = writeln!(
+                out,
+                "\nstages: auto: planned when the pipeline starts, by profiling every layer on this machine (`subpass plan` shows the plan); until then, one stage:"
+            );
+        } else {
+            let _ = writeln!(out, "\nstages:");
+        }
         for s in &self.stages {
             let layers: Vec<&str> = s.layers.iter().map(|&l| g.nodes[l].name.as_str()).collect();
             let fed: Vec<String> = s
@@ -427,6 +434,13 @@ impl Plan {
                 s.flops_per_record,
                 per(s.layers.first().map_or(Rows::Records, |&l| g.nodes[l].rows)),
                 human_bytes(s.activation_bytes_per_chunk)
+            );
+        }
+        if let Some(p) = &self.config.planned {
+            let _ = writeln!(
+                out,
+                "planned by `subpass plan` for {} cores at batch {}: {:.0} records/s predicted",
+                p.cores, p.batch, p.records_per_s
             );
         }
         let outputs: Vec<&str> = g.outputs.iter().map(|v| g.value_name(*v)).collect();
@@ -681,6 +695,20 @@ fn check_stage_membership(config: &PipelineConfig) -> Result<HashMap<usize, usiz
                             ),
                         );
                     }
+                }
+            }
+        }
+    }
+    // Shards no stage names run where the layer that combines them runs.
+    for (l, layer) in config.layers.iter().enumerate() {
+        if let Some(shard) = &layer.shard {
+            if !membership.contains_key(&l) {
+                let stage = layer_index
+                    .get(shard.combined.as_str())
+                    .and_then(|c| membership.get(c))
+                    .copied();
+                if let Some(stage) = stage {
+                    membership.insert(l, stage);
                 }
             }
         }

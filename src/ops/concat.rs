@@ -33,23 +33,56 @@ impl OpFamily for ConcatFamily {
     }
     fn configure(&self, _name: &str, a: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
         Ok(Arc::new(Concat {
-            axis: a.int("axis"),
+            axis: Axis::Index(a.int("axis")),
         }))
     }
 }
 
+/// The op that joins a sharded layer's outputs along its last axis (dense, attention: the
+/// units) or its first (conv2d: the filters); see [`super::Shard`].
+pub(super) fn concat_shards(last_axis: bool) -> Arc<dyn Op> {
+    Arc::new(Concat {
+        axis: if last_axis {
+            Axis::Last
+        } else {
+            Axis::Index(0)
+        },
+    })
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Axis {
+    /// Axis of the record shape; the batch axis comes before it.
+    Index(usize),
+    /// The last axis of the row shape, whatever its rank (the units of a sharded dense layer).
+    Last,
+}
+
 #[derive(Debug)]
 struct Concat {
-    /// Axis of the record shape; the batch axis comes before it.
-    axis: usize,
+    axis: Axis,
+}
+
+impl Concat {
+    fn axis(&self, rank: usize) -> usize {
+        match self.axis {
+            Axis::Index(a) => a,
+            Axis::Last => rank.saturating_sub(1),
+        }
+    }
 }
 
 impl Op for Concat {
     fn name(&self) -> &'static str {
         "concat"
     }
+    /// Concatenation acts within each row, so token rows concatenate as records do.
+    fn rows(&self, inputs: &[super::Rows]) -> Result<super::Rows, ShapeError> {
+        super::same_rows(self.name(), inputs)
+    }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
-        let (axis, first) = (self.axis, inputs[0]);
+        let first = inputs[0];
+        let axis = self.axis(first.len());
         if axis >= first.len() {
             return Err(ShapeError::at(
                 "axis",
@@ -80,11 +113,13 @@ impl Op for Concat {
         &self,
         _kind: KernelKind,
         _inputs: &[&[usize]],
-        _output: &[usize],
+        output: &[usize],
         _tensors: Vec<Vec<f32>>,
     ) -> Box<dyn Layer> {
         // Copies without arithmetic: one kernel serves as both fast and reference.
-        Box::new(ConcatLayer { axis: self.axis })
+        Box::new(ConcatLayer {
+            axis: self.axis(output.len()),
+        })
     }
 }
 

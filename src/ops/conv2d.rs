@@ -181,6 +181,29 @@ impl Op for Conv2dOp {
         let per_out = (inputs[0][0] / self.groups * self.kernel[0] * self.kernel[1]) as u64;
         2 * per_out * output.iter().product::<usize>() as u64
     }
+    /// A shard computes a part of the filters (rows of `weight` and `bias`, the activation
+    /// fused as before); the shards' outputs concatenate on the channel axis.
+    fn shard(&self, index: usize, count: usize) -> Result<super::Shard, String> {
+        if self.groups != 1 {
+            // A shard of a grouped convolution would read a part of the input channels too.
+            return Err("a grouped conv2d (groups > 1) cannot be sharded".into());
+        }
+        if count > self.filters {
+            return Err(format!(
+                "cannot split {} filters into {count} shards",
+                self.filters
+            ));
+        }
+        let slice = super::TensorSlice::Rows { index, count };
+        Ok(super::Shard {
+            op: Arc::new(Conv2dOp {
+                filters: super::part(self.filters, index, count).len(),
+                ..*self
+            }),
+            slices: vec![slice; 1 + usize::from(self.bias)],
+            combine: super::concat::concat_shards(false),
+        })
+    }
     fn build(
         &self,
         kind: KernelKind,

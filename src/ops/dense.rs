@@ -85,6 +85,25 @@ impl Op for DenseOp {
     fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         2 * inputs[0].iter().product::<usize>() as u64 * self.units as u64
     }
+    /// A shard computes a part of the units (rows of `weight` and `bias`, activation
+    /// included, as it acts unit by unit); the shards' outputs concatenate on the last axis.
+    fn shard(&self, index: usize, count: usize) -> Result<super::Shard, String> {
+        if count > self.units {
+            return Err(format!(
+                "cannot split {} units into {count} shards",
+                self.units
+            ));
+        }
+        let slice = super::TensorSlice::Rows { index, count };
+        Ok(super::Shard {
+            op: Arc::new(DenseOp {
+                units: super::part(self.units, index, count).len(),
+                ..*self
+            }),
+            slices: vec![slice; 1 + usize::from(self.bias)],
+            combine: super::concat::concat_shards(true),
+        })
+    }
     fn build(
         &self,
         kind: KernelKind,

@@ -269,6 +269,76 @@ pub trait Op: Debug + Send + Sync {
     fn passes_through(&self) -> bool {
         false
     }
+    /// Shard `index` of `count`: an op over a disjoint part of this one's output units
+    /// (filters, heads), whose tensors are slices of this one's, and the op that combines the
+    /// `count` shards' outputs into exactly this op's output (`shards: k` on a layer, see
+    /// [`Shard`]). `Err` says why this op cannot be split so.
+    fn shard(&self, _index: usize, _count: usize) -> Result<Shard, String> {
+        Err(format!(
+            "`{}` layers cannot be sharded (dense, conv2d and attention can)",
+            self.name()
+        ))
+    }
+}
+
+/// One shard of a layer split by `shards: k`.
+#[derive(Debug, Clone)]
+pub struct Shard {
+    /// The op the shard runs.
+    pub op: Arc<dyn Op>,
+    /// How each of the shard op's tensors (in [`Op::tensors`] order) derives from the unsplit
+    /// op's tensor at the same position: the weights a user has stay whole in the file.
+    pub slices: Vec<TensorSlice>,
+    /// The op that joins the `count` shards' outputs, in shard order, into the unsplit output.
+    pub combine: Arc<dyn Op>,
+}
+
+/// Part `index` of `count` of `n` items: `[index·n/count, (index+1)·n/count)`, so parts differ
+/// by at most one and cover `0..n`.
+pub fn part(n: usize, index: usize, count: usize) -> std::ops::Range<usize> {
+    index * n / count..(index + 1) * n / count
+}
+
+/// Which part of the unsplit layer's tensor a shard's tensor is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TensorSlice {
+    /// Part `index` of `count` along the first axis (output units, filters, heads).
+    Rows { index: usize, count: usize },
+    /// Part `index` of `count` along the second axis of a matrix (a projection's inputs).
+    Cols { index: usize, count: usize },
+    /// The whole tensor.
+    Whole,
+    /// Zeros of the whole tensor's shape (a bias that only one of summed shards adds).
+    Zeros,
+}
+
+impl TensorSlice {
+    /// Cut `full` (of shape `shape`) to this slice; returns the values and their shape.
+    pub fn apply(self, full: &[f32], shape: &[usize]) -> (Vec<f32>, Vec<usize>) {
+        let rows = shape.first().copied().unwrap_or(1);
+        let inner: usize = shape.iter().skip(1).product();
+        match self {
+            TensorSlice::Whole => (full.to_vec(), shape.to_vec()),
+            TensorSlice::Zeros => (vec![0.0; full.len()], shape.to_vec()),
+            TensorSlice::Rows { index, count } => {
+                let r = part(rows, index, count);
+                let mut s = shape.to_vec();
+                if let Some(first) = s.first_mut() {
+                    *first = r.len();
+                }
+                (full[r.start * inner..r.end * inner].to_vec(), s)
+            }
+            TensorSlice::Cols { index, count } => {
+                let cols = shape.get(1).copied().unwrap_or(1);
+                let c = part(cols, index, count);
+                let values = full
+                    .chunks(cols.max(1))
+                    .flat_map(|row| row[c.clone()].iter().copied())
+                    .collect();
+                (values, vec![rows, c.len()])
+            }
+        }
+    }
 }
 
 /// Reusable buffers a worker keeps from chunk to chunk, so the hot path does not allocate them

@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use super::budget::InFlight;
 use super::label::Label;
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{input_env, run_chunker, ParserWorker, RawChunk, TokenBudget};
+use super::source::{run_chunker, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RunStats};
 use super::trace::Tracer;
@@ -504,7 +504,7 @@ pub fn run_bench_pipeline(
                 rejected: Vec::new(),
                 admitted_at: Instant::now(),
             };
-            let env = input_env(&feed_plan, rows, values, None);
+            let env = feed_plan.graph.input_env(rows, values, None);
             if source.emit(id, rows, &env, Some(Box::new(meta))).is_err() {
                 return;
             }

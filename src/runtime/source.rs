@@ -5,13 +5,12 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{after, never, select, Receiver, Sender};
-use ndarray::{ArrayD, IxDyn};
 
 use super::budget::InFlight;
 use super::stats::Counters;
 use super::trace::Tracer;
 use super::{ChunkId, Emitter};
-use crate::graph::{Env, Plan, ValueId};
+use crate::graph::Plan;
 use crate::io::{token_estimate, LineText, RawLine, RecordParser};
 
 /// A chunk's raw lines, admitted into the pipeline.
@@ -145,7 +144,7 @@ impl ParserWorker {
                 .parser
                 .parse_chunk(&chunk.lines, chunk.admitted_at, chunk.id == 0);
             let rows = parsed.meta.records.len();
-            let env = input_env(&self.plan, rows, parsed.values, parsed.seqs);
+            let env = self.plan.graph.input_env(rows, parsed.values, parsed.seqs);
             let t2 = Instant::now();
             if self
                 .emitter
@@ -160,22 +159,4 @@ impl ParserWorker {
             }
         }
     }
-}
-
-/// An environment holding only the model input, `[rows, ...shape]` (for text, one row per
-/// token, `seqs` saying where each record's tokens start).
-pub(super) fn input_env(
-    plan: &Plan,
-    records: usize,
-    values: Vec<f32>,
-    seqs: Option<Vec<usize>>,
-) -> Env {
-    let rows = seqs.as_ref().map_or(records, |s| s[records]);
-    let mut shape = vec![rows];
-    shape.extend_from_slice(&plan.graph.input_shape);
-    let input = ArrayD::from_shape_vec(IxDyn(&shape), values)
-        .expect("parser fills rows × input_len values");
-    let mut env = Env::new(plan.graph.nodes.len(), records, seqs.map(Into::into));
-    env.set(ValueId::INPUT, Arc::new(input));
-    env
 }
