@@ -29,6 +29,7 @@ pub mod graph;
 pub mod io;
 pub mod kernels;
 pub mod ops;
+pub mod planner;
 pub mod runtime;
 pub mod verify;
 pub mod weights;

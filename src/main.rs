@@ -102,6 +102,35 @@ enum Command {
     },
     /// Write the pipeline's weights (from `weights` or `init`) as an F32 safetensors file.
     Export { pipeline: PathBuf, out: PathBuf },
+    /// Profile every layer on this machine and choose the stages and replicas.
+    Plan {
+        pipeline: PathBuf,
+        /// Cores to plan for; default: every core of this machine.
+        #[arg(long)]
+        cores: Option<usize>,
+        /// Plan at this batch size (written to the file with --write).
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Profile on these records (one per line, in --format) instead of synthetic ones;
+        /// text pipelines should be planned on their own sentences.
+        #[arg(long)]
+        sample: Option<PathBuf>,
+        #[arg(long, value_enum, default_value = "jsonl")]
+        format: Format,
+        /// Write the pipeline file with the planned stages here, everything else as written.
+        #[arg(long, value_name = "OUT.yaml")]
+        write: Option<PathBuf>,
+    },
+}
+
+impl Format {
+    fn input(self) -> InputFormat {
+        match self {
+            Format::Jsonl => InputFormat::JsonLines,
+            Format::Csv => InputFormat::Csv,
+            Format::Text => InputFormat::Text,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -135,11 +164,7 @@ fn main() -> ExitCode {
             trace,
         } => {
             let options = RunOptions {
-                format: match format {
-                    Format::Jsonl => InputFormat::JsonLines,
-                    Format::Csv => InputFormat::Csv,
-                    Format::Text => InputFormat::Text,
-                },
+                format: format.input(),
                 max_line_bytes,
                 strict,
                 stats_interval: stats_interval.map(Duration::from_secs_f64),
@@ -162,9 +187,10 @@ fn main() -> ExitCode {
             json,
             trace,
         } => {
-            let Some(plan) = load_plan_with(&pipeline, batch_size) else {
+            let Some(plan) = load_plan_with(&pipeline, batch_size).and_then(planned) else {
                 return ExitCode::from(EXIT_CONFIG);
             };
+            let prediction = plan.config.planned;
             match subpass::bench::bench(
                 plan,
                 &subpass::bench::BenchOptions {
@@ -183,11 +209,30 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", report.describe());
                     }
+                    // Stages from `subpass plan`: how its prediction compares.
+                    if let Some(p) = prediction {
+                        eprintln!(
+                            "planner predicted {:.0} records/s (for {} cores, batch {}); measured {:.0}: {:+.1}%",
+                            p.records_per_s,
+                            p.cores,
+                            p.batch,
+                            report.pipeline_records_per_s,
+                            100.0 * (report.pipeline_records_per_s / p.records_per_s - 1.0)
+                        );
+                    }
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e.to_string()),
             }
         }
+        Command::Plan {
+            pipeline,
+            cores,
+            batch,
+            sample,
+            format,
+            write,
+        } => plan_command(&pipeline, cores, batch, sample, format, write),
         Command::Export { pipeline, out } => {
             let Some(plan) = load_plan(&pipeline) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -203,6 +248,62 @@ fn main() -> ExitCode {
                 }
                 Err(e) => fail(&e),
             }
+        }
+    }
+}
+
+/// `subpass plan`: profile, choose, print, and with `--write` write the pipeline file.
+fn plan_command(
+    pipeline: &Path,
+    cores: Option<usize>,
+    batch: Option<usize>,
+    sample: Option<PathBuf>,
+    format: Format,
+    write: Option<PathBuf>,
+) -> ExitCode {
+    let Some(plan) = load_plan_with(pipeline, batch) else {
+        return ExitCode::from(EXIT_CONFIG);
+    };
+    let sample = match sample {
+        Some(p) => match std::fs::read(&p) {
+            Ok(bytes) => Some((bytes, format.input())),
+            Err(e) => return fail(&format!("cannot read the sample {}: {e}", p.display())),
+        },
+        None => None,
+    };
+    let options = subpass::planner::PlanOptions {
+        cores: cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        sample,
+    };
+    let planned = match subpass::planner::plan(&plan, &options) {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    print!("{}", planned.describe());
+    let Some(out) = write else {
+        return ExitCode::SUCCESS;
+    };
+    if let Err(e) =
+        subpass::planner::write_pipeline(pipeline, &out, &planned, batch.map(|_| &plan.batch))
+    {
+        return fail(&e);
+    }
+    println!("wrote {}", out.display());
+    ExitCode::SUCCESS
+}
+
+/// A pipeline with `stages: auto` gets the planner's stages here (logged); others pass as
+/// they are.
+fn planned(plan: Arc<Plan>) -> Option<Arc<Plan>> {
+    if !plan.config.auto_stages {
+        return Some(plan);
+    }
+    let plan = Arc::try_unwrap(plan).expect("the plan is not shared yet");
+    match subpass::planner::resolve_auto(plan) {
+        Ok(p) => Some(Arc::new(p)),
+        Err(e) => {
+            eprintln!("error: planning `stages: auto`: {e}");
+            None
         }
     }
 }
@@ -251,7 +352,7 @@ fn run(
     label: Option<String>,
     options: RunOptions,
 ) -> ExitCode {
-    let Some(plan) = load_plan(pipeline) else {
+    let Some(plan) = load_plan(pipeline).and_then(planned) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let label = match label.map(|field| Label::resolve(&plan, &field)).transpose() {
@@ -290,7 +391,7 @@ fn run(
 }
 
 fn verify(pipeline: &Path, input: Option<PathBuf>, records: usize, tolerance: f64) -> ExitCode {
-    let Some(plan) = load_plan(pipeline) else {
+    let Some(plan) = load_plan(pipeline).and_then(planned) else {
         return ExitCode::from(EXIT_CONFIG);
     };
     let data = match input {

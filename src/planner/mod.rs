@@ -1,0 +1,445 @@
+//! `subpass plan` and `stages: auto`: the tool decides the decomposition.
+//!
+//! The planner profiles every layer of a pipeline on this machine at its batch size
+//! ([`profile`]), then chooses contiguous stages (in the graph's evaluation order, so the stage
+//! graph stays acyclic and independent branches in different stages run concurrently) and
+//! replicas that minimise the model's time per record ([`partition`]). The pipeline's own
+//! stages, if it has any, are rated by the same model, and the plan keeps them when the model
+//! finds nothing faster.
+
+pub mod partition;
+pub mod profile;
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::config::{Located, PipelineConfig, StageConfig, DEFAULT_QUEUE};
+use crate::graph::Plan;
+use crate::io::InputFormat;
+use partition::{choose, predict_stages, Choice, Machine};
+pub use profile::Profile;
+
+/// What `subpass plan` is asked.
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub cores: usize,
+    /// Lines of the pipeline's input to profile on (text should be): its bytes and format.
+    pub sample: Option<(Vec<u8>, InputFormat)>,
+}
+
+/// A chunk's hand-off between two threads, in seconds: what a stage costs beyond its layers
+/// (`benches/pipeline.rs` measures 0.3–1.4 µs through a channel, more when the receiver has
+/// parked; this is a round upper figure).
+const HOP_SECONDS: f64 = 5e-6;
+
+/// Choices within this fraction of the fastest count as ties, won by fewer stages.
+const TIE: f64 = 0.02;
+
+/// One stage of a plan.
+#[derive(Debug, Clone)]
+pub struct PlannedStage {
+    pub name: String,
+    /// Layer names, in evaluation order.
+    pub layers: Vec<String>,
+    pub replicas: usize,
+    /// Its layers' time per record on one core, measured.
+    pub seconds_per_record: f64,
+}
+
+/// The decomposition the planner chose, and what it predicts.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub stages: Vec<PlannedStage>,
+    pub cores: usize,
+    pub batch: usize,
+    /// Records per second the stages pass fed from memory, as `subpass bench` measures them.
+    pub predicted_records_per_s: f64,
+    /// Records per second end to end, the parsers' work included, as `subpass run` reads them.
+    pub predicted_stream_records_per_s: f64,
+    /// The stage that sets the pace, or `None` when the cores as a whole do.
+    pub bottleneck: Option<String>,
+    /// The pipeline's own stages, rated by the same model, when it has any.
+    pub as_written_records_per_s: Option<f64>,
+    /// The plan is the pipeline's own stages: the model found nothing faster.
+    pub kept_as_written: bool,
+    pub profile: Profile,
+    /// Layer names in node order, for the profile table.
+    layer_names: Vec<String>,
+}
+
+/// Plan `plan`'s stages on `options.cores` cores at its batch size.
+pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
+    let cores = options.cores.max(1);
+    let sample = options.sample.as_ref();
+    let profile = profile::profile(
+        plan,
+        sample.map(|(b, _)| &b[..]),
+        sample.map_or(InputFormat::JsonLines, |(_, f)| *f),
+        cores,
+    )?;
+    let machine = Machine {
+        cores,
+        parse: profile.parse,
+        parsers: plan.parsers,
+        contention: profile.contention,
+        hop: HOP_SECONDS / plan.batch.size as f64,
+    };
+    let names: Vec<String> = plan.graph.nodes.iter().map(|n| n.name.clone()).collect();
+    let chosen = choose(&profile.layers, &machine, TIE);
+    let stage_cost = |layers: &[usize]| layers.iter().map(|&l| profile.layers[l]).sum::<f64>();
+    let mut stages: Vec<PlannedStage> = chosen
+        .segments
+        .iter()
+        .zip(&chosen.replicas)
+        .enumerate()
+        .map(|(i, (seg, &replicas))| PlannedStage {
+            name: if chosen.segments.len() == 1 {
+                "all".to_string()
+            } else {
+                format!("stage{i}")
+            },
+            layers: names[seg.clone()].to_vec(),
+            replicas,
+            seconds_per_record: stage_cost(&seg.clone().collect::<Vec<_>>()),
+        })
+        .collect();
+    let mut best: Choice = chosen;
+    // The stages as written, rated by the same model: kept unless the plan beats them.
+    let written = (plan.config.stages.is_some() && !plan.config.auto_stages).then(|| {
+        let costs: Vec<f64> = plan.stages.iter().map(|s| stage_cost(&s.layers)).collect();
+        let replicas: Vec<usize> = plan.stages.iter().map(|s| s.replicas).collect();
+        predict_stages(&costs, &replicas, &machine)
+    });
+    let mut kept = false;
+    if let Some(w) = &written {
+        if w.seconds_per_record <= best.seconds_per_record * (1.0 + TIE)
+            && plan.stages.iter().map(|s| s.replicas).sum::<usize>() <= cores
+        {
+            kept = true;
+            best = w.clone();
+            stages = plan
+                .stages
+                .iter()
+                .map(|s| PlannedStage {
+                    name: s.name.clone(),
+                    layers: s.layers.iter().map(|&l| names[l].clone()).collect(),
+                    replicas: s.replicas,
+                    seconds_per_record: stage_cost(&s.layers),
+                })
+                .collect();
+        }
+    }
+    // The same stages fed from memory: no parser at work.
+    let stage_costs: Vec<f64> = stages.iter().map(|s| s.seconds_per_record).collect();
+    let in_memory = predict_stages(
+        &stage_costs,
+        &best.replicas,
+        &Machine {
+            parse: 0.0,
+            ..machine
+        },
+    );
+    Ok(Planned {
+        bottleneck: best.bottleneck.map(|b| stages[b].name.clone()),
+        stages,
+        cores,
+        batch: plan.batch.size,
+        predicted_records_per_s: 1.0 / in_memory.seconds_per_record.max(1e-12),
+        predicted_stream_records_per_s: 1.0 / best.seconds_per_record.max(1e-12),
+        as_written_records_per_s: written.map(|w| 1.0 / w.seconds_per_record.max(1e-12)),
+        kept_as_written: kept,
+        profile,
+        layer_names: names,
+    })
+}
+
+impl Planned {
+    /// The stages as a pipeline file's `stages` section holds them.
+    pub fn stage_configs(&self) -> Vec<StageConfig> {
+        self.stages
+            .iter()
+            .enumerate()
+            .map(|(i, s)| StageConfig {
+                name: s.name.clone(),
+                layers: s
+                    .layers
+                    .iter()
+                    .map(|l| Located {
+                        value: l.clone(),
+                        path: format!("stages[{i}].layers"),
+                    })
+                    .collect(),
+                queue: DEFAULT_QUEUE,
+                replicas: s.replicas,
+                path: format!("stages[{i}]"),
+            })
+            .collect()
+    }
+
+    /// The `stages:` section (and `planned:`, the prediction `bench` compares with) as YAML.
+    pub fn yaml(&self) -> String {
+        let mut y = String::from("stages:\n");
+        for s in &self.stages {
+            let layers = match s.layers.as_slice() {
+                [one] => one.clone(),
+                [first, .., last] => format!("{first}..{last}"),
+                [] => String::new(),
+            };
+            let _ = writeln!(
+                y,
+                "  - {{name: {}, layers: [\"{layers}\"], replicas: {}}}",
+                s.name, s.replicas
+            );
+        }
+        let _ = writeln!(
+            y,
+            "planned: {{cores: {}, batch: {}, records_per_s: {:.0}}}",
+            self.cores, self.batch, self.predicted_records_per_s
+        );
+        y
+    }
+
+    /// The plan as `subpass plan` prints it: the profile, the stages, the prediction.
+    pub fn describe(&self) -> String {
+        let p = &self.profile;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "profiled {} layers at batch {} in {:.1} s ({} rounds each, medians); parser {:.2} µs/record; contention with {} cores busy: {:.2}x",
+            self.layer_names.len(),
+            self.batch,
+            p.elapsed.as_secs_f64(),
+            p.rounds,
+            p.parse * 1e6,
+            self.cores,
+            p.contention
+        );
+        let total: f64 = p.layers.iter().sum();
+        let width = self
+            .layer_names
+            .iter()
+            .map(String::len)
+            .max()
+            .unwrap_or(5)
+            .max(5);
+        let _ = writeln!(
+            out,
+            "\n  {:width$}  {:>12}  {:>6}",
+            "layer", "µs/record", "share"
+        );
+        for (name, t) in self.layer_names.iter().zip(&p.layers) {
+            let _ = writeln!(
+                out,
+                "  {name:width$}  {:>12.3}  {:>5.1}%",
+                t * 1e6,
+                100.0 * t / total.max(1e-12)
+            );
+        }
+        let _ = writeln!(out, "\nstages on {} cores:", self.cores);
+        for s in &self.stages {
+            let _ = writeln!(
+                out,
+                "  {}: {} layer(s) [{}], replicas {}, {:.3} µs/record on one core{}",
+                s.name,
+                s.layers.len(),
+                match s.layers.as_slice() {
+                    [one] => one.clone(),
+                    [first, .., last] => format!("{first} .. {last}"),
+                    [] => String::new(),
+                },
+                s.replicas,
+                s.seconds_per_record * 1e6,
+                if self.bottleneck.as_deref() == Some(s.name.as_str()) {
+                    "  <- bottleneck"
+                } else {
+                    ""
+                }
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\npredicted: {:.0} records/s fed from memory (`subpass bench`), {:.0} records/s end to end with the parser; bottleneck: {}",
+            self.predicted_records_per_s,
+            self.predicted_stream_records_per_s,
+            self.bottleneck
+                .clone()
+                .unwrap_or_else(|| format!("the {} cores as a whole", self.cores))
+        );
+        if let Some(w) = self.as_written_records_per_s {
+            let _ = writeln!(
+                out,
+                "the file's own stages: predicted {w:.0} records/s end to end{}",
+                if self.kept_as_written {
+                    " (kept: nothing predicted faster)"
+                } else {
+                    ""
+                }
+            );
+        }
+        out
+    }
+}
+
+/// `text` (a pipeline file) with its `stages` section (and `planned`, and `batch` when given)
+/// replaced by the plan's, everything else as written.
+pub fn rewrite(
+    text: &str,
+    planned: &Planned,
+    batch: Option<&crate::config::BatchConfig>,
+) -> String {
+    let mut text = replace_section(text, "planned", "");
+    let stages = planned.yaml();
+    text = replace_section(&text, "stages", &stages);
+    if let Some(b) = batch {
+        let mut y = format!(
+            "batch: {{size: {}, max_delay_ms: {}",
+            b.size,
+            b.max_delay.as_millis()
+        );
+        if let Some(t) = b.max_tokens {
+            let _ = write!(y, ", max_tokens: {t}");
+        }
+        y.push_str("}\n");
+        text = replace_section(&text, "batch", &y);
+    }
+    text
+}
+
+/// `text` with the relative paths of its `weights:` and `tokenizer:` values made absolute (read
+/// from `dir`, the pipeline file's folder), so the file still loads when written elsewhere.
+pub fn absolute_paths(text: &str, dir: &Path) -> String {
+    let mut out = String::with_capacity(text.len());
+    for line in text.split_inclusive('\n') {
+        out.push_str(&absolute_in_line(line, dir));
+    }
+    out
+}
+
+fn absolute_in_line(line: &str, dir: &Path) -> String {
+    for key in ["weights:", "tokenizer:"] {
+        let Some(at) = line.find(key) else { continue };
+        // The key must start the line or follow `{`, `,` or spaces (not end another word).
+        if at > 0 && !line[..at].ends_with([' ', '{', ',']) {
+            continue;
+        }
+        let start = at + key.len();
+        let rest = &line[start..];
+        let value_start = start + (rest.len() - rest.trim_start().len());
+        let end = line[value_start..]
+            .find([',', '}', '#', '\n', '\r'])
+            .map_or(line.len(), |e| value_start + e);
+        let raw = line[value_start..end].trim_end();
+        let unquoted = raw.trim_matches(|c| c == '"' || c == '\'');
+        if unquoted.is_empty() || unquoted.starts_with('{') || Path::new(unquoted).is_absolute() {
+            continue;
+        }
+        let absolute = dir.join(unquoted);
+        return format!(
+            "{}{:?}{}",
+            &line[..value_start],
+            absolute.display().to_string(),
+            &line[value_start + raw.len()..]
+        );
+    }
+    line.to_string()
+}
+
+/// Replace the top-level section `key` (its line and the indented or listed lines under it) with
+/// `with`, or append `with` when the file has no such section.
+fn replace_section(text: &str, key: &str, with: &str) -> String {
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let starts = |l: &str| {
+        l.strip_prefix(key)
+            .is_some_and(|rest| rest.trim_start().starts_with(':'))
+    };
+    let Some(first) = lines.iter().position(|l| starts(l)) else {
+        let mut out = text.to_string();
+        if !out.is_empty() && !out.ends_with('\n') {
+            out.push('\n');
+        }
+        out.push_str(with);
+        return out;
+    };
+    // The section runs to the next line that starts a top-level key (a comment or a blank line
+    // before it stays with what follows).
+    let mut end = first + 1;
+    while end < lines.len() {
+        let l = lines[end];
+        let top_level = l.starts_with(|c: char| c.is_alphanumeric() || c == '_' || c == '"');
+        if top_level {
+            break;
+        }
+        end += 1;
+    }
+    while end > first + 1 && {
+        let t = lines[end - 1].trim();
+        t.is_empty() || (lines[end - 1].starts_with('#'))
+    } {
+        end -= 1;
+    }
+    let mut out: String = lines[..first].concat();
+    out.push_str(with);
+    out.push_str(&lines[end..].concat());
+    out
+}
+
+/// For a pipeline with `stages: auto`: profile and plan it on this machine's cores and return
+/// the plan with the planner's stages (logged), or the plan itself for any other pipeline.
+pub fn resolve_auto(plan: Plan) -> Result<Plan, String> {
+    if !plan.config.auto_stages {
+        return Ok(plan);
+    }
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let planned = self::plan(
+        &plan,
+        &PlanOptions {
+            cores,
+            sample: None,
+        },
+    )?;
+    for s in &planned.stages {
+        tracing::info!(stage = %s.name, layers = ?s.layers, replicas = s.replicas, "planned stage");
+    }
+    tracing::info!(
+        seconds = format!("{:.2}", planned.profile.elapsed.as_secs_f64()),
+        predicted_records_per_s = planned.predicted_records_per_s as u64,
+        "stages: auto planned"
+    );
+    let mut config: PipelineConfig = plan.config.clone();
+    config.stages = Some(planned.stage_configs());
+    let plan = Plan::build(&config).map_err(|e| format!("the planned stages do not fit: {e}"))?;
+    tracing::info!(
+        activation_bytes = plan.budget.activation_bytes(),
+        chunks = plan.budget.chunks,
+        "memory bound of the planned stages"
+    );
+    Ok(plan)
+}
+
+/// `subpass plan --write OUT`: the pipeline file at `pipeline` with the planned stages (and
+/// `batch` when given), its relative paths made absolute when `out` is in another folder, checked
+/// to load as it stands.
+pub fn write_pipeline(
+    pipeline: &Path,
+    out: &Path,
+    planned: &Planned,
+    batch: Option<&crate::config::BatchConfig>,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(pipeline)
+        .map_err(|e| format!("cannot read {}: {e}", pipeline.display()))?;
+    let mut written = rewrite(&text, planned, batch);
+    let folder = |p: &Path| {
+        let dir = p.parent().filter(|d| !d.as_os_str().is_empty());
+        std::fs::canonicalize(dir.unwrap_or(Path::new("."))).ok()
+    };
+    let from = folder(pipeline);
+    if from != folder(out) {
+        if let Some(dir) = &from {
+            written = absolute_paths(&written, dir);
+        }
+    }
+    std::fs::write(out, written).map_err(|e| format!("cannot write {}: {e}", out.display()))?;
+    Plan::load(out)
+        .map(|_| ())
+        .map_err(|e| format!("the written file does not load: {}: {e}", out.display()))
+}

@@ -1,0 +1,173 @@
+//! `subpass plan` and `stages: auto`: the planner's pipelines load, run, and compute what the
+//! hand-staged ones do.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{subpass, tempdir};
+
+fn plan_and_write(config: &str, out: &std::path::Path) -> String {
+    let mut child = subpass()
+        .args([
+            "plan",
+            config,
+            "--cores",
+            "2",
+            "--write",
+            out.to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A guard against a hang only: planning a file in configs/ takes seconds.
+    let status = common::wait_with_timeout(&mut child, Duration::from_secs(300));
+    let mut shown = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut shown).unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "plan {config}: {shown}{err}");
+    shown
+}
+
+/// Every numeric pipeline in configs/ is planned, written, loads, and verifies. (MiniLM is left
+/// out: profiling it takes half a minute, and its reference pass in `verify` longer.)
+#[test]
+fn planned_pipelines_load_and_verify() {
+    let dir = tempdir();
+    for name in ["mlp", "cnn", "residual", "digits-mlp", "digits-cnn"] {
+        let config = format!("configs/{name}.yaml");
+        let out = dir.path().join(format!("{name}.yaml"));
+        let shown = plan_and_write(&config, &out);
+        for expected in ["µs/record", "predicted:", "stages on 2 cores"] {
+            assert!(shown.contains(expected), "{name}: {shown}");
+        }
+        let text = std::fs::read_to_string(&out).unwrap();
+        assert!(text.contains("planned: {cores: 2"), "{name}: {text}");
+        let validated = subpass()
+            .args(["validate", out.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let v = String::from_utf8_lossy(&validated.stdout);
+        assert!(validated.status.success(), "{name}: {v}");
+        assert!(
+            v.contains("planned by `subpass plan` for 2 cores"),
+            "{name}: {v}"
+        );
+        common::assert_verifies(&[out.to_str().unwrap(), "--records", "64"]);
+    }
+}
+
+/// The rest of the file is kept as written: only `stages` (and `planned`) change.
+#[test]
+fn write_keeps_everything_else() {
+    let dir = tempdir();
+    let out = dir.path().join("mlp.yaml");
+    plan_and_write("configs/mlp.yaml", &out);
+    let before = std::fs::read_to_string(common::root().join("configs/mlp.yaml")).unwrap();
+    let after = std::fs::read_to_string(&out).unwrap();
+    let outside = |t: &str| -> Vec<String> {
+        let mut keep = Vec::new();
+        let mut skipping = false;
+        for l in t.lines() {
+            if l.starts_with("stages:") || l.starts_with("planned:") {
+                skipping = true;
+                continue;
+            }
+            if skipping && (l.starts_with(' ') || l.starts_with('-')) {
+                continue;
+            }
+            skipping = false;
+            keep.push(l.to_string());
+        }
+        keep
+    };
+    assert_eq!(outside(&before), outside(&after));
+}
+
+/// `stages: auto` plans at start-up: `validate` says so, and `run` writes what the hand-staged
+/// file writes, line for line.
+#[test]
+fn auto_stages_run_like_the_written_ones() {
+    let dir = tempdir();
+    let hand = std::fs::read_to_string(common::root().join("configs/digits-mlp.yaml")).unwrap();
+    let weights = common::root().join("configs/digits-mlp.safetensors");
+    let auto: String = hand
+        .lines()
+        .map(|l| {
+            if l.starts_with("weights:") {
+                format!("weights: {:?}", weights.display().to_string())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    // Drop the stages section and ask for the planner's.
+    let mut lines: Vec<&str> = Vec::new();
+    let mut skipping = false;
+    for l in auto.lines() {
+        if l.starts_with("stages:") {
+            skipping = true;
+            lines.push("stages: auto");
+            continue;
+        }
+        if skipping && (l.starts_with(' ') || l.starts_with('-')) {
+            continue;
+        }
+        skipping = false;
+        lines.push(l);
+    }
+    let auto_path = dir.path().join("auto.yaml");
+    std::fs::write(&auto_path, lines.join("\n") + "\n").unwrap();
+
+    let v = subpass()
+        .args(["validate", auto_path.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&v.stdout);
+    assert!(v.status.success(), "{shown}");
+    assert!(
+        shown.contains("stages: auto: planned when the pipeline starts"),
+        "{shown}"
+    );
+
+    let run = |config: &str| {
+        let out = subpass()
+            .args(["run", config, "--input", "examples/digits-test.jsonl"])
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.stdout, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    let (want, _) = run("configs/digits-mlp.yaml");
+    let (got, log) = run(auto_path.to_str().unwrap());
+    assert!(log.contains("stages: auto planned"), "{log}");
+    assert!(!want.is_empty());
+    assert!(want == got, "stages: auto wrote different lines");
+}
+
+#[test]
+fn plan_reports_a_bad_sample_with_its_line() {
+    let dir = tempdir();
+    let sample = dir.path().join("sample.jsonl");
+    std::fs::write(&sample, "[1, 2, 3]\n").unwrap();
+    let out = subpass()
+        .args([
+            "plan",
+            "configs/mlp.yaml",
+            "--sample",
+            sample.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("line 1"), "{err}");
+}
