@@ -70,6 +70,9 @@ enum Command {
         /// Write per-chunk, per-stage activity as Chrome Trace Event JSON (Perfetto).
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Reload the pipeline file when it changes (SIGHUP always reloads it).
+        #[arg(long)]
+        watch: bool,
     },
     /// Prove the decomposition changes nothing: the streaming pipeline against the monolithic pass.
     Verify {
@@ -162,6 +165,7 @@ fn main() -> ExitCode {
             strict,
             label,
             trace,
+            watch,
         } => {
             let options = RunOptions {
                 format: format.input(),
@@ -170,6 +174,10 @@ fn main() -> ExitCode {
                 stats_interval: stats_interval.map(Duration::from_secs_f64),
                 trace,
                 label: None,
+                reload: Some(runtime::Reload {
+                    requests: runtime::reload::requests(&pipeline, watch),
+                    path: pipeline.clone(),
+                }),
             };
             run(&pipeline, input, output, errors, stats, label, options)
         }

@@ -25,6 +25,7 @@ pub mod budget;
 #[cfg(any(test, feature = "fail-points"))]
 mod fault;
 mod label;
+pub mod reload;
 mod run;
 pub mod shutdown;
 mod sink;
@@ -44,7 +45,8 @@ use crate::ops::Tensor;
 
 pub use label::{Label, LabelError};
 pub use run::{
-    quiet_stage_panics, run_bench_pipeline, run_stream, BenchRun, RunError, RunOptions, RunReport,
+    quiet_stage_panics, run_bench_pipeline, run_stream, BenchRun, Reload, RunError, RunOptions,
+    RunReport,
 };
 pub use stats::{RunStats, StageStats};
 

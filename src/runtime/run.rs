@@ -2,7 +2,7 @@
 //! benchmark feed (`bench`), which share the stage actors and the sink.
 
 use std::io::{self, BufWriter, Read, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -13,9 +13,9 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use super::budget::InFlight;
 use super::label::Label;
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{run_chunker, ParserWorker, RawChunk, TokenBudget};
+use super::source::{run_chunker, ChunkTarget, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
-use super::stats::{Counters, RunStats};
+use super::stats::{Counters, RecordCounters, RunStats};
 use super::trace::Tracer;
 use super::{channels, Emitter, Failure, Inboxes, Part, StageChannels};
 use crate::graph::plan::PARSE_QUEUE;
@@ -37,6 +37,8 @@ pub struct RunOptions {
     pub trace: Option<PathBuf>,
     /// The passthrough field holding each record's class; tallies argmax accuracy.
     pub label: Option<Label>,
+    /// Load the pipeline file again on these requests.
+    pub reload: Option<Reload>,
 }
 
 impl Default for RunOptions {
@@ -48,6 +50,7 @@ impl Default for RunOptions {
             stats_interval: None,
             trace: None,
             label: None,
+            reload: None,
         }
     }
 }
@@ -98,9 +101,6 @@ struct Running {
     source: Emitter,
     /// Everything the sink joins: pipeline outputs and chunk metadata.
     sink_rx: Receiver<Part>,
-    /// Kept so the source side (the reader) can report a failure too.
-    failures_tx: Sender<Failure>,
-    failures_rx: Receiver<Failure>,
     /// Stage workers and joins; joined after a clean finish.
     threads: Vec<JoinHandle<()>>,
 }
@@ -129,13 +129,18 @@ fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()
         .expect("spawn a pipeline thread")
 }
 
-/// Start every stage actor (and join) of `plan`.
-fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
+/// Start every stage actor (and join) of `plan`; they count into `records` (the stream's,
+/// shared by every version of the pipeline) and report failures to `failures_tx`.
+fn spawn_stages(
+    plan: &Arc<Plan>,
+    tracer: &Option<Tracer>,
+    records: Arc<RecordCounters>,
+    failures_tx: &Sender<Failure>,
+) -> Running {
     let mut stage_names = vec![("source.parse".to_string(), plan.parsers)];
     stage_names.extend(plan.stages.iter().map(|s| (s.name.clone(), s.replicas)));
-    let counters = Counters::new(stage_names);
+    let counters = Counters::sharing(stage_names, records);
     let (inboxes, stage_channels, sink_rx): (Inboxes, Vec<StageChannels>, _) = channels(plan);
-    let (failures_tx, failures_rx) = unbounded();
     let mut threads = Vec::new();
     for (s, (stage, ch)) in plan.stages.iter().zip(stage_channels).enumerate() {
         let emitter = inboxes.emitter(&stage.routes);
@@ -169,8 +174,6 @@ fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
         counters,
         source,
         sink_rx,
-        failures_tx,
-        failures_rx,
         threads,
     }
 }
@@ -192,8 +195,9 @@ fn wait(done: Receiver<Result<(), RunError>>, failures: Receiver<Failure>) -> Re
     }
 }
 
+/// Logs the stats every `every`, of whichever version of the pipeline `shown` holds.
 fn spawn_stats_logger(
-    counters: Arc<Counters>,
+    shown: Arc<std::sync::Mutex<Arc<Counters>>>,
     every: Duration,
     start: Instant,
     stop: Receiver<()>,
@@ -202,6 +206,7 @@ fn spawn_stats_logger(
         select! {
             recv(stop) -> _ => return,
             default(every) => {
+                let counters = shown.lock().map(|c| c.clone()).unwrap_or_else(|e| e.into_inner().clone());
                 let s = counters.snapshot(start.elapsed());
                 tracing::info!(records_in = s.records_in, records_out = s.records_out, records_rejected = s.records_rejected, records_per_s = s.records_per_s as u64, "stats");
                 for st in &s.stages {
@@ -225,59 +230,44 @@ fn check_format(plan: &Plan, format: InputFormat) -> Result<(), RunError> {
     }
 }
 
-/// Run a pipeline over a stream of records until the input ends or `shutdown` fires.
-pub fn run_stream(
-    plan: Arc<Plan>,
-    input: Box<dyn Read + Send>,
-    output: Box<dyn Write + Send>,
-    errors: Box<dyn Write + Send>,
-    options: &RunOptions,
-    shutdown: Receiver<()>,
-) -> Result<RunReport, RunError> {
-    let start = Instant::now();
-    check_format(&plan, options.format)?;
-    let tracer = options.trace.as_ref().map(|_| Tracer::new(start));
-    let running = spawn_stages(&plan, &tracer);
-    let budget = InFlight::new(plan.budget.chunks);
+/// Loading the pipeline file again while running: SIGHUP, or `--watch` seeing it change.
+#[derive(Debug, Clone)]
+pub struct Reload {
+    pub path: PathBuf,
+    /// One message per request.
+    pub requests: Receiver<()>,
+}
 
-    // Source: reader -> chunker -> parsers.
-    let (lines_tx, lines_rx) = bounded(rio::READER_QUEUE);
+/// One version of the pipeline while it runs: its actors, and the end of the chain that hands
+/// the output writer from version to version.
+struct Version {
+    number: u64,
+    counters: Arc<Counters>,
+    /// Yields the writer once this version's sink has written its last chunk (or the first
+    /// error of this or an earlier version).
+    tail: Receiver<Result<JsonOutput, RunError>>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// Start `plan`'s parsers, stages and sink. The sink writes nothing before `writer_in` hands it
+/// the writer, when the version before it has written its last chunk: output stays in input
+/// order across versions, while this one computes its first chunks (bounded by its own
+/// in-flight budget). Returns the version and where the chunker sends it chunks.
+#[allow(clippy::too_many_arguments)]
+fn start_version(
+    plan: Arc<Plan>,
+    number: u64,
+    options: &RunOptions,
+    label: Option<Label>,
+    tracer: &Option<Tracer>,
+    records: &Arc<RecordCounters>,
+    failures: &Sender<Failure>,
+    writer_in: Receiver<Result<JsonOutput, RunError>>,
+) -> (Version, ChunkTarget) {
+    let running = spawn_stages(&plan, tracer, records.clone(), failures);
+    let budget = InFlight::new(plan.budget.chunks);
     let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
-    let batch = plan.batch;
-    let max_line = options.max_line_bytes;
-    let reader_failures = running.failures_tx.clone();
-    // In text, an empty line is a record (the empty text); elsewhere blank lines are skipped.
-    let keep_blank = options.format == InputFormat::Text;
-    let token_budget = plan
-        .tokenizer
-        .as_ref()
-        .zip(batch.max_tokens)
-        .map(|(t, chunk)| TokenBudget {
-            chunk,
-            record: t.max_tokens(),
-        });
-    // Not joined: after a signal it may sit in a read() on stdin until the process exits.
-    spawn_named("subpass-reader".into(), move || {
-        if let Err(e) = rio::read_lines(input, max_line, batch.size, keep_blank, &lines_tx) {
-            let _ = reader_failures.send(Failure {
-                stage: "reader".into(),
-                message: format!("reading input: {e}"),
-            });
-        }
-    });
-    let chunker_budget = budget.clone();
     let mut threads = running.threads;
-    threads.push(spawn_named("subpass-chunker".into(), move || {
-        run_chunker(
-            lines_rx,
-            shutdown,
-            chunker_budget,
-            chunks_tx,
-            batch.size,
-            token_budget,
-            batch.max_delay,
-        )
-    }));
     let mut parser = RecordParser::new(
         &plan.graph.input_shape,
         &plan.input_field,
@@ -303,49 +293,211 @@ pub fn run_stream(
     }
     drop(running.source);
 
-    // Sink.
-    let mut writer = JsonOutput {
-        formatter: OutputFormatter::new(
-            &plan.output.field,
-            plan.output.argmax,
-            &plan.output.passthrough,
-            &output_names(&plan.graph),
-        ),
+    let (tail_tx, tail) = bounded(1);
+    let sink_plan = plan.clone();
+    let sink_rx = running.sink_rx;
+    let sink_budget = budget.clone();
+    threads.push(spawn_named("subpass-sink".into(), move || {
+        let mut writer = match writer_in.recv() {
+            Ok(Ok(w)) => w,
+            Ok(Err(e)) => {
+                let _ = tail_tx.send(Err(e));
+                return;
+            }
+            Err(_) => {
+                let _ = tail_tx.send(Err(RunError::Internal(
+                    "the output writer was lost between pipeline versions".into(),
+                )));
+                return;
+            }
+        };
+        writer.formatter = OutputFormatter::new(
+            &sink_plan.output.field,
+            sink_plan.output.argmax,
+            &sink_plan.output.passthrough,
+            &output_names(&sink_plan.graph),
+        );
+        writer.label = label;
+        let r = run_sink(
+            sink_rx,
+            sink_plan.sink_producers.len(),
+            &sink_plan.graph.outputs,
+            sink_plan.output.ordered,
+            &sink_budget,
+            &mut writer,
+        );
+        let _ = tail_tx.send(r.map(|()| writer));
+    }));
+
+    let batch = plan.batch;
+    let target = ChunkTarget {
+        out: chunks_tx,
+        budget,
+        size: batch.size,
+        tokens: plan
+            .tokenizer
+            .as_ref()
+            .zip(batch.max_tokens)
+            .map(|(t, chunk)| TokenBudget {
+                chunk,
+                record: t.max_tokens(),
+            }),
+        max_delay: batch.max_delay,
+        version: number,
+    };
+    let version = Version {
+        number,
+        counters: running.counters,
+        tail,
+        threads,
+    };
+    (version, target)
+}
+
+/// Load the pipeline file again for a reload: a plan that runs on this stream, or why not.
+fn reload_plan(path: &Path, options: &RunOptions) -> Result<(Arc<Plan>, Option<Label>), String> {
+    let plan = Plan::load(path).map_err(|e| e.to_string())?;
+    let plan = crate::planner::resolve_auto(plan)?;
+    check_format(&plan, options.format).map_err(|e| e.to_string())?;
+    let label = options
+        .label
+        .as_ref()
+        .map(|l| Label::resolve(&plan, &l.field))
+        .transpose()
+        .map_err(|e| e.to_string())?;
+    Ok((Arc::new(plan), label))
+}
+
+/// Run a pipeline over a stream of records until the input ends or `shutdown` fires. With
+/// `options.reload`, each request loads the pipeline file again: a file that does not load is
+/// logged and the running version goes on; one that does takes every chunk formed from then on,
+/// while the chunks in flight finish on the old version, in order, nothing lost or repeated.
+pub fn run_stream(
+    plan: Arc<Plan>,
+    input: Box<dyn Read + Send>,
+    output: Box<dyn Write + Send>,
+    errors: Box<dyn Write + Send>,
+    options: &RunOptions,
+    shutdown: Receiver<()>,
+) -> Result<RunReport, RunError> {
+    let start = Instant::now();
+    check_format(&plan, options.format)?;
+    let tracer = options.trace.as_ref().map(|_| Tracer::new(start));
+    let records: Arc<RecordCounters> = Arc::default();
+    let (failures_tx, failures_rx) = unbounded();
+
+    // Reader: lines in batches of the first version's chunk size (any size works for later
+    // versions: the chunker regroups them).
+    let (lines_tx, lines_rx) = bounded(rio::READER_QUEUE);
+    let max_line = options.max_line_bytes;
+    let read_batch = plan.batch.size;
+    let reader_failures = failures_tx.clone();
+    // In text, an empty line is a record (the empty text); elsewhere blank lines are skipped.
+    let keep_blank = options.format == InputFormat::Text;
+    // Not joined: after a signal it may sit in a read() on stdin until the process exits.
+    spawn_named("subpass-reader".into(), move || {
+        if let Err(e) = rio::read_lines(input, max_line, read_batch, keep_blank, &lines_tx) {
+            let _ = reader_failures.send(Failure {
+                stage: "reader".into(),
+                message: format!("reading input: {e}"),
+            });
+        }
+    });
+
+    // The writer starts with the first version; each version hands it to the next.
+    let writer = JsonOutput {
+        formatter: OutputFormatter::new("", false, &[], &[]),
         out: BufWriter::with_capacity(64 << 10, output),
         errors,
         strict: options.strict,
-        label: options.label.clone(),
-        counters: running.counters.clone(),
+        label: None,
+        records: records.clone(),
         buf: Vec::new(),
         ebuf: Vec::new(),
     };
-    let (done_tx, done_rx) = bounded(1);
-    let (stop_stats_tx, stop_stats_rx) = bounded::<()>(1);
-    if let Some(every) = options.stats_interval {
-        spawn_stats_logger(running.counters.clone(), every, start, stop_stats_rx);
-    }
-    let sink_plan = plan.clone();
-    let sink_rx = running.sink_rx;
-    // Joined with the others on success, so a caller that gets the report back holds the only
-    // references left to the plan and the output.
-    threads.push(spawn_named("subpass-sink".into(), move || {
-        let producers = sink_plan.sink_producers.len();
-        let r = run_sink(
-            sink_rx,
-            producers,
-            &sink_plan.graph.outputs,
-            sink_plan.output.ordered,
-            &budget,
-            &mut writer,
-        );
-        drop(writer);
-        let _ = done_tx.send(r);
-    }));
+    let (first_tx, first_rx) = bounded(1);
+    let _ = first_tx.send(Ok(writer));
+    let (mut current, target) = start_version(
+        plan,
+        1,
+        options,
+        options.label.clone(),
+        &tracer,
+        &records,
+        &failures_tx,
+        first_rx,
+    );
+    let (swaps_tx, swaps_rx) = bounded::<ChunkTarget>(1);
+    let mut threads = vec![spawn_named("subpass-chunker".into(), move || {
+        run_chunker(lines_rx, shutdown, swaps_rx, target)
+    })];
 
-    let result = wait(done_rx, running.failures_rx);
+    let (stop_stats_tx, stop_stats_rx) = bounded::<()>(1);
+    let shown = Arc::new(std::sync::Mutex::new(current.counters.clone()));
+    if let Some(every) = options.stats_interval {
+        spawn_stats_logger(shown.clone(), every, start, stop_stats_rx);
+    }
+    let requests = options
+        .reload
+        .as_ref()
+        .map_or_else(crossbeam_channel::never, |r| r.requests.clone());
+    let result = loop {
+        select! {
+            recv(current.tail) -> r => break match r {
+                Ok(Ok(writer)) => {
+                    drop(writer);
+                    Ok(())
+                }
+                Ok(Err(e)) => Err(e),
+                Err(_) => Err(RunError::Internal("the output writer stopped".into())),
+            },
+            recv(failures_rx) -> f => {
+                let f = f.expect("the runner holds a sender");
+                break Err(RunError::StageFailed { stage: f.stage, message: f.message });
+            }
+            recv(requests) -> _ => {
+                let path = &options.reload.as_ref().expect("requests come from a reload").path;
+                match reload_plan(path, options) {
+                    Err(e) => {
+                        records.reloads_refused.fetch_add(1, Relaxed);
+                        tracing::error!(version = current.number, "reload refused, the running pipeline goes on: {}: {e}", path.display());
+                    }
+                    Ok((plan, label)) => {
+                        let previous = current;
+                        let (next, target) = start_version(
+                            plan,
+                            previous.number + 1,
+                            options,
+                            label,
+                            &tracer,
+                            &records,
+                            &failures_tx,
+                            previous.tail,
+                        );
+                        // After the input has ended the chunker is gone: the new version gets no
+                        // chunks and finishes at once, handing the writer on.
+                        let _ = swaps_tx.send(target);
+                        threads.extend(previous.threads);
+                        records.reloads.fetch_add(1, Relaxed);
+                        tracing::info!(version = next.number, path = %path.display(), "pipeline reloaded");
+                        *shown.lock().unwrap_or_else(|e| e.into_inner()) = next.counters.clone();
+                        current = next;
+                    }
+                }
+            }
+        }
+    };
+    // A stage may have failed and the sink then finished short: the failure explains it.
+    let result = match (result, failures_rx.try_recv()) {
+        (Ok(()), Ok(f)) => Err(RunError::StageFailed {
+            stage: f.stage,
+            message: f.message,
+        }),
+        (r, _) => r,
+    };
     drop(stop_stats_tx);
     if result.is_ok() {
-        for t in threads {
+        for t in threads.into_iter().chain(current.threads) {
             let _ = t.join();
         }
     }
@@ -355,7 +507,7 @@ pub fn run_stream(
         }
     }
     result.map(|()| RunReport {
-        stats: running.counters.snapshot(start.elapsed()),
+        stats: current.counters.snapshot(start.elapsed()),
         label: options.label.clone(),
     })
 }
@@ -367,7 +519,7 @@ struct JsonOutput {
     errors: Box<dyn Write + Send>,
     strict: bool,
     label: Option<Label>,
-    counters: Arc<Counters>,
+    records: Arc<RecordCounters>,
     /// Reused line buffers.
     buf: Vec<u8>,
     ebuf: Vec<u8>,
@@ -384,7 +536,7 @@ fn output_error(e: io::Error) -> RunError {
 impl ChunkOutput for JsonOutput {
     fn write(&mut self, chunk: CompletedChunk) -> Result<(), RunError> {
         let meta = &chunk.meta;
-        let r = &self.counters.records;
+        let r = &*self.records;
         // Under --strict, the records before the first bad line are written, then the run stops.
         let first_bad = if self.strict {
             meta.rejected.first()
@@ -478,7 +630,8 @@ pub fn run_bench_pipeline(
     progress: Option<Arc<std::sync::atomic::AtomicU64>>,
 ) -> Result<BenchRun, RunError> {
     let start = Instant::now();
-    let running = spawn_stages(&plan, &tracer);
+    let (failures_tx, failures_rx) = unbounded();
+    let running = spawn_stages(&plan, &tracer, Arc::default(), &failures_tx);
     let budget = InFlight::new(in_flight.unwrap_or(plan.budget.chunks).max(1));
     let size = plan.batch.size;
     let feeder_budget = budget.clone();
@@ -534,7 +687,7 @@ pub fn run_bench_pipeline(
         let _ = lat_tx.send(out.latencies);
         let _ = done_tx.send(r);
     });
-    wait(done_rx, running.failures_rx)?;
+    wait(done_rx, failures_rx)?;
     let elapsed = start.elapsed();
     for t in threads {
         let _ = t.join();

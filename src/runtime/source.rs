@@ -27,41 +27,53 @@ pub(super) struct TokenBudget {
     pub record: usize,
 }
 
+/// Where the chunker sends chunks, and how it forms them: one version of the pipeline.
+pub(super) struct ChunkTarget {
+    pub out: Sender<RawChunk>,
+    pub budget: InFlight,
+    pub size: usize,
+    pub tokens: Option<TokenBudget>,
+    pub max_delay: Duration,
+    /// The pipeline file's version (1, then one more per reload), for the log.
+    pub version: u64,
+}
+
 /// Groups lines into chunks of `size` lines (and, for text, at most `tokens.chunk` tokens, as
 /// judged from each line's length before it is tokenized), sending a partial chunk once its
 /// first line has waited `max_delay` (so a trickle is answered promptly), and stops early when
-/// `shutdown` fires.
+/// `shutdown` fires. A new target from `swaps` (a reloaded pipeline) takes every line after the
+/// chunk being formed, which goes to the old one; dropping the old sender lets that version
+/// finish what it holds and stop.
 pub(super) fn run_chunker(
     lines: Receiver<Vec<RawLine>>,
     shutdown: Receiver<()>,
-    budget: InFlight,
-    out: Sender<RawChunk>,
-    size: usize,
-    tokens: Option<TokenBudget>,
-    max_delay: Duration,
+    swaps: Receiver<ChunkTarget>,
+    first: ChunkTarget,
 ) {
-    let estimate = |line: &RawLine| match (&line.text, tokens) {
-        (LineText::Bytes(b), Some(t)) => token_estimate(b.len(), t.record),
-        _ => 0,
-    };
-    let token_cap = tokens.map_or(usize::MAX, |t| t.chunk);
+    let mut swaps = swaps;
+    let mut t = first;
     let mut pending_tokens = 0;
-    let mut pending: Vec<RawLine> = Vec::with_capacity(size);
+    let mut pending: Vec<RawLine> = Vec::with_capacity(t.size);
     let mut deadline: Option<Instant> = None;
     let mut next_id: ChunkId = 0;
-    let mut flush = |pending: &mut Vec<RawLine>, deadline: &mut Option<Instant>| -> bool {
+    let mut last_line = 0;
+    let flush = |t: &ChunkTarget,
+                 next_id: &mut ChunkId,
+                 pending: &mut Vec<RawLine>,
+                 deadline: &mut Option<Instant>|
+     -> bool {
         *deadline = None;
         if pending.is_empty() {
             return true;
         }
-        budget.admit();
+        t.budget.admit();
         let chunk = RawChunk {
-            id: next_id,
-            lines: std::mem::replace(pending, Vec::with_capacity(size)),
+            id: *next_id,
+            lines: std::mem::replace(pending, Vec::with_capacity(t.size)),
             admitted_at: Instant::now(),
         };
-        next_id += 1;
-        out.send(chunk).is_ok()
+        *next_id += 1;
+        t.out.send(chunk).is_ok()
     };
     loop {
         let timer = match deadline {
@@ -71,22 +83,27 @@ pub(super) fn run_chunker(
         select! {
             recv(lines) -> msg => match msg {
                 Ok(batch) => {
+                    let token_cap = t.tokens.map_or(usize::MAX, |b| b.chunk);
                     for line in batch {
-                        let cost = estimate(&line);
+                        last_line = line.number;
+                        let cost = match (&line.text, t.tokens) {
+                            (LineText::Bytes(b), Some(tb)) => token_estimate(b.len(), tb.record),
+                            _ => 0,
+                        };
                         if pending_tokens + cost > token_cap {
                             pending_tokens = 0;
-                            if !flush(&mut pending, &mut deadline) {
+                            if !flush(&t, &mut next_id, &mut pending, &mut deadline) {
                                 return;
                             }
                         }
                         if pending.is_empty() {
-                            deadline = Some(Instant::now() + max_delay);
+                            deadline = Some(Instant::now() + t.max_delay);
                         }
                         pending.push(line);
                         pending_tokens += cost;
-                        if pending.len() == size {
+                        if pending.len() == t.size {
                             pending_tokens = 0;
-                            if !flush(&mut pending, &mut deadline) {
+                            if !flush(&t, &mut next_id, &mut pending, &mut deadline) {
                                 return;
                             }
                         }
@@ -94,25 +111,49 @@ pub(super) fn run_chunker(
                     // `max_delay_ms: 0`: no waiting for more records once the input pauses, so a
                     // lone record is answered at once (a busy stream still fills its chunks,
                     // since its reader stays ahead of the chunker).
-                    if max_delay.is_zero() && lines.is_empty() {
+                    if t.max_delay.is_zero() && lines.is_empty() {
                         pending_tokens = 0;
-                        if !flush(&mut pending, &mut deadline) {
+                        if !flush(&t, &mut next_id, &mut pending, &mut deadline) {
                             return;
                         }
                     }
                 }
                 Err(_) => {
-                    flush(&mut pending, &mut deadline);
+                    flush(&t, &mut next_id, &mut pending, &mut deadline);
                     return;
                 }
             },
             recv(shutdown) -> _ => {
-                flush(&mut pending, &mut deadline);
+                flush(&t, &mut next_id, &mut pending, &mut deadline);
                 return;
+            }
+            recv(swaps) -> new => {
+                let Ok(new) = new else {
+                    // Nobody can reload any more: stop listening rather than spin.
+                    swaps = never();
+                    continue;
+                };
+                // The lines read so far belong to the old version; its chunk ids end here and
+                // the new version's start from 0, as its sink expects.
+                pending_tokens = 0;
+                if !flush(&t, &mut next_id, &mut pending, &mut deadline) {
+                    return;
+                }
+                tracing::info!(
+                    old = t.version,
+                    new = new.version,
+                    first_line = last_line + 1,
+                    "pipeline version {} serves lines up to {last_line}; version {} from line {}",
+                    t.version,
+                    new.version,
+                    last_line + 1
+                );
+                t = new;
+                next_id = 0;
             }
             recv(timer) -> _ => {
                 pending_tokens = 0;
-                if !flush(&mut pending, &mut deadline) {
+                if !flush(&t, &mut next_id, &mut pending, &mut deadline) {
                     return;
                 }
             }

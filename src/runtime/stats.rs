@@ -35,20 +35,29 @@ pub struct RecordCounters {
     /// Records with a class label (`--label`), and those whose argmax matched it.
     pub labelled: AtomicU64,
     pub correct: AtomicU64,
+    /// Pipeline files loaded while running (SIGHUP, `--watch`), and those refused as invalid.
+    pub reloads: AtomicU64,
+    pub reloads_refused: AtomicU64,
 }
 
 /// Every counter of a running pipeline.
 #[derive(Debug)]
 pub struct Counters {
-    pub records: RecordCounters,
+    /// Shared by every version of the pipeline a run loads: its records are the stream's.
+    pub records: Arc<RecordCounters>,
     /// (name, replicas, counters), the parser first, then the plan's stages.
     pub stages: Vec<(String, usize, StageCounters)>,
 }
 
 impl Counters {
     pub fn new(stages: Vec<(String, usize)>) -> Arc<Counters> {
+        Counters::sharing(stages, Arc::default())
+    }
+
+    /// Counters for a new version of the pipeline: its own stages, the stream's records.
+    pub fn sharing(stages: Vec<(String, usize)>, records: Arc<RecordCounters>) -> Arc<Counters> {
         Arc::new(Counters {
-            records: RecordCounters::default(),
+            records,
             stages: stages
                 .into_iter()
                 .map(|(n, r)| (n, r, StageCounters::default()))
@@ -63,6 +72,8 @@ impl Counters {
             records_in: self.records.records_in.load(Relaxed),
             records_out,
             records_rejected: self.records.records_rejected.load(Relaxed),
+            reloads: self.records.reloads.load(Relaxed),
+            reloads_refused: self.records.reloads_refused.load(Relaxed),
             elapsed_s: elapsed.as_secs_f64(),
             records_per_s: records_out as f64 / elapsed.as_secs_f64().max(1e-9),
             peak_rss_bytes: peak_rss_bytes(),
@@ -97,6 +108,9 @@ pub struct RunStats {
     pub records_in: u64,
     pub records_out: u64,
     pub records_rejected: u64,
+    /// Pipeline files loaded while running, and refused as invalid (the old one kept running).
+    pub reloads: u64,
+    pub reloads_refused: u64,
     pub elapsed_s: f64,
     pub records_per_s: f64,
     /// Peak resident set size of the process (VmHWM), 0 where the OS does not say.
@@ -146,6 +160,12 @@ impl RunStats {
             self.records_per_s,
             crate::graph::plan::human_bytes(self.peak_rss_bytes)
         );
+        if self.reloads + self.reloads_refused > 0 {
+            s.push_str(&format!(
+                "reloads: {} loaded, {} refused (the stage figures below are the last version's)\n",
+                self.reloads, self.reloads_refused
+            ));
+        }
         s.push_str(&format!(
             "  {:16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10}\n",
             "stage", "replicas", "chunks", "busy%", "busy s", "wait in s", "wait out s"
