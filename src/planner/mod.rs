@@ -60,8 +60,12 @@ pub struct Planned {
     pub bottleneck: Option<String>,
     /// The pipeline's own stages, rated by the same model, when it has any.
     pub as_written_records_per_s: Option<f64>,
-    /// The plan is the pipeline's own stages: the model found nothing faster.
+    /// The plan is the pipeline's own stages: the model found nothing faster, or the check
+    /// run below measured the file's stages faster.
     pub kept_as_written: bool,
+    /// Records per second measured in the check run, fed from memory: (the model's stages, the
+    /// file's own), when the two differed.
+    pub confirmed: Option<(f64, f64)>,
     pub profile: Profile,
     /// Layer names in node order, for the profile table.
     layer_names: Vec<String>,
@@ -129,6 +133,36 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
                 .collect();
         }
     }
+    // When the model prefers its own stages to the file's, a short run of each, fed from memory,
+    // has the last word: the model knows no cache effects, and a plan must never be slower than
+    // what the user wrote. (Text pipelines are not fed from memory: the model decides alone.)
+    let mut confirmed = None;
+    if let (Some(w), false, None) = (&written, kept, &plan.tokenizer) {
+        let predicted = 1.0 / best.seconds_per_record.max(1e-12);
+        let ours = measure(plan, stage_configs(&stages), predicted);
+        let theirs = measure(
+            plan,
+            plan.config.stages.clone().unwrap_or_default(),
+            predicted,
+        );
+        if let (Some(ours), Some(theirs)) = (ours, theirs) {
+            confirmed = Some((ours, theirs));
+            if theirs > ours {
+                kept = true;
+                best = w.clone();
+                stages = plan
+                    .stages
+                    .iter()
+                    .map(|s| PlannedStage {
+                        name: s.name.clone(),
+                        layers: s.layers.iter().map(|&l| names[l].clone()).collect(),
+                        replicas: s.replicas,
+                        seconds_per_record: stage_cost(&s.layers),
+                    })
+                    .collect();
+            }
+        }
+    }
     // The same stages fed from memory: no parser at work.
     let stage_costs: Vec<f64> = stages.iter().map(|s| s.seconds_per_record).collect();
     let in_memory = predict_stages(
@@ -148,32 +182,67 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         predicted_stream_records_per_s: 1.0 / best.seconds_per_record.max(1e-12),
         as_written_records_per_s: written.map(|w| 1.0 / w.seconds_per_record.max(1e-12)),
         kept_as_written: kept,
+        confirmed,
         profile,
         layer_names: names,
     })
 }
 
+/// Records per second of `plan` with `stages` instead of its own, fed from memory for about
+/// [`CHECK_SECONDS`] (`predicted` sizes the run); `None` if those stages do not build.
+fn measure(plan: &Plan, stages: Vec<StageConfig>, predicted: f64) -> Option<f64> {
+    let mut config = plan.config.clone();
+    config.stages = Some(stages);
+    config.auto_stages = false;
+    let candidate = std::sync::Arc::new(Plan::build(&config).ok()?);
+    let len = candidate.input_len() * candidate.batch.size;
+    let mut next = crate::weights::seeded_stream(5, "plan-check");
+    let inputs = vec![(0..len).map(|_| next()).collect::<Vec<f32>>()];
+    let records = ((predicted * CHECK_SECONDS) as usize).clamp(candidate.batch.size, 1 << 22);
+    // Warm: a tenth of the run, not counted.
+    crate::runtime::run_bench_pipeline(
+        candidate.clone(),
+        inputs.clone(),
+        records / 10 + 1,
+        None,
+        None,
+        None,
+    )
+    .ok()?;
+    let run =
+        crate::runtime::run_bench_pipeline(candidate, inputs, records, None, None, None).ok()?;
+    Some(run.records as f64 / run.elapsed.as_secs_f64())
+}
+
+/// How long each check run of [`measure`] lasts, about.
+const CHECK_SECONDS: f64 = 0.4;
+
+/// `stages` as a pipeline file's `stages` section holds them.
+fn stage_configs(stages: &[PlannedStage]) -> Vec<StageConfig> {
+    stages
+        .iter()
+        .enumerate()
+        .map(|(i, s)| StageConfig {
+            name: s.name.clone(),
+            layers: s
+                .layers
+                .iter()
+                .map(|l| Located {
+                    value: l.clone(),
+                    path: format!("stages[{i}].layers"),
+                })
+                .collect(),
+            queue: DEFAULT_QUEUE,
+            replicas: s.replicas,
+            path: format!("stages[{i}]"),
+        })
+        .collect()
+}
+
 impl Planned {
     /// The stages as a pipeline file's `stages` section holds them.
     pub fn stage_configs(&self) -> Vec<StageConfig> {
-        self.stages
-            .iter()
-            .enumerate()
-            .map(|(i, s)| StageConfig {
-                name: s.name.clone(),
-                layers: s
-                    .layers
-                    .iter()
-                    .map(|l| Located {
-                        value: l.clone(),
-                        path: format!("stages[{i}].layers"),
-                    })
-                    .collect(),
-                queue: DEFAULT_QUEUE,
-                replicas: s.replicas,
-                path: format!("stages[{i}]"),
-            })
-            .collect()
+        stage_configs(&self.stages)
     }
 
     /// The `stages:` section (and `planned:`, the prediction `bench` compares with) as YAML.
@@ -265,12 +334,19 @@ impl Planned {
                 .clone()
                 .unwrap_or_else(|| format!("the {} cores as a whole", self.cores))
         );
+        if let Some((ours, theirs)) = self.confirmed {
+            let _ = writeln!(
+                out,
+                "check run, fed from memory: the model's stages {ours:.0} records/s, the file's {theirs:.0} records/s: {} kept",
+                if theirs > ours { "the file's stages" } else { "the model's stages" }
+            );
+        }
         if let Some(w) = self.as_written_records_per_s {
             let _ = writeln!(
                 out,
                 "the file's own stages: predicted {w:.0} records/s end to end{}",
                 if self.kept_as_written {
-                    " (kept: nothing predicted faster)"
+                    " (kept)"
                 } else {
                     ""
                 }
