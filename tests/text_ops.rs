@@ -76,6 +76,55 @@ fn every_step_of_a_tiny_bert_matches_numpy() {
     assert!(failures.is_empty(), "{failures:#?}");
 }
 
+/// Attention split by heads (`shards: k`), each shard its heads' rows of Q, K, V and columns of
+/// the output projection, summed: every step still matches numpy's unsplit BERT.
+#[test]
+fn attention_sharded_by_heads_matches_numpy() {
+    let dir = fixture_dir();
+    let text = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let bytes = std::fs::read(dir.join("io.safetensors")).unwrap();
+    let st = SafeTensors::deserialize(&bytes).unwrap();
+    let ids: Vec<f32> = i64s(&st, "input_ids").iter().map(|i| *i as f32).collect();
+    let seqs: Vec<usize> = i64s(&st, "offsets").iter().map(|o| *o as usize).collect();
+    for shards in [2, 4] {
+        let sharded = text.replace("heads: 4}", &format!("heads: 4, shards: {shards}}}"));
+        assert_ne!(sharded, text);
+        let config = PipelineConfig::parse(&sharded, &dir).unwrap();
+        let names: Vec<String> = config
+            .outputs
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|o| o.value.clone())
+            .collect();
+        for kernels in [KernelKind::Fast, KernelKind::Reference] {
+            let graph = Graph::build_with(&config, kernels).unwrap();
+            assert!(graph
+                .nodes
+                .iter()
+                .any(|n| n.name == "layer.1.attention.output.shard1"));
+            let input = ArrayD::from_shape_vec(IxDyn(&[ids.len(), 1]), ids.clone()).unwrap();
+            let outputs = graph.forward(input, Some(seqs.clone()));
+            for (name, got) in names.iter().zip(&outputs) {
+                let err = worst(got, &f32s(&st, name));
+                assert!(
+                    err <= 2e-6,
+                    "{shards} shards, {name} ({kernels:?}): {err:.2e}"
+                );
+            }
+        }
+    }
+    let uneven = text.replace("heads: 4}", "heads: 4, shards: 3}");
+    let err = PipelineConfig::parse(&uneven, &dir)
+        .map(|_| ())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("shards") && err.contains("4 heads do not split evenly into 3"),
+        "{err}"
+    );
+}
+
 #[test]
 fn l2_normalize_leaves_a_zero_row_zero() {
     let dir = fixture_dir();

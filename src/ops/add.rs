@@ -25,6 +25,11 @@ impl OpFamily for AddFamily {
     }
 }
 
+/// The op that sums the outputs of a layer sharded into partial sums (attention by heads).
+pub(super) fn sum_shards() -> Arc<dyn Op> {
+    Arc::new(Add)
+}
+
 #[derive(Debug)]
 struct Add;
 

@@ -37,15 +37,25 @@ impl OpFamily for AttentionFamily {
         "`self.query`, `self.key`, `self.value`, `output.dense` (each `.weight` [hidden, hidden], `.bias` [hidden]); one row per token; self-attention within each record, no residual"
     }
     fn configure(&self, _name: &str, a: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
-        Ok(Arc::new(AttentionOp {
-            heads: a.int("heads"),
-        }))
+        let heads = a.int("heads");
+        Ok(Arc::new(AttentionOp { heads, of: heads }))
     }
 }
 
+/// Attention over `heads` heads of a layer of `of` heads (fewer in a shard, see
+/// [`Op::shard`]): the head width is `hidden / of`, and Q, K, V and the context are
+/// `heads × width` wide, which is `hidden` unless the layer is sharded.
 #[derive(Debug, Clone, Copy)]
 struct AttentionOp {
     heads: usize,
+    of: usize,
+}
+
+impl AttentionOp {
+    /// The width of Q, K, V and the context for a hidden width `h`.
+    fn inner(&self, h: usize) -> usize {
+        h / self.of * self.heads
+    }
 }
 
 impl Op for AttentionOp {
@@ -63,10 +73,10 @@ impl Op for AttentionOp {
     }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         match inputs[0] {
-            [h] if h % self.heads == 0 => Ok(vec![*h]),
+            [h] if h % self.of == 0 => Ok(vec![*h]),
             [h] => Err(ShapeError::at(
                 "heads",
-                format!("hidden width {h} is not divisible by {} heads", self.heads),
+                format!("hidden width {h} is not divisible by {} heads", self.of),
             )),
             other => Err(ShapeError::at(
                 "inputs",
@@ -76,27 +86,60 @@ impl Op for AttentionOp {
     }
     fn tensors(&self, inputs: &[&[usize]]) -> Vec<TensorSpec> {
         let h = inputs[0][0];
-        let suffixes: [[&'static str; 2]; 4] = [
-            ["self.query.weight", "self.query.bias"],
-            ["self.key.weight", "self.key.bias"],
-            ["self.value.weight", "self.value.bias"],
-            ["output.dense.weight", "output.dense.bias"],
-        ];
-
-        suffixes
-            .into_iter()
-            .flat_map(|[w, b]| {
-                [
-                    TensorSpec::uniform(w, vec![h, h], h),
-                    TensorSpec::uniform(b, vec![h], h),
-                ]
-            })
-            .collect()
+        let inner = self.inner(h);
+        let mut v = Vec::with_capacity(8);
+        for (w, b) in [
+            ("self.query.weight", "self.query.bias"),
+            ("self.key.weight", "self.key.bias"),
+            ("self.value.weight", "self.value.bias"),
+        ] {
+            v.push(TensorSpec::uniform(w, vec![inner, h], h));
+            v.push(TensorSpec::uniform(b, vec![inner], h));
+        }
+        // PyTorch's fan-in of the output projection is the whole layer's context width.
+        v.push(TensorSpec::uniform(
+            "output.dense.weight",
+            vec![h, inner],
+            h,
+        ));
+        v.push(TensorSpec::uniform("output.dense.bias", vec![h], h));
+        v
     }
     fn flops(&self, inputs: &[&[usize]], _output: &[usize], seq: usize) -> u64 {
         let h = inputs[0][0] as u64;
+        let inner = self.inner(inputs[0][0]) as u64;
         // Four projections, then scores and the weighted sum against `seq` keys.
-        2 * 4 * h * h + 2 * 2 * h * seq as u64
+        2 * 4 * h * inner + 2 * 2 * inner * seq as u64
+    }
+    /// A shard computes a part of the heads: its rows of the Q, K and V projections, and its
+    /// columns of the output projection, whose partial products the shards' outputs sum to
+    /// (the output bias is added by the first shard only).
+    fn shard(&self, index: usize, count: usize) -> Result<super::Shard, String> {
+        if self.heads != self.of || self.heads % count != 0 {
+            return Err(format!(
+                "{} heads do not split evenly into {count} shards",
+                self.heads
+            ));
+        }
+        use super::TensorSlice::{Cols, Rows, Whole, Zeros};
+        let rows = Rows { index, count };
+        Ok(super::Shard {
+            op: Arc::new(AttentionOp {
+                heads: self.heads / count,
+                of: self.of,
+            }),
+            slices: vec![
+                rows,
+                rows,
+                rows,
+                rows,
+                rows,
+                rows,
+                Cols { index, count },
+                if index == 0 { Whole } else { Zeros },
+            ],
+            combine: super::add::sum_shards(),
+        })
     }
     fn build(
         &self,
@@ -106,23 +149,30 @@ impl Op for AttentionOp {
         tensors: Vec<Vec<f32>>,
     ) -> Box<dyn Layer> {
         let h = inputs[0][0];
+        let inner = self.inner(h);
+        let shape = Heads {
+            heads: self.heads,
+            width: h / self.of,
+            inner,
+            scale: 1.0 / ((h / self.of) as f32).sqrt(),
+        };
         let [wq, bq, wk, bk, wv, bv, wo, bo]: [Vec<f32>; 8] =
             tensors.try_into().expect("attention reads eight tensors");
         match kind {
             KernelKind::Fast => {
-                // Q, K and V in one product: their weights stacked as one [3h, h] matrix.
+                // Q, K and V in one product: their weights stacked as one [3·inner, h] matrix.
                 let qkv = [wq, wk, wv].concat();
                 Box::new(Attention {
-                    heads: self.heads,
+                    shape,
                     hidden: h,
-                    qkv: DenseWeights::new(qkv, 3 * h, h),
+                    qkv: DenseWeights::new(qkv, 3 * inner, h),
                     qkv_bias: [bq, bk, bv].concat(),
-                    out: DenseWeights::new(wo, h, h),
+                    out: DenseWeights::new(wo, h, inner),
                     out_bias: bo,
                 })
             }
             KernelKind::Reference => Box::new(AttentionReference {
-                heads: self.heads,
+                shape,
                 hidden: h,
                 weights: [wq, wk, wv, wo],
                 biases: [bq, bk, bv, bo],
@@ -135,13 +185,16 @@ impl Op for AttentionOp {
 #[derive(Debug, Clone, Copy)]
 struct Heads {
     heads: usize,
-    hidden: usize,
-    /// 1/√(head width).
+    /// Values per head.
+    width: usize,
+    /// `heads × width`: the width of Q, K, V and the context.
+    inner: usize,
+    /// 1/√width.
     scale: f32,
 }
 
-/// Every record's attention: from `qkv` (`[tokens, 3·hidden]`) into `context`
-/// (`[tokens, hidden]`), one query row of `scores` at a time. On the widest vectors the CPU has.
+/// Every record's attention: from `qkv` (`[tokens, 3·inner]`) into `context`
+/// (`[tokens, inner]`), one query row of `scores` at a time. On the widest vectors the CPU has.
 fn attend(
     shape: Heads,
     qkv: &[f32],
@@ -181,8 +234,7 @@ fn attend_loop(
     seqs: &[usize],
     records: usize,
 ) {
-    let h = shape.hidden;
-    let d = h / shape.heads;
+    let (h, d) = (shape.inner, shape.width);
     for r in 0..records {
         let (start, end) = (seqs[r], seqs[r + 1]);
         let scores = &mut scores[..end - start];
@@ -260,7 +312,7 @@ fn exp(x: f32) -> f32 {
 
 #[derive(Debug)]
 struct Attention {
-    heads: usize,
+    shape: Heads,
     hidden: usize,
     /// `[Wq; Wk; Wv]`, packed.
     qkv: DenseWeights,
@@ -272,23 +324,17 @@ struct Attention {
 impl Layer for Attention {
     fn forward(&self, inputs: &[&Tensor], chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
-        let h = self.hidden;
+        let (h, inner) = (self.hidden, self.shape.inner);
         let tokens = x.len() / h;
-        let scale = 1.0 / ((h / self.heads) as f32).sqrt();
         let seqs = chunk.seqs();
         let (qkv, rest) = scratch.slots(self.scratch(tokens));
-        // Every token's Q, K and V at once: [tokens, 3h].
-        for row in qkv.chunks_exact_mut(3 * h) {
+        // Every token's Q, K and V at once: [tokens, 3·inner].
+        for row in qkv.chunks_exact_mut(3 * inner) {
             row.copy_from_slice(&self.qkv_bias);
         }
         self.qkv.matmul_acc(tokens, &x, qkv);
-        let (context, scores) = rest.split_at_mut(tokens * h);
-        let shape = Heads {
-            heads: self.heads,
-            hidden: h,
-            scale,
-        };
-        attend(shape, qkv, context, scores, seqs, chunk.records);
+        let (context, scores) = rest.split_at_mut(tokens * inner);
+        attend(self.shape, qkv, context, scores, seqs, chunk.records);
         let mut out = Vec::with_capacity(tokens * h);
         for _ in 0..tokens {
             out.extend_from_slice(&self.out_bias);
@@ -300,7 +346,7 @@ impl Layer for Attention {
     fn scratch(&self, rows: usize) -> ScratchNeed {
         // Q, K and V of every token; the heads' context of every token, and one row of scores
         // (a sequence is at most every token of the chunk).
-        [rows * 3 * self.hidden, rows * self.hidden + rows]
+        [rows * 3 * self.shape.inner, rows * self.shape.inner + rows]
     }
 
     fn param_bytes(&self) -> u64 {
@@ -312,24 +358,23 @@ impl Layer for Attention {
 /// weights, full score matrix and all.
 #[derive(Debug)]
 struct AttentionReference {
-    heads: usize,
+    shape: Heads,
     hidden: usize,
     weights: [Vec<f32>; 4],
     biases: [Vec<f32>; 4],
 }
 
 impl AttentionReference {
-    /// `x · Wᵀ + b` for rows of `x`, in f64.
-    fn project(&self, which: usize, x: &[f64]) -> Vec<f64> {
-        let h = self.hidden;
+    /// `x · Wᵀ + b` for rows of `x` (`n_in` wide) into `n_out` values each, in f64.
+    fn project(&self, which: usize, x: &[f64], n_in: usize, n_out: usize) -> Vec<f64> {
         let (w, b) = (&self.weights[which], &self.biases[which]);
-        x.chunks_exact(h)
+        x.chunks_exact(n_in)
             .flat_map(|row| {
-                (0..h).map(move |o| {
+                (0..n_out).map(move |o| {
                     b[o] as f64
                         + row
                             .iter()
-                            .zip(&w[o * h..(o + 1) * h])
+                            .zip(&w[o * n_in..(o + 1) * n_in])
                             .map(|(x, w)| x * *w as f64)
                             .sum::<f64>()
                 })
@@ -340,20 +385,19 @@ impl AttentionReference {
 
 impl Layer for AttentionReference {
     fn forward(&self, inputs: &[&Tensor], chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
-        let h = self.hidden;
-        let d = h / self.heads;
+        let (hidden, h, d) = (self.hidden, self.shape.inner, self.shape.width);
         let x: Vec<f64> = contiguous(inputs[0]).iter().map(|v| *v as f64).collect();
-        let tokens = x.len() / h;
+        let tokens = x.len() / hidden;
         let (q, k, v) = (
-            self.project(0, &x),
-            self.project(1, &x),
-            self.project(2, &x),
+            self.project(0, &x, hidden, h),
+            self.project(1, &x, hidden, h),
+            self.project(2, &x, hidden, h),
         );
         let mut context = vec![0.0f64; tokens * h];
         let seqs = chunk.seqs();
         for r in 0..chunk.records {
             let (start, end) = (seqs[r], seqs[r + 1]);
-            for head in 0..self.heads {
+            for head in 0..self.shape.heads {
                 let at = |m: &[f64], t: usize, c: usize| m[t * h + head * d + c];
                 for i in start..end {
                     let scores: Vec<f64> = (start..end)
@@ -373,8 +417,11 @@ impl Layer for AttentionReference {
                 }
             }
         }
-        let out = self.project(3, &context);
-        tensor(vec![tokens, h], out.into_iter().map(|v| v as f32).collect())
+        let out = self.project(3, &context, h, hidden);
+        tensor(
+            vec![tokens, hidden],
+            out.into_iter().map(|v| v as f32).collect(),
+        )
     }
 
     fn param_bytes(&self) -> u64 {

@@ -345,11 +345,7 @@ impl Planned {
             let _ = writeln!(
                 out,
                 "the file's own stages: predicted {w:.0} records/s end to end{}",
-                if self.kept_as_written {
-                    " (kept)"
-                } else {
-                    ""
-                }
+                if self.kept_as_written { " (kept)" } else { "" }
             );
         }
         out
