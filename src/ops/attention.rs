@@ -115,7 +115,7 @@ impl Op for AttentionOp {
     /// columns of the output projection, whose partial products the shards' outputs sum to
     /// (the output bias is added by the first shard only).
     fn shard(&self, index: usize, count: usize) -> Result<super::Shard, String> {
-        if self.heads != self.of || self.heads % count != 0 {
+        if self.heads != self.of || !self.heads.is_multiple_of(count) {
             return Err(format!(
                 "{} heads do not split evenly into {count} shards",
                 self.heads
