@@ -428,8 +428,9 @@ fn every_shipped_config_validates_and_prints_its_plan() {
         );
         for name in stages.iter().chain(&layers) {
             assert!(
+                // Layer names may be module paths with dots (`layer2.0.conv1`).
                 run.stdout.lines().any(|l| l
-                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
                     .any(|w| w == name)),
                 "{}: the plan does not mention `{name}`:\n{}",
                 rel.display(),

@@ -99,7 +99,10 @@ fn resnet18_logits_match_torchvision() {
         let argmax = want
             .iter()
             .enumerate()
-            .fold((0, f32::MIN), |m, (i, v)| if *v > m.1 { (i, *v) } else { m })
+            .fold(
+                (0, f32::MIN),
+                |m, (i, v)| if *v > m.1 { (i, *v) } else { m },
+            )
             .0;
         assert_eq!(line["argmax"], argmax, "record {r}");
     }
@@ -136,7 +139,11 @@ fn export_writes_exactly_torchvisions_state_dict_keys() {
             .filter(|l| !l.starts_with('#'))
             .map(str::to_string)
             .collect();
-    assert_eq!(want.len(), 122, "torchvision's ResNet-18 has 122 state_dict entries");
+    assert_eq!(
+        want.len(),
+        122,
+        "torchvision's ResNet-18 has 122 state_dict entries"
+    );
     assert_eq!(got, want);
     // A fresh module's counter, as torchvision's own resnet18() has.
     let counter = st.tensor("bn1.num_batches_tracked").unwrap();
@@ -156,7 +163,9 @@ fn resnet18_folded_equals_unfolded_reference() {
         .map(|n| n.name.as_str())
         .collect();
     assert_eq!(folded.len(), 20, "{folded:?}");
-    assert!(plan.describe().contains("layer2.0.downsample.1 folded into layer2.0.downsample.0"));
+    assert!(plan
+        .describe()
+        .contains("layer2.0.downsample.1 folded into layer2.0.downsample.0"));
     let plan = Arc::new(plan);
     // One record: the reference kernels take seconds per image.
     let input = subpass::verify::synthetic_records(&plan, 1, 7);
@@ -178,8 +187,16 @@ fn small_resnet_matches_numpy() {
     let (input, expected) = (f32_tensor(&st, "input"), f32_tensor(&st, "expected"));
     for kernels in [KernelKind::Fast, KernelKind::Reference] {
         let graph = Graph::build_with(&config, kernels).unwrap();
-        assert!(graph.unused_tensors.is_empty(), "{:?}", graph.unused_tensors);
-        let folds = graph.nodes.iter().filter(|n| n.folded_into.is_some()).count();
+        assert!(
+            graph.unused_tensors.is_empty(),
+            "{:?}",
+            graph.unused_tensors
+        );
+        let folds = graph
+            .nodes
+            .iter()
+            .filter(|n| n.folded_into.is_some())
+            .count();
         assert_eq!(folds, if kernels == KernelKind::Fast { 6 } else { 0 });
         let got = &graph.forward(input.clone(), None)[0];
         assert_eq!(got.shape(), expected.shape());

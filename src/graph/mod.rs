@@ -2,7 +2,8 @@
 //!
 //! [`Graph::build`] turns a parsed [`PipelineConfig`] into nodes whose inputs are [`ValueId`]s and
 //! whose output shapes are known, reporting every dangling name, cycle and shape mismatch with the
-//! key path it comes from. [`plan`] then cuts the graph into stages.
+//! key path it comes from. Built with the fast kernels, it also folds each batch norm into the
+//! convolution before it where it can ([`fold`]). [`plan`] then cuts the graph into stages.
 //!
 //! The graph knows ops only through the [`Op`] trait: shapes, tensors, FLOPs and kernels all come
 //! from the op's own file in [`crate::ops`]. Each value also has its rows: one per record, or one
