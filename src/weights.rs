@@ -1,5 +1,6 @@
 //! Parameter tensors: read from a memory-mapped safetensors file (F32, F16, BF16, F64, converted
-//! to f32 once at load) or generated deterministically from a seed, and written back out.
+//! to f32 once at load) or generated deterministically from a seed, and written back out (F32,
+//! and PyTorch's int64 buffers).
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -23,6 +24,11 @@ pub enum InitKind {
         fan_in: usize,
     },
     Constant(f32),
+    /// Uniform in [low, high): batch-norm statistics of the kind a trained network has.
+    Between {
+        low: f32,
+        high: f32,
+    },
 }
 
 impl WeightStore {
@@ -87,6 +93,20 @@ impl WeightStore {
     }
 }
 
+impl WeightStore {
+    /// The int64 scalar `name` if the file holds one (a PyTorch counter such as batch norm's
+    /// `num_batches_tracked`); `None` for anything else, or for `init`.
+    pub fn i64_scalar(&self, name: &str) -> Option<i64> {
+        let WeightStore::File { mmap, .. } = self else {
+            return None;
+        };
+        let st = SafeTensors::deserialize(mmap).expect("validated at open");
+        let t = st.tensor(name).ok()?;
+        let bytes: [u8; 8] = t.data().try_into().ok()?;
+        (t.dtype() == Dtype::I64 && t.shape().is_empty()).then(|| i64::from_le_bytes(bytes))
+    }
+}
+
 fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     Some(match dtype {
         Dtype::F32 => data
@@ -141,6 +161,12 @@ pub fn seeded_stream(seed: u64, label: &str) -> impl FnMut() -> f32 {
 fn generate(seed: u64, name: &str, len: usize, init: InitKind) -> Vec<f32> {
     match init {
         InitKind::Constant(c) => vec![c; len],
+        InitKind::Between { low, high } => {
+            let mut next = seeded_stream(seed, name);
+            (0..len)
+                .map(|_| low + (next() + 1.0) * 0.5 * (high - low))
+                .collect()
+        }
         InitKind::Uniform { fan_in } => {
             let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
             let mut next = seeded_stream(seed, name);
@@ -149,25 +175,37 @@ fn generate(seed: u64, name: &str, len: usize, init: InitKind) -> Vec<f32> {
     }
 }
 
-/// Write tensors as an F32 safetensors file (used by `subpass export`).
+/// The values of a tensor to write.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorData {
+    F32(Vec<f32>),
+    /// PyTorch's integer buffers (batch norm's `num_batches_tracked`).
+    I64(Vec<i64>),
+}
+
+/// Write tensors (name → shape and values) as a safetensors file (used by `subpass export`).
 pub fn write_safetensors(
     path: &Path,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &BTreeMap<String, (Vec<usize>, TensorData)>,
 ) -> Result<(), String> {
-    let bytes: Vec<(String, Vec<usize>, Vec<u8>)> = tensors
+    let bytes: Vec<(String, Vec<usize>, Dtype, Vec<u8>)> = tensors
         .iter()
         .map(|(name, (shape, values))| {
-            (
-                name.clone(),
-                shape.clone(),
-                values.iter().flat_map(|v| v.to_le_bytes()).collect(),
-            )
+            let (dtype, data) = match values {
+                TensorData::F32(v) => {
+                    (Dtype::F32, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+                TensorData::I64(v) => {
+                    (Dtype::I64, v.iter().flat_map(|x| x.to_le_bytes()).collect())
+                }
+            };
+            (name.clone(), shape.clone(), dtype, data)
         })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView)> = bytes
         .iter()
-        .map(|(name, shape, data)| {
-            let view = safetensors::tensor::TensorView::new(Dtype::F32, shape.clone(), data)
+        .map(|(name, shape, dtype, data)| {
+            let view = safetensors::tensor::TensorView::new(*dtype, shape.clone(), data)
                 .expect("sizes match");
             (name.clone(), view)
         })

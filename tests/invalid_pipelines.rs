@@ -89,6 +89,7 @@ const CASES: &[Case] = &[
     Case { file: "concat_shape_mismatch.yaml", path: "layers[2]|layers[2].inputs|layers[2].axis", lines: &[7], cols: &[], facts: &["merge", "[2, 6, 6]", "[2, 8, 8]"] },
     Case { file: "conv_kernel_too_large.yaml", path: "layers[0]|layers[0].kernel", lines: &[5], cols: &[], facts: &["conv", "[5, 5]|kernel 5|5x5", "[1, 4, 4]|[4, 4]|4x4"] },
     Case { file: "pool_kernel_too_large.yaml", path: "layers[1]|layers[1].kernel", lines: &[6], cols: &[], facts: &["pool", "[8, 8]|kernel 8|8x8", "[2, 3, 3]|[3, 3]|3x3"] },
+    Case { file: "pool_padding_too_large.yaml", path: "layers[0].padding", lines: &[5], cols: &[], facts: &["padding", "half", "[2, 2]|padding 2", "[3, 3]|kernel 3"] },
     // Weights: the file, the tensor, both shapes.
     Case { file: "weights_file_missing.yaml", path: "weights", lines: &[3], cols: &[1, 10], facts: &["no_such_file.safetensors"] },
     Case { file: "weights_tensor_missing.yaml", path: "layers[1]|layers[1].params", lines: &[6], cols: &[], facts: &["out.weight", "missing|not found|absent"] },
@@ -427,8 +428,9 @@ fn every_shipped_config_validates_and_prints_its_plan() {
         );
         for name in stages.iter().chain(&layers) {
             assert!(
+                // Layer names may be module paths with dots (`layer2.0.conv1`).
                 run.stdout.lines().any(|l| l
-                    .split(|c: char| !(c.is_alphanumeric() || c == '_'))
+                    .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '.'))
                     .any(|w| w == name)),
                 "{}: the plan does not mention `{name}`:\n{}",
                 rel.display(),

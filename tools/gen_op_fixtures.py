@@ -139,19 +139,26 @@ def ref_conv2d(x, w, b, stride=1, padding=0, dilation=1, groups=1):
     return out
 
 
-def ref_pool2d(x, kernel, stride, mode):
+def ref_pool2d(x, kernel, stride, mode, padding=0):
+    """PyTorch's MaxPool2d / AvgPool2d in floor mode: max pooling pads with -inf (padded taps
+    never win), average pooling with zeros that count in the divisor (count_include_pad=True)."""
     n, c, h, wd = x.shape
     kh, kw = pair(kernel)
     sh, sw = pair(stride if stride is not None else kernel)
-    ho = (h - kh) // sh + 1
-    wo = (wd - kw) // sw + 1
+    ph, pw = pair(padding)
+    assert ph <= kh // 2 and pw <= kw // 2
+    ho = (h + 2 * ph - kh) // sh + 1
+    wo = (wd + 2 * pw - kw) // sw + 1
     out = np.zeros((n, c, ho, wo))
     for bi in range(n):
         for ci in range(c):
             for oi in range(ho):
                 for oj in range(wo):
-                    window = [x[bi, ci, oi * sh + a, oj * sw + e] for a in range(kh) for e in range(kw)]
-                    out[bi, ci, oi, oj] = max(window) if mode == "max" else sum(window) / len(window)
+                    window = [x[bi, ci, ii, jj]
+                              for ii in range(oi * sh - ph, oi * sh - ph + kh)
+                              for jj in range(oj * sw - pw, oj * sw - pw + kw)
+                              if 0 <= ii < h and 0 <= jj < wd]
+                    out[bi, ci, oi, oj] = max(window) if mode == "max" else sum(window) / (kh * kw)
     return out
 
 
@@ -228,9 +235,11 @@ def run_pipeline(layers, outputs, x, params):
                            layer.get("dilation", 1), layer.get("groups", 1))
             y = ACTIVATIONS[layer.get("activation", "identity")](y)
         elif op == "maxpool2d":
-            y = ref_pool2d(inputs[0], layer["kernel"], layer.get("stride"), "max")
+            y = ref_pool2d(inputs[0], layer["kernel"], layer.get("stride"), "max",
+                           layer.get("padding", 0))
         elif op == "avgpool2d":
-            y = ref_pool2d(inputs[0], layer["kernel"], layer.get("stride"), "avg")
+            y = ref_pool2d(inputs[0], layer["kernel"], layer.get("stride"), "avg",
+                           layer.get("padding", 0))
         elif op == "global_avgpool2d":
             y = ref_global_avgpool2d(inputs[0])
         elif op == "flatten":
@@ -455,6 +464,104 @@ def case_avgpool_rect(rng):
 
 
 @case
+def case_maxpool3_stride2_pad1(rng):
+    # ResNet's stem pool. rows: (9 + 2 - 3) // 2 + 1 = 5; cols: (8 + 2 - 3) // 2 + 1 = 4.
+    return dict(shape=[3, 9, 8],
+                layers=[L(name="pool", op="maxpool2d", kernel=3, stride=2, padding=1)],
+                weights={})
+
+
+@case
+def case_maxpool_pad_negative(rng):
+    # Every value below zero: zero padding would show as 0 on the borders, -inf padding never wins.
+    x = (-1.0 - np.abs(rng.standard_normal((2, 2, 6, 7)))).astype(np.float32)
+    return dict(shape=[2, 6, 7], input=x,
+                layers=[L(name="pool", op="maxpool2d", kernel=3, stride=1, padding=1)],
+                weights={})
+
+
+@case
+def case_maxpool2_pad1(rng):
+    # kernel 2, stride 2 with padding: not the unpadded pairwise path.
+    return dict(shape=[2, 7, 6],
+                layers=[L(name="pool", op="maxpool2d", kernel=2, padding=1)], weights={})
+
+
+@case
+def case_maxpool_pad_rect(rng):
+    # rows: (7 + 2 - 3) // 2 + 1 = 4; cols: (5 + 2 - 2) // 1 + 1 = 6.
+    return dict(shape=[2, 7, 5],
+                layers=[L(name="pool", op="maxpool2d", kernel=[3, 2], stride=[2, 1],
+                          padding=[1, 1])],
+                weights={})
+
+
+@case
+def case_avgpool3_stride2_pad1(rng):
+    # count_include_pad: a corner window holds 4 values and 5 padding zeros, divided by 9.
+    return dict(shape=[3, 9, 8],
+                layers=[L(name="pool", op="avgpool2d", kernel=3, stride=2, padding=1)],
+                weights={})
+
+
+@case
+def case_avgpool_pad_rect(rng):
+    return dict(shape=[2, 5, 8],
+                layers=[L(name="pool", op="avgpool2d", kernel=[2, 5], stride=[1, 3],
+                          padding=[1, 2])],
+                weights={})
+
+
+@case
+def case_conv_bn_relu(rng):
+    # What the fast graph folds: a convolution (no bias, as in ResNets) whose output only the
+    # batch norm reads, then relu. Stride 2 and padding, deep enough for the packed path.
+    w = conv_params(rng, "conv", 12, 8, 3, bias=False)
+    w.update(batchnorm_params(rng, "bn", 12))
+    return dict(shape=[8, 9, 10],
+                layers=[L(name="conv", op="conv2d", filters=12, kernel=3, stride=2, padding=1,
+                          bias=False),
+                        L(name="bn", op="batchnorm"),
+                        L(name="act", op="relu")],
+                weights=w)
+
+
+@case
+def case_conv_bias_bn(rng):
+    # A convolution with a bias and groups before a batch norm with its own eps: both fold.
+    w = conv_params(rng, "conv", 6, 4, 3, groups=2)
+    w.update(batchnorm_params(rng, "bn", 6))
+    return dict(shape=[4, 6, 7],
+                layers=[L(name="conv", op="conv2d", filters=6, kernel=3, padding=1, groups=2),
+                        L(name="bn", op="batchnorm", eps=1e-3)],
+                weights=w)
+
+
+@case
+def case_conv_bn_shared(rng):
+    # The convolution's output is also read by the add: the batch norm must not be folded.
+    w = conv_params(rng, "conv", 3, 3, 3)
+    w.update(batchnorm_params(rng, "bn", 3))
+    return dict(shape=[3, 5, 6],
+                layers=[L(name="conv", op="conv2d", filters=3, kernel=3, padding=1),
+                        L(name="bn", op="batchnorm"),
+                        L(name="sum", op="add", inputs=["conv", "bn"])],
+                weights=w)
+
+
+@case
+def case_conv_relu_bn(rng):
+    # relu inside the convolution comes before the batch norm: no fold.
+    w = conv_params(rng, "conv", 3, 2, 3)
+    w.update(batchnorm_params(rng, "bn", 3))
+    return dict(shape=[2, 5, 6],
+                layers=[L(name="conv", op="conv2d", filters=3, kernel=3, padding=1,
+                          activation="relu"),
+                        L(name="bn", op="batchnorm")],
+                weights=w)
+
+
+@case
 def case_global_avgpool(rng):
     return dict(shape=[4, 5, 6], layers=[L(name="gap", op="global_avgpool2d")], weights={})
 
@@ -607,8 +714,8 @@ ALLOWED_KEYS = {
     "dense": {"units", "bias", "activation"},
     "conv2d": {"filters", "kernel", "stride", "padding", "dilation", "groups", "bias",
                "activation"},
-    "maxpool2d": {"kernel", "stride"},
-    "avgpool2d": {"kernel", "stride"},
+    "maxpool2d": {"kernel", "stride", "padding"},
+    "avgpool2d": {"kernel", "stride", "padding"},
     "batchnorm": {"eps"},
     "layernorm": {"eps"},
     "concat": {"axis"},
@@ -725,6 +832,21 @@ def self_check():
     assert np.max(np.abs(ref_pool2d(x, 2, None, "max") - crop.max(axis=(3, 5)))) < 1e-12
     assert np.max(np.abs(ref_pool2d(x, 2, None, "avg") - crop.mean(axis=(3, 5)))) < 1e-12
     assert np.max(np.abs(ref_global_avgpool2d(x) - x.mean(axis=(2, 3)))) < 1e-12
+
+    # Padded pooling against PyTorch itself, when it is installed (the semantics this copies).
+    try:
+        import torch
+        import torch.nn.functional as F
+    except ImportError:
+        print("torch not installed: padded pooling not checked against PyTorch", file=sys.stderr)
+    else:
+        x = rng.standard_normal((2, 3, 9, 8))
+        for k, s_, p in [(3, 2, 1), (2, 2, 1), ((3, 2), (2, 1), (1, 1)), ((2, 5), (1, 3), (1, 2))]:
+            t = torch.from_numpy(x)
+            want_max = F.max_pool2d(t, k, s_, p).numpy()
+            want_avg = F.avg_pool2d(t, k, s_, p, count_include_pad=True).numpy()
+            assert np.max(np.abs(ref_pool2d(x, k, s_, "max", p) - want_max)) < 1e-12, (k, s_, p)
+            assert np.max(np.abs(ref_pool2d(x, k, s_, "avg", p) - want_avg)) < 1e-12, (k, s_, p)
 
     x = rng.standard_normal((3, 4, 7)) * 5
     w, b = rng.standard_normal(7), rng.standard_normal(7)

@@ -191,11 +191,15 @@ def build_model(pipeline, weights):
             if pre != name:
                 b.activation(act, pre, name)
         elif op in ("maxpool2d", "avgpool2d"):
-            # No padding, floor mode: ONNX's defaults (ceil_mode=0) match subpass.
+            # Floor mode: ONNX's default (ceil_mode=0) matches subpass. Padding is -inf for
+            # MaxPool; AveragePool must count it in the divisor, as subpass (and PyTorch) do.
             kernel = pair(layer["kernel"], None)
             stride = pair(layer.get("stride"), kernel)
+            ph, pw = pair(layer.get("padding"), [0, 0])
+            extra = {} if op == "maxpool2d" else {"count_include_pad": 1}
             onnx_op = "MaxPool" if op == "maxpool2d" else "AveragePool"
-            b.node(onnx_op, [x], name, kernel_shape=kernel, strides=stride)
+            b.node(onnx_op, [x], name, kernel_shape=kernel, strides=stride,
+                   pads=[ph, pw, ph, pw], **extra)
             rank[name] = 3
         elif op == "global_avgpool2d":
             # subpass yields [C]; ONNX yields [N, C, 1, 1], so flatten after.

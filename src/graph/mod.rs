@@ -2,20 +2,22 @@
 //!
 //! [`Graph::build`] turns a parsed [`PipelineConfig`] into nodes whose inputs are [`ValueId`]s and
 //! whose output shapes are known, reporting every dangling name, cycle and shape mismatch with the
-//! key path it comes from. [`plan`] then cuts the graph into stages.
+//! key path it comes from. Built with the fast kernels, it also folds each batch norm into the
+//! convolution before it where it can ([`fold`]). [`plan`] then cuts the graph into stages.
 //!
 //! The graph knows ops only through the [`Op`] trait: shapes, tensors, FLOPs and kernels all come
 //! from the op's own file in [`crate::ops`]. Each value also has its rows: one per record, or one
 //! per token for text ([`Rows`]); shapes are per row, and the byte bound counts token rows at the
 //! chunk's token budget.
 
+pub mod fold;
 pub mod plan;
 
 use std::collections::{HashMap, HashSet};
 
 use crate::config::{suggest, ConfigError, ConfigErrors, PipelineConfig, WeightsSource};
 use crate::ops::{self, Chunk, KernelKind, Layer, Op, Rows, TensorSlice, TensorSpec};
-use crate::weights::WeightStore;
+use crate::weights::{TensorData, WeightStore};
 
 pub use plan::Plan;
 
@@ -54,6 +56,12 @@ pub struct Node {
     /// Parameter tensors, by full name, with their shapes.
     pub params: Vec<(String, Vec<usize>)>,
     pub flops_per_record: u64,
+    /// Full names of the PyTorch buffers the layer's module keeps and inference ignores
+    /// ([`Op::buffers`]): `export` writes them.
+    pub buffers: Vec<String>,
+    /// For a batch norm folded into the convolution before it (fast kernels only; see
+    /// [`fold`]): that convolution's node. The node then passes its input through.
+    pub folded_into: Option<usize>,
     /// Key path of the layer in the pipeline file.
     pub path: String,
     /// For a shard of a layer split by `shards: k`: the unsplit op, whose tensors it cuts.
@@ -188,7 +196,9 @@ impl Graph {
         // FLOPs per token are quoted for the longest record (attention grows with length).
         let seq = config.input.text.as_ref().map_or(1, |t| t.max_tokens);
         let mut nodes: Vec<Node> = Vec::new();
-        let mut layers_out: Vec<Box<dyn Layer>> = Vec::new();
+        // Each node's tensors, as the op lists them; `None` where one could not be loaded. The
+        // kernels are built once every layer is known, since a fold reads a later layer's.
+        let mut loaded: Vec<Option<Vec<Vec<f32>>>> = Vec::new();
         // Index of each layer's node, or None where the layer could not be resolved.
         let mut resolved: Vec<Option<usize>> = Vec::new();
         let mut used_tensors = HashSet::new();
@@ -352,10 +362,15 @@ impl Graph {
                 used_tensors.insert(full.clone());
                 params.push((full, pshape.clone()));
             }
+            let buffers: Vec<String> = layer
+                .op
+                .buffers()
+                .iter()
+                .map(|b| format!("{}.{b}", layer.params))
+                .collect();
+            used_tensors.extend(buffers.iter().cloned());
             let flops = layer.op.flops(&shapes, &shape, seq);
-            if values.len() == specs.len() {
-                layers_out.push(layer.op.build(kernels, &shapes, &shape, values));
-            }
+            loaded.push((values.len() == specs.len()).then_some(values));
             resolved.push(Some(nodes.len()));
             // Remap inputs from layer indices to node indices: identical when nothing failed.
             let inputs = inputs.iter().map(|v| match v.layer() {
@@ -370,6 +385,8 @@ impl Graph {
                 rows,
                 params,
                 flops_per_record: flops,
+                buffers,
+                folded_into: None,
                 path: layer.path.clone(),
                 whole: layer.shard.as_ref().map(|s| s.whole.clone()),
             });
@@ -419,7 +436,10 @@ impl Graph {
             .collect();
         // Without a usable weights section (its error was reported while parsing) the layers
         // cannot be built; the graph is unusable even if nothing else is wrong with it.
-        if errors.is_empty() && layers_out.len() == nodes.len() {
+        let tensors: Option<Vec<Vec<Vec<f32>>>> = loaded.into_iter().collect();
+        if let (true, Some(tensors)) = (errors.is_empty(), tensors) {
+            let layers_out =
+                fold::build_layers(&mut nodes, &outputs, &config.input.shape, tensors, kernels);
             Ok(Graph {
                 input_shape: config.input.shape.clone(),
                 input_rows,
@@ -478,8 +498,9 @@ impl Graph {
     ) {
         for (j, &i) in layers.iter().enumerate() {
             let node = &self.nodes[i];
-            if node.op.passes_through() {
-                // identity and dropout: the same tensor under a new name, shared, not copied.
+            if node.op.passes_through() || node.folded_into.is_some() {
+                // identity, dropout and folded batch norms: the same tensor under a new name,
+                // shared, not copied.
                 let same = env.get(node.inputs[0]).clone();
                 env.set(ValueId::of_layer(i), same);
                 for v in frees.get(j).into_iter().flatten() {
@@ -535,7 +556,9 @@ impl Env {
 }
 
 /// Write every parameter the pipeline reads (from its file or its `init` seed) as an F32
-/// safetensors file, so peers (ONNX Runtime, PyTorch) can load the very same weights.
+/// safetensors file, so peers (ONNX Runtime, PyTorch) can load the very same weights; with the
+/// layers' PyTorch buffers ([`Node::buffers`]) as int64 scalars, so that PyTorch's strict
+/// `load_state_dict` takes the file as it is.
 pub fn export_weights(
     config: &PipelineConfig,
     graph: &Graph,
@@ -554,7 +577,12 @@ pub fn export_weights(
         let op = node.whole.as_ref().unwrap_or(&node.op);
         for (spec, (name, _)) in op.tensors(&shapes).iter().zip(&node.params) {
             let values = store.fetch(name, &spec.shape, spec.init)?;
-            tensors.insert(name.clone(), (spec.shape.clone(), values));
+            tensors.insert(name.clone(), (spec.shape.clone(), TensorData::F32(values)));
+        }
+        // PyTorch's counters: the file's value where it has one, else 0 (a fresh module's).
+        for name in &node.buffers {
+            let count = store.i64_scalar(name).unwrap_or(0);
+            tensors.insert(name.clone(), (Vec::new(), TensorData::I64(vec![count])));
         }
     }
     crate::weights::write_safetensors(path, &tensors)?;

@@ -400,6 +400,23 @@ impl Plan {
                 inputs.join(", ")
             );
         }
+        let folds: Vec<String> = g
+            .nodes
+            .iter()
+            .filter_map(|n| {
+                Some(format!(
+                    "  {} folded into {}",
+                    n.name, g.nodes[n.folded_into?].name
+                ))
+            })
+            .collect();
+        if !folds.is_empty() {
+            let _ = writeln!(
+                out,
+                "\nbatch norms folded into the convolution before them (fast kernels; `verify` compares with the unfolded graph):\n{}",
+                folds.join("\n")
+            );
+        }
         if self.config.auto_stages {
             let _ = writeln!(
                 out,

@@ -4,9 +4,10 @@
 use std::sync::Arc;
 
 use super::{
-    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, Chunk, KernelKind,
-    Layer, Op, OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
+    contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, ChannelAffine, Chunk,
+    KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor, TensorSpec,
 };
+use crate::weights::InitKind;
 
 #[derive(Debug)]
 pub(super) struct BatchNormFamily;
@@ -24,7 +25,7 @@ impl OpFamily for BatchNormFamily {
         ATTRS
     }
     fn doc(&self) -> &'static str {
-        "`weight`, `bias`, `running_mean`, `running_var` [channels]; inference mode, over axis 0 (channels)"
+        "`weight`, `bias`, `running_mean`, `running_var` [channels]; `num_batches_tracked` (int64, unused) may be present and `export` writes it; inference mode, over axis 0 (channels); folded into a `conv2d` right before it when only the batch norm reads the convolution (`validate` lists the folds)"
     }
     fn configure(&self, _name: &str, a: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
         Ok(Arc::new(BatchNormOp {
@@ -46,13 +47,41 @@ impl Op for BatchNormOp {
         Ok(inputs[0].to_vec())
     }
     fn tensors(&self, inputs: &[&[usize]]) -> Vec<TensorSpec> {
+        // `init` gives statistics of the kind a trained network has, not the identity map of a
+        // fresh PyTorch module: with those, a fold that mixed up the tensors, or a file that
+        // named them wrongly, would go unnoticed.
         let c = vec![inputs[0][0]];
+        let between = |suffix, low, high| TensorSpec {
+            suffix,
+            shape: c.clone(),
+            init: InitKind::Between { low, high },
+        };
         vec![
-            TensorSpec::constant("weight", c.clone(), 1.0),
-            TensorSpec::constant("bias", c.clone(), 0.0),
-            TensorSpec::constant("running_mean", c.clone(), 0.0),
-            TensorSpec::constant("running_var", c, 1.0),
+            between("weight", 0.5, 1.5),
+            between("bias", -0.25, 0.25),
+            between("running_mean", -0.25, 0.25),
+            between("running_var", 0.5, 1.5),
         ]
+    }
+    fn buffers(&self) -> &'static [&'static str] {
+        &["num_batches_tracked"]
+    }
+    fn channel_affine(&self, tensors: &[Vec<f32>]) -> Option<ChannelAffine> {
+        let [weight, bias, mean, var] = tensors else {
+            return None;
+        };
+        let scale: Vec<f64> = weight
+            .iter()
+            .zip(var)
+            .map(|(w, v)| *w as f64 / (*v as f64 + self.eps).sqrt())
+            .collect();
+        let shift = bias
+            .iter()
+            .zip(mean)
+            .zip(&scale)
+            .map(|((b, m), s)| *b as f64 - *m as f64 * s)
+            .collect();
+        Some(ChannelAffine { scale, shift })
     }
     fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         inputs[0].iter().product::<usize>() as u64
@@ -64,31 +93,28 @@ impl Op for BatchNormOp {
         _output: &[usize],
         tensors: Vec<Vec<f32>>,
     ) -> Box<dyn Layer> {
-        let [weight, bias, mean, var]: [Vec<f32>; 4] =
-            tensors.try_into().expect("batchnorm reads four tensors");
         match kind {
             KernelKind::Fast => {
                 // Folded at load: y = x · scale[c] + shift[c].
-                let scale: Vec<f32> = weight
-                    .iter()
-                    .zip(&var)
-                    .map(|(w, v)| (*w as f64 / (*v as f64 + self.eps).sqrt()) as f32)
-                    .collect();
-                let shift = bias
-                    .iter()
-                    .zip(&mean)
-                    .zip(&scale)
-                    .map(|((b, m), s)| b - m * s)
-                    .collect();
-                Box::new(BatchNorm { scale, shift })
+                let affine = self
+                    .channel_affine(&tensors)
+                    .expect("batchnorm reads four tensors");
+                Box::new(BatchNorm {
+                    scale: affine.scale.iter().map(|v| *v as f32).collect(),
+                    shift: affine.shift.iter().map(|v| *v as f32).collect(),
+                })
             }
-            KernelKind::Reference => Box::new(BatchNormReference {
-                eps: self.eps,
-                weight,
-                bias,
-                mean,
-                var,
-            }),
+            KernelKind::Reference => {
+                let [weight, bias, mean, var]: [Vec<f32>; 4] =
+                    tensors.try_into().expect("batchnorm reads four tensors");
+                Box::new(BatchNormReference {
+                    eps: self.eps,
+                    weight,
+                    bias,
+                    mean,
+                    var,
+                })
+            }
         }
     }
 }

@@ -9,8 +9,8 @@ use std::sync::Arc;
 use super::activation::reference_activation;
 use super::{
     apply_activation, batched, contiguous, tensor, Activation, AttrDefault, AttrKind, AttrSpec,
-    AttrValue, Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ScratchNeed, ShapeError,
-    Tensor, TensorSpec,
+    AttrValue, Attrs, ChannelAffine, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ScratchNeed,
+    ShapeError, Tensor, TensorSpec,
 };
 use crate::kernels::direct_conv;
 use crate::kernels::gemm::matmul_acc;
@@ -227,6 +227,35 @@ impl Op for Conv2dOp {
                 bias,
             }),
         }
+    }
+    /// Each output channel is one filter's sum plus its bias; an activation would come between
+    /// the sum and the map.
+    fn folds_channel_affine(&self) -> bool {
+        self.activation == Activation::Identity
+    }
+    /// `(x ⊛ w + b) · s + t = x ⊛ (w · s) + (b · s + t)` per filter: the same op with a bias.
+    fn fold_channel_affine(
+        &self,
+        tensors: Vec<Vec<f32>>,
+        affine: &ChannelAffine,
+    ) -> (Arc<dyn Op>, Vec<Vec<f32>>) {
+        let mut tensors = tensors.into_iter();
+        let mut weight = tensors.next().expect("conv2d reads a weight");
+        let bias = tensors.next().unwrap_or_else(|| vec![0.0; self.filters]);
+        let per_filter = weight.len() / self.filters;
+        for (filter, s) in weight.chunks_exact_mut(per_filter).zip(&affine.scale) {
+            filter.iter_mut().for_each(|w| *w = (*w as f64 * s) as f32);
+        }
+        let bias = bias
+            .iter()
+            .zip(affine.scale.iter().zip(&affine.shift))
+            .map(|(b, (s, t))| (*b as f64 * s + t) as f32)
+            .collect();
+        let op = Conv2dOp {
+            bias: true,
+            ..*self
+        };
+        (Arc::new(op), vec![weight, bias])
     }
 }
 

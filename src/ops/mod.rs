@@ -279,6 +279,38 @@ pub trait Op: Debug + Send + Sync {
             self.name()
         ))
     }
+    /// Name suffixes of the buffers PyTorch's module keeps beside the tensors and inference
+    /// never reads (batch norm's `num_batches_tracked`, an int64 scalar): a weights file may
+    /// hold them or not, and `export` writes them so that PyTorch's strict `load_state_dict`
+    /// accepts its file.
+    fn buffers(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// For an op that is `y = x · scale[c] + shift[c]` over the channels (axis 0 of the record)
+    /// and nothing else (batch norm at inference): that map, from its tensors (in the order
+    /// [`Self::tensors`] lists them).
+    fn channel_affine(&self, _tensors: &[Vec<f32>]) -> Option<ChannelAffine> {
+        None
+    }
+    /// Whether a per-channel affine map applied to this op's output can be folded into the op
+    /// itself ([`Self::fold_channel_affine`]): true for a convolution with no activation,
+    /// whose output channels are its filters.
+    fn folds_channel_affine(&self) -> bool {
+        false
+    }
+    /// The op and tensors that compute this op followed by `affine` over its output channels,
+    /// as one op; the graph builds its kernels from them in place of `self` and `tensors`.
+    /// Called only where [`Self::folds_channel_affine`] is true.
+    fn fold_channel_affine(
+        &self,
+        _tensors: Vec<Vec<f32>>,
+        _affine: &ChannelAffine,
+    ) -> (Arc<dyn Op>, Vec<Vec<f32>>) {
+        unreachable!(
+            "{} does not fold a channel affine map (folds_channel_affine is false)",
+            self.name()
+        )
+    }
 }
 
 /// One shard of a layer split by `shards: k`.
@@ -339,6 +371,14 @@ impl TensorSlice {
             }
         }
     }
+}
+
+/// `y = x · scale[c] + shift[c]` per channel `c`, in f64 so that folding it into a convolution's
+/// weights rounds once, at the end.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ChannelAffine {
+    pub scale: Vec<f64>,
+    pub shift: Vec<f64>,
 }
 
 /// Reusable buffers a worker keeps from chunk to chunk, so the hot path does not allocate them

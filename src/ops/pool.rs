@@ -1,10 +1,12 @@
-//! `maxpool2d` and `avgpool2d`: windows over `[C, H, W]` records (no padding, floor mode).
+//! `maxpool2d` and `avgpool2d`: windows over `[C, H, W]` records, with PyTorch's padding
+//! (−∞ for max, zeros counted in the divisor for average: `count_include_pad=True`) and floor
+//! mode.
 
 use std::sync::Arc;
 
 use super::{
-    batched, contiguous, tensor, AttrDefault, AttrKind, AttrSpec, Attrs, Chunk, KernelKind, Layer,
-    Op, OpFamily, Scratch, ShapeError, Tensor,
+    batched, contiguous, tensor, AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs, Chunk,
+    KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
 };
 
 #[derive(Debug)]
@@ -26,18 +28,36 @@ impl OpFamily for PoolFamily {
                 AttrKind::Pair { min: 1 },
                 AttrDefault::SameAs("kernel"),
             ),
+            AttrSpec::new(
+                "padding",
+                AttrKind::Pair { min: 0 },
+                AttrDefault::Value(AttrValue::Pair([0, 0])),
+            ),
         ];
         ATTRS
     }
     fn doc(&self) -> &'static str {
-        "none; records [C, H, W]; no padding, floor mode"
+        "none; records [C, H, W]; floor mode; `padding` (at most half the kernel, as PyTorch) is −∞ for max pooling and zeros counted in the divisor for average pooling (PyTorch's default `count_include_pad=True`)"
     }
     fn configure(&self, name: &str, a: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
-        Ok(Arc::new(PoolOp {
+        let op = PoolOp {
             kernel: a.pair("kernel"),
             stride: a.pair("stride"),
+            padding: a.pair("padding"),
             max: name == "maxpool2d",
-        }))
+        };
+        // PyTorch's rule: every window then holds at least one input value, so a max never
+        // comes out as −∞.
+        if (0..2).any(|i| op.padding[i] > op.kernel[i] / 2) {
+            return Err(ShapeError::at(
+                "padding",
+                format!(
+                    "padding {:?} is more than half the kernel {:?}",
+                    op.padding, op.kernel
+                ),
+            ));
+        }
+        Ok(Arc::new(op))
     }
 }
 
@@ -45,6 +65,8 @@ impl OpFamily for PoolFamily {
 struct PoolOp {
     kernel: [usize; 2],
     stride: [usize; 2],
+    /// Rows and columns of padding on each side.
+    padding: [usize; 2],
     /// Max pooling, or average.
     max: bool,
 }
@@ -65,19 +87,24 @@ impl Op for PoolOp {
                 format!("pooling needs [channels, height, width] records, found {input:?}"),
             ));
         };
-        if self.kernel[0] > *h || self.kernel[1] > *w {
+        // Saturating: a kernel near usize::MAX (and padding half of it) is an error, not a wrap.
+        let padded = [
+            h.saturating_add(self.padding[0].saturating_mul(2)),
+            w.saturating_add(self.padding[1].saturating_mul(2)),
+        ];
+        if self.kernel[0] > padded[0] || self.kernel[1] > padded[1] {
             return Err(ShapeError::at(
                 "kernel",
                 format!(
-                    "kernel {:?} is larger than the input {input:?}",
-                    self.kernel
+                    "kernel {:?} is larger than the padded input: input {input:?}, padding {:?}",
+                    self.kernel, self.padding
                 ),
             ));
         }
         Ok(vec![
             *c,
-            (h - self.kernel[0]) / self.stride[0] + 1,
-            (w - self.kernel[1]) / self.stride[1] + 1,
+            (padded[0] - self.kernel[0]) / self.stride[0] + 1,
+            (padded[1] - self.kernel[1]) / self.stride[1] + 1,
         ])
     }
     fn flops(&self, _inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
@@ -122,34 +149,38 @@ impl Pool2d {
     fn fast(&self, x: &[f32], out: &mut [f32]) {
         let [_, h, w] = self.input;
         let [_, oh, ow] = self.output;
-        let ([kh, kw], [sh, sw]) = (self.op.kernel, self.op.stride);
+        let ([kh, kw], [sh, sw], [ph, pw]) = (self.op.kernel, self.op.stride, self.op.padding);
         let inv = 1.0 / (kh * kw) as f32;
+        let columns = self.columns();
         for (plane, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
             for (oy, row_out) in dst.chunks_exact_mut(ow).enumerate() {
+                // Padding contributes nothing to a max and zero to a sum, so the output starts
+                // from the identity of its fold and padded taps are skipped.
+                row_out.fill(if self.op.max { f32::NEG_INFINITY } else { 0.0 });
                 // Window rows one at a time, each swept across the whole output row: the inner
                 // loops run over contiguous memory and vectorise, unlike window-by-window folds.
                 for ki in 0..kh {
-                    let row = &plane[(oy * sh + ki) * w..][..w];
-                    if self.op.max {
-                        if ki == 0 {
-                            row_out.fill(f32::NEG_INFINITY);
+                    let Some(y) = (oy * sh + ki).checked_sub(ph).filter(|y| *y < h) else {
+                        continue;
+                    };
+                    let row = &plane[y * w..][..w];
+                    if self.op.max && kw == 2 && sw == 2 && pw == 0 {
+                        for (o, pair) in row_out.iter_mut().zip(row.chunks_exact(2)) {
+                            *o = max(*o, max(pair[0], pair[1]));
                         }
-                        if kw == 2 && sw == 2 {
-                            for (o, pair) in row_out.iter_mut().zip(row.chunks_exact(2)) {
-                                *o = max(*o, max(pair[0], pair[1]));
-                            }
+                        continue;
+                    }
+                    for (kj, &(lo, hi)) in columns.iter().enumerate() {
+                        if lo == hi {
+                            continue;
+                        }
+                        // Output columns lo..hi read input columns from lo·sw + kj − pw on.
+                        let taps = row[lo * sw + kj - pw..].iter().step_by(sw);
+                        let outs = row_out[lo..hi].iter_mut().zip(taps);
+                        if self.op.max {
+                            outs.for_each(|(o, v)| *o = max(*o, *v));
                         } else {
-                            for kj in 0..kw {
-                                for (ox, o) in row_out.iter_mut().enumerate() {
-                                    *o = max(*o, row[ox * sw + kj]);
-                                }
-                            }
-                        }
-                    } else {
-                        for kj in 0..kw {
-                            for (ox, o) in row_out.iter_mut().enumerate() {
-                                *o += row[ox * sw + kj];
-                            }
+                            outs.for_each(|(o, v)| *o += *v);
                         }
                     }
                 }
@@ -160,16 +191,35 @@ impl Pool2d {
         }
     }
 
-    /// The reference: each output from its window, the average summed in f64.
+    /// For each window column `kj`, the output columns `lo..hi` whose tap `ox·sw + kj − pw`
+    /// falls inside the input row (the others read padding).
+    fn columns(&self) -> Vec<(usize, usize)> {
+        let (w, ow) = (self.input[2], self.output[2]);
+        let (kw, sw, pw) = (self.op.kernel[1], self.op.stride[1], self.op.padding[1]);
+        (0..kw)
+            .map(|kj| {
+                let lo = (pw.saturating_sub(kj)).div_ceil(sw);
+                let hi = ((w + pw).saturating_sub(kj)).div_ceil(sw).min(ow);
+                (lo.min(hi), hi)
+            })
+            .collect()
+    }
+
+    /// The reference: each output from its window, padded taps left out of the max and
+    /// counted as zeros in the average (`count_include_pad`), the average summed in f64.
     fn reference(&self, x: &[f32], out: &mut [f32]) {
         let [_, h, w] = self.input;
         let [_, oh, ow] = self.output;
-        let ([kh, kw], [sh, sw]) = (self.op.kernel, self.op.stride);
+        let ([kh, kw], [sh, sw], [ph, pw]) = (self.op.kernel, self.op.stride, self.op.padding);
         for (plane, dst) in x.chunks_exact(h * w).zip(out.chunks_exact_mut(oh * ow)) {
             for oy in 0..oh {
                 for ox in 0..ow {
                     let window = (0..kh).flat_map(|ki| {
-                        (0..kw).map(move |kj| plane[(oy * sh + ki) * w + ox * sw + kj] as f64)
+                        (0..kw).filter_map(move |kj| {
+                            let y = (oy * sh + ki).checked_sub(ph).filter(|y| *y < h)?;
+                            let x = (ox * sw + kj).checked_sub(pw).filter(|x| *x < w)?;
+                            Some(plane[y * w + x] as f64)
+                        })
                     });
                     dst[oy * ow + ox] = if self.op.max {
                         window.fold(f64::NEG_INFINITY, f64::max) as f32
