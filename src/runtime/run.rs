@@ -12,6 +12,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 
 use super::budget::InFlight;
 use super::label::Label;
+use super::metrics::{Exporter, Probe, Publication, QueueProbe};
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
 use super::source::{input_env, run_chunker, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
@@ -37,6 +38,10 @@ pub struct RunOptions {
     pub trace: Option<PathBuf>,
     /// The passthrough field holding each record's class; tallies argmax accuracy.
     pub label: Option<Label>,
+    /// `--metrics`: where scrapes read this run's counters, queues and budget.
+    pub metrics: Option<Arc<Exporter>>,
+    /// The file the plan was loaded from: its hash names the pipeline's version in `/metrics`.
+    pub pipeline_file: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -48,6 +53,8 @@ impl Default for RunOptions {
             stats_interval: None,
             trace: None,
             label: None,
+            metrics: None,
+            pipeline_file: None,
         }
     }
 }
@@ -103,6 +110,8 @@ struct Running {
     failures_rx: Receiver<Failure>,
     /// Stage workers and joins; joined after a clean finish.
     threads: Vec<JoinHandle<()>>,
+    /// Each stage's input queue, for `/metrics` (index in `counters.stages`).
+    queues: Vec<(usize, QueueProbe)>,
 }
 
 /// The name of every stage replica's thread starts with this.
@@ -137,6 +146,9 @@ fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
     let (inboxes, stage_channels, sink_rx): (Inboxes, Vec<StageChannels>, _) = channels(plan);
     let (failures_tx, failures_rx) = unbounded();
     let mut threads = Vec::new();
+    let queues = (stage_channels.iter().enumerate())
+        .map(|(s, ch)| (s + 1, ch.queue_probe()))
+        .collect();
     for (s, (stage, ch)) in plan.stages.iter().zip(stage_channels).enumerate() {
         let emitter = inboxes.emitter(&stage.routes);
         for replica in 0..stage.replicas {
@@ -172,6 +184,7 @@ fn spawn_stages(plan: &Arc<Plan>, tracer: &Option<Tracer>) -> Running {
         failures_tx,
         failures_rx,
         threads,
+        queues,
     }
 }
 
@@ -302,6 +315,14 @@ pub fn run_stream(
         }));
     }
     drop(running.source);
+    let _published = publish_metrics(
+        &plan,
+        options,
+        &running.counters,
+        (running.queues, &chunks_rx),
+        &budget,
+        start,
+    );
 
     // Sink.
     let mut writer = JsonOutput {
@@ -358,6 +379,36 @@ pub fn run_stream(
         stats: running.counters.snapshot(start.elapsed()),
         label: options.label.clone(),
     })
+}
+
+/// `--metrics`: export this run until the guard drops (when `run_stream` returns, which gives back
+/// the queues' receivers even on a failure).
+fn publish_metrics(
+    plan: &Plan,
+    options: &RunOptions,
+    counters: &Arc<Counters>,
+    (mut queues, parse_queue): (Vec<(usize, QueueProbe)>, &Receiver<RawChunk>),
+    budget: &InFlight,
+    started: Instant,
+) -> Option<Publication> {
+    if let Some(path) = &options.pipeline_file {
+        match std::fs::read(path) {
+            Ok(bytes) => counters.pipeline.set_hash(super::stats::file_hash(&bytes)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot hash the pipeline file")
+            }
+        }
+    }
+    let exporter = options.metrics.as_ref()?;
+    queues.insert(0, (0, QueueProbe::new(vec![parse_queue.clone()])));
+    Some(exporter.publish(Probe {
+        counters: counters.clone(),
+        pipeline_name: plan.name.clone(),
+        started,
+        queues,
+        budget: budget.clone(),
+        budget_limit: plan.budget.chunks,
+    }))
 }
 
 /// Writes JSON output lines and error lines.
@@ -426,6 +477,7 @@ impl ChunkOutput for JsonOutput {
             }
         }
         self.out.write_all(&self.buf).map_err(output_error)?;
+        self.counters.latency.observe(meta.admitted_at.elapsed());
         r.records_in
             .fetch_add(written + rejected.len() as u64, Relaxed);
         r.records_out.fetch_add(written, Relaxed);
