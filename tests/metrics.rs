@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{line_channel, subpass, wait_with_timeout};
+use common::{run_with_metrics, stage_names, subpass, wait_with_timeout};
 use prometheus_parse::{Scrape, Value};
 
 const PIPELINE: &str = "configs/mlp.yaml";
@@ -30,27 +30,8 @@ impl Drop for Served {
     }
 }
 
-/// Start a run and wait for the line that says where the metrics are; never a sleep.
 fn serve(pipeline: &str) -> Served {
-    let mut child = subpass()
-        .args(["run", pipeline, "--metrics", "127.0.0.1:0"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = line_channel(child.stderr.take().unwrap());
-    let stdout = line_channel(child.stdout.take().unwrap());
-    let addr = loop {
-        let line = stderr
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the readiness line on stderr");
-        if let Some(rest) = line.strip_prefix("metrics: listening on http://") {
-            break rest.strip_suffix("/metrics").unwrap().to_string();
-        }
-    };
-    // Keep draining stderr so the child never blocks on it.
-    std::thread::spawn(move || while stderr.recv().is_ok() {});
+    let (mut child, addr, stdout) = run_with_metrics(pipeline, "127.0.0.1:0");
     Served {
         stdin: child.stdin.take(),
         child,
@@ -92,37 +73,30 @@ fn scrape(addr: &str) -> Scrape {
     Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).unwrap()
 }
 
-/// The value of the sample `metric` whose labels include `labels`.
-fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let sample = s
-        .samples
+/// The sample `metric` whose labels include `labels`.
+fn sample<'a>(
+    s: &'a Scrape,
+    metric: &str,
+    labels: &[(&str, &str)],
+) -> &'a prometheus_parse::Sample {
+    s.samples
         .iter()
         .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .unwrap_or_else(|| panic!("no sample {metric}{labels:?}"));
-    match &sample.value {
+        .unwrap_or_else(|| panic!("no sample {metric}{labels:?}"))
+}
+
+fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    match &sample(s, metric, labels).value {
         Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => *v,
         other => panic!("{metric} is {other:?}"),
     }
 }
 
 fn counter(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
-    let sample = s
-        .samples
-        .iter()
-        .find(|x| x.metric == metric && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
-        .unwrap_or_else(|| panic!("no sample {metric}{labels:?}"));
-    match sample.value {
-        Value::Counter(v) => v,
-        ref other => panic!("{metric} must be a counter, is {other:?}"),
+    match &sample(s, metric, labels).value {
+        Value::Counter(v) => *v,
+        other => panic!("{metric} must be a counter, is {other:?}"),
     }
-}
-
-/// The stage names of a pipeline, as the plan has them (the parser is listed first).
-fn stage_names(pipeline: &str) -> Vec<String> {
-    let plan = subpass::graph::Plan::load(&common::root().join(pipeline)).unwrap();
-    let mut names = vec!["source.parse".to_string()];
-    names.extend(plan.stages.iter().map(|s| s.name.clone()));
-    names
 }
 
 /// The in-flight budget as `subpass validate` prints it: "…, N chunks at most".

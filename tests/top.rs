@@ -4,39 +4,10 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Child, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
-use common::{line_channel, subpass, wait_with_timeout};
-
-/// `subpass run PIPELINE --metrics ADDR`, stdin held open; returns it and the bound address.
-fn serve(pipeline: &str, addr: &str) -> (Child, String) {
-    let mut child = subpass()
-        .args(["run", pipeline, "--metrics", addr])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = line_channel(child.stderr.take().unwrap());
-    let addr = loop {
-        let line = stderr
-            .recv_timeout(Duration::from_secs(60))
-            .expect("the readiness line on stderr");
-        if let Some(rest) = line.strip_prefix("metrics: listening on http://") {
-            break rest.strip_suffix("/metrics").unwrap().to_string();
-        }
-    };
-    std::thread::spawn(move || while stderr.recv().is_ok() {});
-    (child, addr)
-}
-
-fn stages(pipeline: &str) -> Vec<String> {
-    let plan = subpass::graph::Plan::load(&common::root().join(pipeline)).unwrap();
-    let mut names = vec!["source.parse".to_string()];
-    names.extend(plan.stages.iter().map(|s| s.name.clone()));
-    names
-}
+use common::{line_channel, run_with_metrics, stage_names, subpass, wait_with_timeout};
 
 /// The frames of `top`'s output, each from its title line on.
 fn frames(out: &str) -> Vec<Vec<&str>> {
@@ -55,7 +26,7 @@ fn frames(out: &str) -> Vec<Vec<&str>> {
 #[test]
 fn top_shows_every_stage_of_a_running_pipeline() {
     let pipeline = "configs/mlp.yaml";
-    let (mut run, addr) = serve(pipeline, "127.0.0.1:0");
+    let (mut run, addr, _stdout) = run_with_metrics(pipeline, "127.0.0.1:0");
     let mut stdin = run.stdin.take().unwrap();
     let record = format!("[{}]\n", vec!["0.25"; 784].join(","));
     stdin.write_all(record.repeat(500).as_bytes()).unwrap();
@@ -87,7 +58,7 @@ fn top_shows_every_stage_of_a_running_pipeline() {
             .iter()
             .filter_map(|l| l.split_whitespace().next())
             .collect();
-        assert_eq!(rows, stages(pipeline), "{text}");
+        assert_eq!(rows, stage_names(pipeline), "{text}");
     }
     drop(stdin);
     assert!(wait_with_timeout(&mut run, Duration::from_secs(60)).success());
@@ -114,7 +85,7 @@ fn top_says_when_the_endpoint_is_down_and_keeps_trying_until_it_is_up() {
         "{first}"
     );
     // Now bring the pipeline up on that port: `top` finds it without being restarted.
-    let (mut run, _) = serve("configs/digits-mlp.yaml", &addr);
+    let (mut run, _, _stdout) = run_with_metrics("configs/digits-mlp.yaml", &addr);
     let shown = (|| loop {
         let line = lines.recv_timeout(Duration::from_secs(60)).ok()?;
         if line.starts_with("subpass top · ") && line.contains("pipeline digits-mlp v1") {
