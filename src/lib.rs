@@ -19,6 +19,7 @@
 //! | running actors over bounded channels | [`runtime::run_stream`] | [`runtime`] |
 //! | records in and predictions out | [`io::RecordParser`], [`io::OutputFormatter`] | [`io`] |
 //! | the check against the reference kernels, and the benchmark | [`verify`], [`mod@bench`] | |
+//! | `/metrics` while it runs, and `subpass top` reading it | [`runtime::metrics`], [`top`] | |
 //!
 //! The monolithic pass ([`graph::Graph::forward`]) runs a graph's layers in order in one thread;
 //! `verify` runs it on the reference kernels and compares the decomposed pipeline (fast kernels)
@@ -32,5 +33,6 @@ pub mod kernels;
 pub mod ops;
 pub mod planner;
 pub mod runtime;
+pub mod top;
 pub mod verify;
 pub mod weights;

@@ -14,6 +14,8 @@ use subpass::runtime::{self, Label, RunError, RunOptions};
 
 /// EX_CONFIG from sysexits.h, as `vector validate` uses: the pipeline file is wrong.
 const EXIT_CONFIG: u8 = 78;
+/// As clap exits on a bad argument: also a `--metrics` address that cannot be listened on.
+const EXIT_USAGE: u8 = 2;
 
 #[derive(Parser)]
 #[command(
@@ -73,6 +75,21 @@ enum Command {
         /// Reload the pipeline file when it changes (SIGHUP always reloads it).
         #[arg(long)]
         watch: bool,
+        /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
+        /// free port, printed on stderr).
+        #[arg(long, value_name = "ADDR")]
+        metrics: Option<String>,
+    },
+    /// A live view of a running pipeline from its `--metrics` endpoint: busy %, queues, records/s.
+    Top {
+        /// The endpoint: HOST:PORT (as given to `run --metrics`) or http://HOST:PORT/PATH.
+        addr: String,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 1.0, value_parser = positive_seconds)]
+        interval: f64,
+        /// Stop after this many refreshes (for scripts and tests); exit 1 if the last failed.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        iterations: Option<u64>,
     },
     /// Prove the decomposition changes nothing: the streaming pipeline against the monolithic pass.
     Verify {
@@ -166,6 +183,7 @@ fn main() -> ExitCode {
             label,
             trace,
             watch,
+            metrics,
         } => {
             let options = RunOptions {
                 format: format.input(),
@@ -178,8 +196,41 @@ fn main() -> ExitCode {
                     requests: runtime::reload::requests(&pipeline, watch),
                     path: pipeline.clone(),
                 }),
+                metrics: None,
+                pipeline_file: Some(pipeline.clone()),
             };
-            run(&pipeline, input, output, errors, stats, label, options)
+            let streams = StreamPaths {
+                input,
+                output,
+                errors,
+            };
+            run(
+                &pipeline,
+                streams,
+                stats,
+                label,
+                metrics.as_deref(),
+                options,
+            )
+        }
+        Command::Top {
+            addr,
+            interval,
+            iterations,
+        } => {
+            let terminal = io::IsTerminal::is_terminal(&io::stdout());
+            let mut stdout = io::stdout().lock();
+            match subpass::top::run(
+                &addr,
+                Duration::from_secs_f64(interval),
+                iterations,
+                &mut stdout,
+                terminal,
+            ) {
+                Ok(true) => ExitCode::SUCCESS,
+                Ok(false) => ExitCode::FAILURE,
+                Err(e) => fail(&e),
+            }
         }
         Command::Verify {
             pipeline,
@@ -316,6 +367,15 @@ fn planned(plan: Arc<Plan>) -> Option<Arc<Plan>> {
     }
 }
 
+fn positive_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x > 0.0 && x <= 3600.0 => Ok(x),
+        _ => Err(format!(
+            "`{s}`: expected seconds, more than 0 and at most 3600"
+        )),
+    }
+}
+
 fn fail(message: &str) -> ExitCode {
     eprintln!("error: {message}");
     ExitCode::FAILURE
@@ -351,35 +411,62 @@ fn validate(path: &Path) -> ExitCode {
     }
 }
 
-fn run(
-    pipeline: &Path,
+/// Where `run` reads records and writes predictions and errors; `None` is the standard stream.
+struct StreamPaths {
     input: Option<PathBuf>,
     output: Option<PathBuf>,
     errors: Option<PathBuf>,
+}
+
+fn run(
+    pipeline: &Path,
+    paths: StreamPaths,
     stats_path: Option<PathBuf>,
     label: Option<String>,
+    metrics: Option<&str>,
     options: RunOptions,
 ) -> ExitCode {
     let Some(plan) = load_plan(pipeline).and_then(planned) else {
         return ExitCode::from(EXIT_CONFIG);
     };
+    // Listening before any record is read: a bad address or a port in use stops here.
+    let server = match metrics
+        .map(runtime::metrics::MetricsServer::start)
+        .transpose()
+    {
+        Ok(server) => server,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+
     let label = match label.map(|field| Label::resolve(&plan, &field)).transpose() {
         Ok(label) => label,
         Err(e) => return fail(&e.to_string()),
     };
     let streams = (|| {
         Ok::<_, io::Error>((
-            rio::open_input(input.as_deref())?,
-            rio::create_output(output.as_deref(), io::stdout)?,
-            rio::create_output(errors.as_deref(), io::stderr)?,
+            rio::open_input(paths.input.as_deref())?,
+            rio::create_output(paths.output.as_deref(), io::stdout)?,
+            rio::create_output(paths.errors.as_deref(), io::stderr)?,
         ))
     })();
     let (input, output, errors) = match streams {
         Ok(s) => s,
         Err(e) => return fail(&e.to_string()),
     };
-    let options = RunOptions { label, ..options };
+    let options = RunOptions {
+        label,
+        metrics: server.as_ref().map(|s| s.exporter()),
+        ..options
+    };
     let shutdown = runtime::shutdown::signal_listener();
+    if let Some(server) = &server {
+        // Printed whatever RUST_LOG says, once everything but the pipeline is set up: scripts
+        // and tests read the port from this line.
+        eprintln!("metrics: listening on http://{}/metrics", server.addr());
+    }
     let result = runtime::run_stream(plan, input, output, errors, &options, shutdown);
     match result {
         Ok(report) => {

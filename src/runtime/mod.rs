@@ -16,7 +16,7 @@
 //! receiver yielding before it parks ([`recv_patiently`]), against 8 to 14 µs for the bridge from
 //! async to blocking code (`spawn_blocking`) that a stage written as a task would cross with every
 //! chunk (`benches/pipeline.rs`; the figures are in the README's Development section). Tokio only
-//! waits for signals ([`shutdown`]).
+//! waits for signals ([`shutdown`]) and serves `/metrics` ([`metrics`]), each on a thread of its own.
 //!
 //! Shutdown is a cascade: the source stops, every actor drains its queue and drops its senders,
 //! and the sink flushes when its last producer is gone.
@@ -25,6 +25,7 @@ pub mod budget;
 #[cfg(any(test, feature = "fail-points"))]
 mod fault;
 mod label;
+pub mod metrics;
 pub mod reload;
 mod run;
 pub mod shutdown;
@@ -198,4 +199,13 @@ struct StageChannels {
     work_rx: Receiver<Part>,
     /// For a stage fed by several producers: the join's inbox and its hand-off to the workers.
     join: Option<(Receiver<Part>, Sender<Part>)>,
+}
+
+impl StageChannels {
+    /// `/metrics`' view of the stage's input: its workers' queue and its join's inbox.
+    fn queue_probe(&self) -> metrics::QueueProbe {
+        let mut receivers = vec![self.work_rx.clone()];
+        receivers.extend(self.join.as_ref().map(|(rx, _)| rx.clone()));
+        metrics::QueueProbe::new(receivers)
+    }
 }

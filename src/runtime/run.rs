@@ -12,6 +12,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 
 use super::budget::InFlight;
 use super::label::Label;
+use super::metrics::{Exporter, Probe, Publication, QueueProbe};
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
 use super::source::{run_chunker, ChunkTarget, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
@@ -39,6 +40,10 @@ pub struct RunOptions {
     pub label: Option<Label>,
     /// Load the pipeline file again on these requests.
     pub reload: Option<Reload>,
+    /// `--metrics`: where scrapes read this run's counters, queues and budget.
+    pub metrics: Option<Arc<Exporter>>,
+    /// The file the plan was loaded from: its hash names the pipeline's version in `/metrics`.
+    pub pipeline_file: Option<PathBuf>,
 }
 
 impl Default for RunOptions {
@@ -51,6 +56,8 @@ impl Default for RunOptions {
             trace: None,
             label: None,
             reload: None,
+            metrics: None,
+            pipeline_file: None,
         }
     }
 }
@@ -103,6 +110,8 @@ struct Running {
     sink_rx: Receiver<Part>,
     /// Stage workers and joins; joined after a clean finish.
     threads: Vec<JoinHandle<()>>,
+    /// Each stage's input queue, for `/metrics` (index in `counters.stages`).
+    queues: Vec<(usize, QueueProbe)>,
 }
 
 /// The name of every stage replica's thread starts with this.
@@ -142,6 +151,9 @@ fn spawn_stages(
     let counters = Counters::sharing(stage_names, records);
     let (inboxes, stage_channels, sink_rx): (Inboxes, Vec<StageChannels>, _) = channels(plan);
     let mut threads = Vec::new();
+    let queues = (stage_channels.iter().enumerate())
+        .map(|(s, ch)| (s + 1, ch.queue_probe()))
+        .collect();
     for (s, (stage, ch)) in plan.stages.iter().zip(stage_channels).enumerate() {
         let emitter = inboxes.emitter(&stage.routes);
         for replica in 0..stage.replicas {
@@ -175,6 +187,7 @@ fn spawn_stages(
         source,
         sink_rx,
         threads,
+        queues,
     }
 }
 
@@ -247,6 +260,8 @@ struct Version {
     /// error of this or an earlier version).
     tail: Receiver<Result<JsonOutput, RunError>>,
     threads: Vec<JoinHandle<()>>,
+    /// This version's place in `/metrics`, given back when the run ends.
+    published: Option<Publication>,
 }
 
 /// Start `plan`'s parsers, stages and sink. The sink writes nothing before `writer_in` hands it
@@ -263,6 +278,7 @@ fn start_version(
     records: &Arc<RecordCounters>,
     failures: &Sender<Failure>,
     writer_in: Receiver<Result<JsonOutput, RunError>>,
+    started: Instant,
 ) -> (Version, ChunkTarget) {
     let running = spawn_stages(&plan, tracer, records.clone(), failures);
     let budget = InFlight::new(plan.budget.chunks);
@@ -292,6 +308,15 @@ fn start_version(
         }));
     }
     drop(running.source);
+    let published = publish_metrics(
+        &plan,
+        number,
+        options,
+        &running.counters,
+        (running.queues, &chunks_rx),
+        &budget,
+        started,
+    );
 
     let (tail_tx, tail) = bounded(1);
     let sink_plan = plan.clone();
@@ -350,6 +375,7 @@ fn start_version(
         counters: running.counters,
         tail,
         threads,
+        published,
     };
     (version, target)
 }
@@ -426,6 +452,7 @@ pub fn run_stream(
         &records,
         &failures_tx,
         first_rx,
+        start,
     );
     let (swaps_tx, swaps_rx) = bounded::<ChunkTarget>(1);
     let mut threads = vec![spawn_named("subpass-chunker".into(), move || {
@@ -441,6 +468,7 @@ pub fn run_stream(
         .reload
         .as_ref()
         .map_or_else(crossbeam_channel::never, |r| r.requests.clone());
+    let mut publications = Vec::new();
     let result = loop {
         select! {
             recv(current.tail) -> r => break match r {
@@ -473,11 +501,15 @@ pub fn run_stream(
                             &records,
                             &failures_tx,
                             previous.tail,
+                            start,
                         );
                         // After the input has ended the chunker is gone: the new version gets no
                         // chunks and finishes at once, handing the writer on.
                         let _ = swaps_tx.send(target);
                         threads.extend(previous.threads);
+                        // Kept to the end: a publication given back clears what `/metrics`
+                        // shows, which is the new version's now.
+                        publications.extend(previous.published);
                         records.reloads.fetch_add(1, Relaxed);
                         tracing::info!(version = next.number, path = %path.display(), "pipeline reloaded");
                         *shown.lock().unwrap_or_else(|e| e.into_inner()) = next.counters.clone();
@@ -510,6 +542,40 @@ pub fn run_stream(
         stats: current.counters.snapshot(start.elapsed()),
         label: options.label.clone(),
     })
+}
+
+/// `--metrics`: export this run until the guard drops (when `run_stream` returns, which gives back
+/// the queues' receivers even on a failure).
+fn publish_metrics(
+    plan: &Plan,
+    version: u64,
+    options: &RunOptions,
+    counters: &Arc<Counters>,
+    (mut queues, parse_queue): (Vec<(usize, QueueProbe)>, &Receiver<RawChunk>),
+    budget: &InFlight,
+    started: Instant,
+) -> Option<Publication> {
+    if let Some(path) = &options.pipeline_file {
+        match std::fs::read(path) {
+            Ok(bytes) => counters
+                .records
+                .pipeline
+                .set(version, super::stats::file_hash(&bytes)),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "cannot hash the pipeline file")
+            }
+        }
+    }
+    let exporter = options.metrics.as_ref()?;
+    queues.insert(0, (0, QueueProbe::new(vec![parse_queue.clone()])));
+    Some(exporter.publish(Probe {
+        counters: counters.clone(),
+        pipeline_name: plan.name.clone(),
+        started,
+        queues,
+        budget: budget.clone(),
+        budget_limit: plan.budget.chunks,
+    }))
 }
 
 /// Writes JSON output lines and error lines.
@@ -578,6 +644,7 @@ impl ChunkOutput for JsonOutput {
             }
         }
         self.out.write_all(&self.buf).map_err(output_error)?;
+        self.records.latency.observe(meta.admitted_at.elapsed());
         r.records_in
             .fetch_add(written + rejected.len() as u64, Relaxed);
         r.records_out.fetch_add(written, Relaxed);

@@ -1,7 +1,8 @@
-//! Counters the actors update and the summary printed at exit (`--stats`, `--stats-interval`).
+//! Counters the actors update and the summary printed at exit (`--stats`, `--stats-interval`);
+//! `/metrics` ([`super::metrics`]) reads the same atomics when it is scraped.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -13,6 +14,8 @@ pub struct StageCounters {
     pub busy_ns: AtomicU64,
     pub wait_in_ns: AtomicU64,
     pub wait_out_ns: AtomicU64,
+    /// Times a replica of this stage was restarted after it failed (its supervisor counts them).
+    pub restarts: AtomicU64,
 }
 
 impl StageCounters {
@@ -38,6 +41,101 @@ pub struct RecordCounters {
     /// Pipeline files loaded while running (SIGHUP, `--watch`), and those refused as invalid.
     pub reloads: AtomicU64,
     pub reloads_refused: AtomicU64,
+    /// Admission to written, per chunk, updated by the output writer.
+    pub latency: LatencyHistogram,
+    /// Which version of the pipeline file serves now.
+    pub pipeline: PipelineVersion,
+}
+
+/// Upper bounds, in seconds, of the chunk latency histogram's buckets (`+Inf` follows): from
+/// half a millisecond (a small chunk through an idle pipeline) to ten seconds (a stalled reader).
+pub const LATENCY_BUCKETS_S: [f64; 14] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+/// Chunk latency, admission to written, as a histogram of fixed buckets: three atomic adds per
+/// chunk written, nothing per record.
+#[derive(Debug, Default)]
+pub struct LatencyHistogram {
+    /// Chunks per bucket, not cumulative; the last one is `+Inf`.
+    buckets: [AtomicU64; LATENCY_BUCKETS_S.len() + 1],
+    sum_ns: AtomicU64,
+}
+
+impl LatencyHistogram {
+    pub fn observe(&self, latency: Duration) {
+        let seconds = latency.as_secs_f64();
+        let bucket = LATENCY_BUCKETS_S
+            .iter()
+            .position(|le| seconds <= *le)
+            .unwrap_or(LATENCY_BUCKETS_S.len());
+        self.buckets[bucket].fetch_add(1, Relaxed);
+        self.sum_ns.fetch_add(
+            u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX),
+            Relaxed,
+        );
+    }
+
+    /// Cumulative counts per bucket (the last is `+Inf`, the count) and the sum in seconds.
+    pub fn snapshot(&self) -> (Vec<u64>, f64) {
+        let mut total = 0;
+        let cumulative = self
+            .buckets
+            .iter()
+            .map(|b| {
+                total += b.load(Relaxed);
+                total
+            })
+            .collect();
+        (cumulative, self.sum_ns.load(Relaxed) as f64 / 1e9)
+    }
+}
+
+/// Which pipeline file is serving: a hash of its bytes, and a version that starts at 1 and that a
+/// reload sets. Read when `/metrics` is scraped.
+#[derive(Debug)]
+pub struct PipelineVersion {
+    version: AtomicU64,
+    hash: Mutex<String>,
+}
+
+impl Default for PipelineVersion {
+    fn default() -> Self {
+        PipelineVersion {
+            version: AtomicU64::new(1),
+            hash: Mutex::new(String::new()),
+        }
+    }
+}
+
+impl PipelineVersion {
+    /// The version number and the file's hash (empty when unknown).
+    pub fn get(&self) -> (u64, String) {
+        let hash = self.hash.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        (self.version.load(Relaxed), hash)
+    }
+
+    /// The hash of the file the current version was loaded from.
+    pub fn set_hash(&self, hash: String) {
+        *self.hash.lock().unwrap_or_else(|e| e.into_inner()) = hash;
+    }
+
+    /// Version `version` now serves, loaded from a file with this hash.
+    pub fn set(&self, version: u64, hash: String) {
+        self.set_hash(hash);
+        self.version.store(version, Relaxed);
+    }
+}
+
+/// FNV-1a (64 bits) of a file's bytes, in hex: names a pipeline file's contents in `/metrics`.
+/// Not cryptographic; stable across builds and platforms, and needs no dependency.
+pub fn file_hash(bytes: &[u8]) -> String {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
 }
 
 /// Every counter of a running pipeline.
@@ -197,4 +295,42 @@ pub fn peak_rss_bytes() -> u64 {
                 .and_then(|kb| kb.parse::<u64>().ok())
         })
         .map_or(0, |kb| kb * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_hash_is_fnv1a_64() {
+        // The published FNV-1a 64-bit test vectors (Fowler, Noll, Vo).
+        assert_eq!(file_hash(b""), "cbf29ce484222325");
+        assert_eq!(file_hash(b"a"), "af63dc4c8601ec8c");
+        assert_eq!(file_hash(b"foobar"), "85944171f73967e8");
+    }
+
+    #[test]
+    fn latency_buckets_are_cumulative_and_inclusive() {
+        let h = LatencyHistogram::default();
+        h.observe(Duration::from_micros(500)); // exactly on the first bound: in it
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(60)); // beyond the last bound: only in +Inf
+        let (cumulative, sum) = h.snapshot();
+        assert_eq!(cumulative.len(), LATENCY_BUCKETS_S.len() + 1);
+        assert_eq!(cumulative[0], 1); // le=0.0005
+        assert_eq!(cumulative[2], 1); // le=0.0025
+        assert_eq!(cumulative[3], 2); // le=0.005
+        assert_eq!(cumulative[LATENCY_BUCKETS_S.len() - 1], 2); // le=10
+        assert_eq!(cumulative[LATENCY_BUCKETS_S.len()], 3); // +Inf
+        assert!((sum - 60.0035).abs() < 1e-9, "{sum}");
+    }
+
+    #[test]
+    fn pipeline_version_starts_at_1_and_a_reload_sets_it() {
+        let v = PipelineVersion::default();
+        v.set_hash("abc".into());
+        assert_eq!(v.get(), (1, "abc".to_string()));
+        v.set(2, "def".into());
+        assert_eq!(v.get(), (2, "def".to_string()));
+    }
 }

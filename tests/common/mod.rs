@@ -94,3 +94,37 @@ pub fn proc_available(test: &str) -> bool {
     }
     present
 }
+
+/// `subpass run PIPELINE --metrics ADDR`, its stdin left open for the caller. Waits for the line
+/// on stderr that says where the metrics are (never a sleep), then keeps draining stderr. Returns
+/// the child, the address it listens on, and its stdout's lines.
+pub fn run_with_metrics(pipeline: &str, addr: &str) -> (Child, String, mpsc::Receiver<String>) {
+    let mut child = subpass()
+        .args(["run", pipeline, "--metrics", addr])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = line_channel(child.stderr.take().unwrap());
+    let stdout = line_channel(child.stdout.take().unwrap());
+    let addr = loop {
+        let line = stderr
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the readiness line on stderr");
+        if let Some(rest) = line.strip_prefix("metrics: listening on http://") {
+            break rest.strip_suffix("/metrics").unwrap().to_string();
+        }
+    };
+    std::thread::spawn(move || while stderr.recv().is_ok() {});
+    (child, addr, stdout)
+}
+
+/// The names of a pipeline's stages as the statistics and `/metrics` list them: the parser
+/// (`source.parse`) first, then the plan's stages.
+pub fn stage_names(pipeline: &str) -> Vec<String> {
+    let plan = subpass::graph::Plan::load(&root().join(pipeline)).unwrap();
+    let mut names = vec!["source.parse".to_string()];
+    names.extend(plan.stages.iter().map(|s| s.name.clone()));
+    names
+}
