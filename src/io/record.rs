@@ -173,7 +173,7 @@ impl RecordParser {
         number: u64,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
-        let trimmed = text.trim_ascii();
+        let trimmed = trim_json(text);
         match trimmed.as_bytes().first() {
             Some(b'[') => {
                 parse_array(trimmed, &self.shape, self.len, out)?;
@@ -227,7 +227,7 @@ impl RecordParser {
         number: u64,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
-        let trimmed = text.trim_ascii();
+        let trimmed = trim_json(text);
         if !trimmed.starts_with('{') {
             return Err(format!(
                 "expected a JSON object whose `{}` field holds the text (or use --format text)",
@@ -290,6 +290,12 @@ impl RecordParser {
             passthrough,
         }))
     }
+}
+
+/// `text` without the whitespace JSON allows around a value (space, tab, CR, LF): `trim_ascii`
+/// would also drop form feeds, and accept lines that are not JSON.
+fn trim_json(text: &str) -> &str {
+    text.trim_matches([' ', '\t', '\r', '\n'])
 }
 
 /// The fields of a JSON object line, as raw text, with the record field's array parsed into

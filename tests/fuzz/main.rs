@@ -24,6 +24,7 @@ mod alloc;
 mod lines;
 mod numbers;
 mod records;
+mod regressions;
 mod yaml;
 
 use proptest::test_runner::{Config, FileFailurePersistence};

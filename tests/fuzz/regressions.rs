@@ -1,0 +1,36 @@
+//! What fuzzing found, pinned as plain tests (proptest's regression files replay the seeds too,
+//! but only while the generators stay the same).
+
+use std::time::Instant;
+
+use subpass::io::{InputFormat, LineText, ParsedChunk, RawLine, RecordParser};
+
+fn parse(parser: &RecordParser, lines: &[&[u8]], first_chunk: bool) -> ParsedChunk {
+    let lines: Vec<RawLine> = lines
+        .iter()
+        .enumerate()
+        .map(|(i, b)| RawLine {
+            number: i as u64 + 1,
+            text: LineText::Bytes(b.to_vec()),
+        })
+        .collect();
+    parser.parse_chunk(&lines, Instant::now(), first_chunk)
+}
+
+fn rejected_lines(chunk: &ParsedChunk) -> Vec<u64> {
+    chunk.meta.rejected.iter().map(|r| r.line).collect()
+}
+
+/// A form feed is ASCII whitespace but not JSON whitespace: a line with one around its value is
+/// not JSON (serde_json refuses it), so it is rejected, not read.
+#[test]
+fn a_form_feed_around_a_json_line_is_rejected() {
+    let parser = RecordParser::new(&[2], "x", &[], InputFormat::JsonLines);
+    let chunk = parse(
+        &parser,
+        &[b"\x0c[1, 2]", b"[1, 2]\x0c", b"\x0c{\"x\": [1, 2]}", b" \t[3, 4]\r"],
+        false,
+    );
+    assert_eq!(rejected_lines(&chunk), [1, 2, 3]);
+    assert_eq!(chunk.values, [3.0, 4.0]);
+}
