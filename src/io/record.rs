@@ -252,26 +252,33 @@ impl RecordParser {
         }))
     }
 
-    fn parse_csv(
+    fn parse_csv<'a>(
         &self,
-        text: &str,
+        text: &'a str,
         number: u64,
         may_be_header: bool,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
         let mark = out.len();
         let mut count = 0;
-        for (i, field) in text.split(',').enumerate() {
+        let unquote = |field: &'a str| {
             let field = field.trim_ascii();
-            let field = field
+            field
                 .strip_prefix('"')
                 .and_then(|f| f.strip_suffix('"'))
-                .unwrap_or(field);
-            match parse_csv_number(field.as_bytes()) {
+                .unwrap_or(field)
+        };
+        for (i, field) in text.split(',').enumerate() {
+            match parse_csv_number(unquote(field).as_bytes()) {
                 Ok(v) => out.push(v),
                 Err(e) => {
-                    // A first row that is not numeric is a header.
-                    if may_be_header {
+                    // A first row with no number in it is a header; one with some numbers is a
+                    // record with a mistake, reported like any other, not dropped in silence.
+                    let no_number = || {
+                        text.split(',')
+                            .all(|f| parse_csv_number(unquote(f).as_bytes()).is_err())
+                    };
+                    if may_be_header && no_number() {
                         out.truncate(mark);
                         return Ok(None);
                     }

@@ -34,3 +34,23 @@ fn a_form_feed_around_a_json_line_is_rejected() {
     assert_eq!(rejected_lines(&chunk), [1, 2, 3]);
     assert_eq!(chunk.values, [3.0, 4.0]);
 }
+
+/// A CSV stream's first row is a header only if none of its fields is a number: a first record
+/// with one bad value was taken for a header and dropped without a word.
+#[test]
+fn a_first_csv_row_with_numbers_is_a_record_not_a_header() {
+    let parser = RecordParser::new(&[3], "x", &[], InputFormat::Csv);
+    let chunk = parse(&parser, &[b"1,2,x", b"4,5,6"], true);
+    assert_eq!(rejected_lines(&chunk), [1]);
+    assert!(chunk.meta.rejected[0].error.contains("column 3"));
+    assert_eq!(chunk.values, [4.0, 5.0, 6.0]);
+
+    for header in [&b"a,b,c"[..], b"\"x\", \"y\" ,z", b"nan,inf,label"] {
+        let chunk = parse(&parser, &[header, b"4,5,6"], true);
+        assert!(chunk.meta.rejected.is_empty(), "{chunk:?}");
+        assert_eq!(chunk.meta.records.len(), 1);
+    }
+    // Only the stream's first row may be a header.
+    let chunk = parse(&parser, &[b"a,b,c"], false);
+    assert_eq!(rejected_lines(&chunk), [1]);
+}
