@@ -54,3 +54,32 @@ fn a_first_csv_row_with_numbers_is_a_record_not_a_header() {
     let chunk = parse(&parser, &[b"a,b,c"], false);
     assert_eq!(rejected_lines(&chunk), [1]);
 }
+
+fn read(input: &[u8], max: usize, keep_blank: bool) -> Vec<(u64, String)> {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    subpass::io::read_lines(input, max, 4, keep_blank, &tx).unwrap();
+    drop(tx);
+    rx.iter()
+        .flatten()
+        .map(|l| {
+            let text = match l.text {
+                LineText::Bytes(b) => String::from_utf8_lossy(&b).into_owned(),
+                LineText::TooLong(n) => format!("<{n}>"),
+            };
+            (l.number, text)
+        })
+        .collect()
+}
+
+/// A blank line is skipped whatever its length (a blank line one byte over the cap was reported
+/// as too long, two bytes over it was skipped); and where blank lines are records (`--format
+/// text`), a blank line over the cap is rejected as too long, not dropped without a word.
+#[test]
+fn blank_lines_over_the_cap() {
+    let input = b"  \n    \nab\n   \r\n";
+    assert_eq!(read(input, 1, false), [(3, "<2>".to_string())]);
+    assert_eq!(
+        read(input, 1, true),
+        [(1, "<2>"), (2, "<4>"), (3, "<2>"), (4, "<3>")].map(|(n, t)| (n, t.to_string()))
+    );
+}
