@@ -28,7 +28,12 @@ fn a_form_feed_around_a_json_line_is_rejected() {
     let parser = RecordParser::new(&[2], "x", &[], InputFormat::JsonLines);
     let chunk = parse(
         &parser,
-        &[b"\x0c[1, 2]", b"[1, 2]\x0c", b"\x0c{\"x\": [1, 2]}", b" \t[3, 4]\r"],
+        &[
+            b"\x0c[1, 2]",
+            b"[1, 2]\x0c",
+            b"\x0c{\"x\": [1, 2]}",
+            b" \t[3, 4]\r",
+        ],
         false,
     );
     assert_eq!(rejected_lines(&chunk), [1, 2, 3]);
@@ -82,4 +87,76 @@ fn blank_lines_over_the_cap() {
         read(input, 1, true),
         [(1, "<2>"), (2, "<4>"), (3, "<2>"), (4, "<3>")].map(|(n, t)| (n, t.to_string()))
     );
+}
+
+/// "Billion laughs": ten lines of nested aliases would expand to 10^10 values. The loader stops
+/// at its alias budget with an error at the alias that crossed it.
+#[test]
+fn an_alias_bomb_is_refused_where_it_goes_off() {
+    let mut text = String::from(
+        "input: {shape: [4]}\na0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol, lol]\n",
+    );
+    for d in 1..10 {
+        let refs = vec![format!("*a{}", d - 1); 10].join(", ");
+        text.push_str(&format!("a{d}: &a{d} [{refs}]\n"));
+    }
+    text.push_str("layers: *a9\n");
+    let errors = subpass::config::PipelineConfig::parse(&text, std::path::Path::new("."))
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].message.contains("aliases"), "{}", errors[0]);
+    // a_d holds 11·10^d + ... values: the aliases of a4's line (6) take the copies past 10^5.
+    assert_eq!(errors[0].location.map(|l| l.0), Some(6), "{}", errors[0]);
+
+    // Aliases as a real file uses them are fine.
+    let ok = "input: {shape: [4]}\nlayers:\n  - &fc {name: fc, op: dense, units: 4}\n  - {name: out, op: dense, units: 2, activation: relu}\nbatch: &b {size: 8}\n";
+    subpass::config::PipelineConfig::parse(ok, std::path::Path::new(".")).unwrap();
+}
+
+/// Nesting deeper than the loader's limit is an error at the level that crossed it, not a
+/// stack overflow (yaml-rust2's `load` recursed once per level) nor key paths quadratic in the
+/// depth (100 000 levels cost gigabytes).
+#[test]
+fn deep_nesting_is_refused_at_the_limit() {
+    use subpass::config::Document;
+    let depth = 64; // subpass::config's MAX_DEPTH
+    let fits = format!("{}x\n", "- ".repeat(depth));
+    assert!(Document::parse(&fits).is_ok());
+    for text in [
+        format!("{}x\n", "- ".repeat(depth + 1)),
+        format!("{}x\n", "- ".repeat(100_000)),
+        format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+        (0..100).map(|i| format!("{}k:\n", " ".repeat(i))).collect(),
+    ] {
+        let e = Document::parse(&text).err().expect("too deep");
+        // Flow brackets are scanned ahead, and yaml-rust2 stops them at 255 levels itself.
+        assert!(
+            e.message.contains("nested more than 64 levels")
+                || e.message.contains("recursion limit exceeded"),
+            "{e}"
+        );
+        assert!(e.location.is_some(), "{e}");
+    }
+}
+
+/// A key thousands of bytes long appears cut short in key paths (an error still names it):
+/// in full, it would be copied into the path of every value below it.
+#[test]
+fn long_keys_are_cut_short_in_key_paths() {
+    let key = "k".repeat(10_000);
+    // An explicit key (`? key`): an implicit one may not be longer than 1024 characters.
+    let text = format!(
+        "input: {{shape: [4]}}\nlayers:\n  - {{name: a, op: identity}}\n? {key}\n: {{a: [1, 2, 3]}}\n"
+    );
+    let errors = subpass::config::PipelineConfig::parse(&text, std::path::Path::new("."))
+        .unwrap_err()
+        .0;
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].path.starts_with("kkkk") && errors[0].path.len() < 100,
+        "{}",
+        errors[0].path
+    );
+    assert_eq!(errors[0].location.map(|l| l.0), Some(4));
 }

@@ -19,7 +19,12 @@ fn check_parse(text: &str) -> Result<(), TestCaseError> {
     // What a document may cost: its text many times over (values, key paths, spans), never
     // what its aliases would expand to.
     let bound = (64 << 20) + 200 * text.len();
-    prop_assert!(peak <= bound, "{} bytes at peak for {} bytes of YAML", peak, text.len());
+    prop_assert!(
+        peak <= bound,
+        "{} bytes at peak for {} bytes of YAML",
+        peak,
+        text.len()
+    );
     let errors: Vec<ConfigError> = match result {
         Ok((_, errors)) => errors,
         Err(e) => {
@@ -27,7 +32,14 @@ fn check_parse(text: &str) -> Result<(), TestCaseError> {
             e.0
         }
     };
-    let lines = text.lines().count().max(1);
+    // Lines as YAML counts them: `\r\n`, `\r` and `\n` each end one; the parser may point just
+    // past the last (at the end of the stream).
+    let lines = text
+        .replace("\r\n", "\n")
+        .replace('\r', "\n")
+        .lines()
+        .count()
+        .max(1);
     for e in &errors {
         prop_assert!(!e.message.is_empty(), "{:?}", e);
         match e.location {
@@ -65,12 +77,48 @@ fn files() -> &'static [(String, String)] {
 /// Scalars as YAML text, put in place of a value: huge, negative, not a number, strings that
 /// look like numbers, tags, aliases to nothing.
 const RAW_SCALARS: &[&str] = &[
-    "1e999", "-1e999", "-1", "-0", "0", ".nan", ".NaN", ".inf", "-.inf", "1e300", "1e-320",
-    "18446744073709551615", "18446744073709551616", "9223372036854775808",
-    "-9223372036854775809", "4294967296", "99999999999", "0x10", "0o17", "1_000", "'12'",
-    "\"12\"", "12abc", "~", "null", "yes", "True", "1.0", "2.5", "[]", "{}", "[1, 2]",
-    "[[1, 2], [3]]", "!!str 1", "!!int x", "!custom 1", "&a 1", "*nowhere", "\"\\u0000\"",
-    "\"a\\tb\"", "\"{i}\"", "fc1..logits",
+    "1e999",
+    "-1e999",
+    "-1",
+    "-0",
+    "0",
+    ".nan",
+    ".NaN",
+    ".inf",
+    "-.inf",
+    "1e300",
+    "1e-320",
+    "18446744073709551615",
+    "18446744073709551616",
+    "9223372036854775808",
+    "-9223372036854775809",
+    "4294967296",
+    "99999999999",
+    "0x10",
+    "0o17",
+    "1_000",
+    "'12'",
+    "\"12\"",
+    "12abc",
+    "~",
+    "null",
+    "yes",
+    "True",
+    "1.0",
+    "2.5",
+    "[]",
+    "{}",
+    "[1, 2]",
+    "[[1, 2], [3]]",
+    "!!str 1",
+    "!!int x",
+    "!custom 1",
+    "&a 1",
+    "*nowhere",
+    "\"\\u0000\"",
+    "\"a\\tb\"",
+    "\"{i}\"",
+    "fc1..logits",
 ];
 
 /// One step of the path to a node.
@@ -252,9 +300,29 @@ fn text_edit() -> impl Strategy<Value = TextEdit> {
         (
             any::<usize>(),
             prop::sample::select(vec![
-                "&a ", "*a", "<<: *a\n", ": ", "- ", "[", "]", "{", "}", "\"", "'", "#", "\t",
-                "|\n", ">-\n", "---\n", "...\n", "%YAML 1.2\n---\n", "? ", "!!map ", "\u{feff}",
-                "\r\n", "\u{0}",
+                "&a ",
+                "*a",
+                "<<: *a\n",
+                ": ",
+                "- ",
+                "[",
+                "]",
+                "{",
+                "}",
+                "\"",
+                "'",
+                "#",
+                "\t",
+                "|\n",
+                ">-\n",
+                "---\n",
+                "...\n",
+                "%YAML 1.2\n---\n",
+                "? ",
+                "!!map ",
+                "\u{feff}",
+                "\r\n",
+                "\u{0}",
             ])
         )
             .prop_map(|(at, s)| TextEdit::Insert(at, s)),
@@ -350,7 +418,10 @@ fn hostile_document() -> impl Strategy<Value = String> {
     });
     let alias_keys = (1usize..2000).prop_map(|n| {
         // A big anchor used as a mapping key many times over: hashing and comparing keys.
-        let big = (0..200).map(|i| i.to_string()).collect::<Vec<_>>().join(", ");
+        let big = (0..200)
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
         let mut text = format!("base: &k [{big}]\nm:\n");
         for i in 0..n {
             text.push_str(&format!("  ? [*k, {i}]\n  : {i}\n"));
@@ -373,23 +444,21 @@ fn hostile_document() -> impl Strategy<Value = String> {
         }
         text
     });
-    let long_keys = (1usize..40, 1usize..2000, 1usize..4000).prop_map(|(depth, key_len, leaves)| {
-        let mut text = String::new();
-        for d in 0..depth {
-            text.push_str(&" ".repeat(d));
-            text.push_str(&"k".repeat(key_len));
-            text.push_str(&format!("{d}:\n"));
-        }
-        for i in 0..leaves {
-            text.push_str(&" ".repeat(depth));
-            text.push_str(&format!("- {i}\n"));
-        }
-        text
-    });
-    let valid = files()
-        .iter()
-        .map(|(_, t)| t.clone())
-        .collect::<Vec<_>>();
+    let long_keys =
+        (1usize..40, 1usize..2000, 1usize..4000).prop_map(|(depth, key_len, leaves)| {
+            let mut text = String::new();
+            for d in 0..depth {
+                text.push_str(&" ".repeat(d));
+                text.push_str(&"k".repeat(key_len));
+                text.push_str(&format!("{d}:\n"));
+            }
+            for i in 0..leaves {
+                text.push_str(&" ".repeat(depth));
+                text.push_str(&format!("- {i}\n"));
+            }
+            text
+        });
+    let valid = files().iter().map(|(_, t)| t.clone()).collect::<Vec<_>>();
     (
         prop_oneof![
             4 => bomb,
@@ -451,7 +520,6 @@ proptest! {
 #[test]
 fn example_configs_load() {
     for (name, text) in files() {
-        PipelineConfig::parse(text, Path::new("configs"))
-            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        PipelineConfig::parse(text, Path::new("configs")).unwrap_or_else(|e| panic!("{name}: {e}"));
     }
 }
