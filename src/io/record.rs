@@ -237,8 +237,14 @@ impl RecordParser {
         let (x, fields) = object_fields(trimmed, &self.field, None)?;
         let x =
             x.ok_or_else(|| format!("object has no field `{}` holding the text", self.field))?;
-        let record: String = serde_json::from_str(x)
-            .map_err(|_| format!("field `{}` must hold a string, found {x}", self.field))?;
+        let record: String = serde_json::from_str(x).map_err(|e| match x.starts_with('"') {
+            true => format!("field `{}`: {e}", self.field),
+            false => format!(
+                "field `{}` must hold a string, found `{}`",
+                self.field,
+                excerpt(x)
+            ),
+        })?;
         tokenize(tokenizer, &record, out)?;
         let raw = |name: &str| fields.get(name).map(|v| (*v).to_owned());
         let key = match raw("id") {
@@ -296,6 +302,15 @@ impl RecordParser {
             key: RecordKey::Line(number),
             passthrough,
         }))
+    }
+}
+
+/// The start of `text` for an error message: a line may be megabytes long, an error line not.
+fn excerpt(text: &str) -> Cow<'_, str> {
+    const MAX_CHARS: usize = 40;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+        None => Cow::Borrowed(text),
     }
 }
 
@@ -372,7 +387,7 @@ fn object_fields<'a>(
                 record_text = Some(value);
             } else {
                 let raw = serde_json::from_str::<&RawValue>(value)
-                    .map_err(|e| format!("invalid JSON in field `{key}`: {e}"))?;
+                    .map_err(|e| format!("invalid JSON in field `{}`: {e}", excerpt(&key)))?;
                 fields.insert(key, raw);
             }
             ws(&mut i);

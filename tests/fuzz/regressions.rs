@@ -160,3 +160,42 @@ fn long_keys_are_cut_short_in_key_paths() {
     );
     assert_eq!(errors[0].location.map(|l| l.0), Some(4));
 }
+
+/// An error quotes at most a short piece of a line, however long the line: a 10 kB text field
+/// with a bad escape, or a 10 kB key with a bad value, was echoed whole into the error line.
+#[test]
+fn errors_quote_only_the_start_of_a_long_value() {
+    let long = "a".repeat(10_000);
+    let parser = RecordParser::new(&[2], "x", &[], InputFormat::JsonLines);
+    let line = format!("{{\"{long}\": tru, \"x\": [1, 2]}}");
+    let chunk = parse(&parser, &[line.as_bytes()], false);
+    assert_eq!(rejected_lines(&chunk), [1]);
+    assert!(
+        chunk.meta.rejected[0].error.len() < 200,
+        "{:?}",
+        chunk.meta.rejected
+    );
+
+    let config =
+        subpass::config::PipelineConfig::load(&crate::root().join("configs/minilm.yaml")).unwrap();
+    let text = config.input.text.unwrap();
+    if !text.tokenizer.exists() {
+        eprintln!("SKIPPED the text half: run `bash tools/fetch_models.sh`");
+        return;
+    }
+    let tokenizer = subpass::io::TextTokenizer::load(&text.tokenizer, text.max_tokens).unwrap();
+    let parser = RecordParser::new(&[1], "text", &[], InputFormat::JsonLines)
+        .with_tokenizer(std::sync::Arc::new(tokenizer));
+    for line in [
+        format!("{{\"text\": \"{long}\\q\"}}"),
+        format!("{{\"text\": [\"{long}\"]}}"),
+    ] {
+        let chunk = parse(&parser, &[line.as_bytes()], false);
+        assert_eq!(rejected_lines(&chunk), [1]);
+        let error = &chunk.meta.rejected[0].error;
+        assert!(
+            error.len() < 200 && error.contains("field `text`"),
+            "{error}"
+        );
+    }
+}
