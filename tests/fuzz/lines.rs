@@ -72,7 +72,10 @@ fn reference(input: &[u8], max: usize, keep_blank: bool) -> Vec<(u64, Expected)>
 /// One line's bytes: anything but `\n`, over-long runs, blanks, stray `\r`, invalid UTF-8.
 fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
-        prop::collection::vec(any::<u8>().prop_filter("no newline", |b| *b != b'\n'), 0..40),
+        prop::collection::vec(
+            any::<u8>().prop_filter("no newline", |b| *b != b'\n'),
+            0..40
+        ),
         prop::collection::vec(prop::sample::select(b" \t\r\x0c\x0bx".to_vec()), 0..40),
         (1usize..200, any::<u8>()).prop_map(|(n, b)| vec![if b == b'\n' { b'x' } else { b }; n]),
         Just(b"\xff\xfe\r".to_vec()),
@@ -83,8 +86,11 @@ fn line_bytes() -> impl Strategy<Value = Vec<u8>> {
 fn input() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         // Lines joined by `\n` or `\r\n`, with or without a last newline.
-        (prop::collection::vec((line_bytes(), any::<bool>()), 0..12), any::<bool>()).prop_map(
-            |(lines, last_newline)| {
+        (
+            prop::collection::vec((line_bytes(), any::<bool>()), 0..12),
+            any::<bool>()
+        )
+            .prop_map(|(lines, last_newline)| {
                 let mut out = Vec::new();
                 for (i, (line, crlf)) in lines.iter().enumerate() {
                     if i > 0 {
@@ -96,8 +102,7 @@ fn input() -> impl Strategy<Value = Vec<u8>> {
                     out.push(b'\n');
                 }
                 out
-            }
-        ),
+            }),
         // Bytes with many line ends.
         prop::collection::vec(
             prop_oneof![3 => any::<u8>(), 1 => Just(b'\n'), 1 => Just(b'\r'), 1 => Just(b' ')],

@@ -183,7 +183,12 @@ fn check_json_chunk(
 }
 
 fn check_rejection(number: u64, error: &str, line: &RawLine) -> Result<(), TestCaseError> {
-    prop_assert_eq!(number, line.number, "rejection out of place: {}", show(line));
+    prop_assert_eq!(
+        number,
+        line.number,
+        "rejection out of place: {}",
+        show(line)
+    );
     prop_assert!(!error.is_empty());
     prop_assert!(
         error.chars().count() <= MAX_ERROR_CHARS,
@@ -280,7 +285,8 @@ fn record(len: usize, nest: Vec<usize>) -> impl Strategy<Value = Record> {
             Just("id".to_string()),
             Just("tag".to_string()),
             "[a-z]{1,6}",
-            ".{0,6}"
+            ".{0,6}",
+            "[a-z]{500,600}"
         ],
         json_value(),
     );
@@ -330,7 +336,11 @@ impl Record {
         match &self.object {
             None => array,
             Some((before, after)) => {
-                let key = if self.escaped_key { "\"\\u0078\"" } else { "\"x\"" };
+                let key = if self.escaped_key {
+                    "\"\\u0078\""
+                } else {
+                    "\"x\""
+                };
                 let mut fields: Vec<String> = before
                     .iter()
                     .map(|(k, v)| format!("{}: {v}", Value::from(k.as_str())))
@@ -372,8 +382,27 @@ enum Mutation {
 
 fn mutation() -> impl Strategy<Value = Mutation> {
     let token = prop::sample::select(vec![
-        "NaN", "1e999", "-1e999", "Infinity", "-0", "-0.0", "\"1\"", "null", "true", "1e39",
-        "3.4028236e38", "1e-50", "0x1", "01", "1.", ".5", "+1", "[]", "{}", "1 2", "",
+        "NaN",
+        "1e999",
+        "-1e999",
+        "Infinity",
+        "-0",
+        "-0.0",
+        "\"1\"",
+        "null",
+        "true",
+        "1e39",
+        "3.4028236e38",
+        "1e-50",
+        "0x1",
+        "01",
+        "1.",
+        ".5",
+        "+1",
+        "[]",
+        "{}",
+        "1 2",
+        "",
     ]);
     prop_oneof![
         4 => (any::<usize>(), token).prop_map(|(i, t)| Mutation::Replace(i, t)),
@@ -461,8 +490,8 @@ fn json_line(len: usize, nest: Vec<usize>) -> impl Strategy<Value = (LineText, u
 fn token_line() -> impl Strategy<Value = Vec<u8>> {
     let token = prop::sample::select(vec![
         "[", "]", "{", "}", ",", ":", " ", "\"x\"", "\"id\"", "\"tag\"", "\"", "\\", "1", "-2.5",
-        "1e3", "0", "-0", "1e999", "NaN", "null", "true", "\"s\"", "\u{c}", "\t", "\u{e9}", "\u{0}",
-        "\\u0078", "\\ud800", "\u{ff}",
+        "1e3", "0", "-0", "1e999", "NaN", "null", "true", "\"s\"", "\u{c}", "\t", "\u{e9}",
+        "\u{0}", "\\u0078", "\\ud800", "\u{ff}",
     ]);
     prop_oneof![
         4 => prop::collection::vec(token, 0..16).prop_map(|t| t.concat().into_bytes()),
@@ -564,7 +593,11 @@ fn check_text_chunk(
                     show(line)
                 );
                 for id in &parsed.values[span[0]..span[1]] {
-                    prop_assert!(*id >= 0.0 && *id < 30522.0 && id.fract() == 0.0, "id {}", id);
+                    prop_assert!(
+                        *id >= 0.0 && *id < 30522.0 && id.fract() == 0.0,
+                        "id {}",
+                        id
+                    );
                 }
             }
             _ => {
