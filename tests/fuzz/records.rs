@@ -22,19 +22,21 @@ const MAX_ERROR_CHARS: usize = 400;
 
 /// The record parser of configs/mlp.yaml (784 numbers in field `x`).
 fn mlp() -> &'static RecordParser {
-    static PARSER: OnceLock<(RecordParser, Vec<usize>)> = OnceLock::new();
-    &PARSER
-        .get_or_init(|| {
-            let c = PipelineConfig::load(&root().join("configs/mlp.yaml")).expect("mlp.yaml");
-            let parser = RecordParser::new(
-                &c.input.shape,
-                &c.input.field,
-                &c.output.passthrough,
-                InputFormat::JsonLines,
-            );
-            (parser, c.input.shape.clone())
-        })
-        .0
+    static PARSER: OnceLock<RecordParser> = OnceLock::new();
+    PARSER.get_or_init(|| {
+        let c = PipelineConfig::load(&root().join("configs/mlp.yaml")).expect("mlp.yaml");
+        assert_eq!(
+            c.input.shape,
+            [MLP_LEN],
+            "the generators write mlp.yaml's records"
+        );
+        RecordParser::new(
+            &c.input.shape,
+            &c.input.field,
+            &c.output.passthrough,
+            InputFormat::JsonLines,
+        )
+    })
 }
 
 const MLP_LEN: usize = 784;
@@ -264,13 +266,16 @@ fn json_value() -> BoxedStrategy<Value> {
     .boxed()
 }
 
+/// An object's fields, in order.
+type Fields = Vec<(String, Value)>;
+
 /// A valid record before rendering: its number tokens (one per value, or nested rows of them),
 /// and, for an object line, its other fields.
 #[derive(Debug, Clone)]
 struct Record {
     numbers: Vec<String>,
     /// `None`: a bare array; otherwise the fields before and after `x`.
-    object: Option<(Vec<(String, Value)>, Vec<(String, Value)>)>,
+    object: Option<(Fields, Fields)>,
     /// Separator between values (`,`, `, `, ` ,\t`).
     comma: &'static str,
     /// Write the key `x` as `"\u0078"`.
