@@ -12,7 +12,7 @@ mod schema;
 mod yaml;
 
 pub use schema::*;
-pub use yaml::{suggest, ConfigError, Document, Spans};
+pub use yaml::{suggest, ConfigError, Document, Spans, MAX_ALIAS_VALUES, MAX_DEPTH};
 
 #[cfg(test)]
 mod tests {

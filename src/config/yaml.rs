@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 
 use serde_yaml::{Mapping, Value};
-use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
+use yaml_rust2::parser::{Event, Parser};
 use yaml_rust2::scanner::{Marker, TScalarStyle};
 use yaml_rust2::Yaml;
 
@@ -79,17 +79,26 @@ pub struct Document {
 }
 
 impl Document {
-    /// Parse YAML text. A syntax error is returned with its line and column.
+    /// Parse YAML text (its first document). A syntax error, or a document past the limits
+    /// ([`MAX_DEPTH`], [`MAX_ALIAS_VALUES`]), is returned with its line and column.
     pub fn parse(text: &str) -> Result<Document, ConfigError> {
         let mut loader = Loader::default();
         let mut parser = Parser::new_from_str(text);
-        if let Err(e) = parser.load(&mut loader, false) {
-            let m = e.marker();
-            return Err(ConfigError {
-                path: String::new(),
-                location: Some((m.line(), m.col() + 1)),
-                message: format!("YAML syntax: {}", e.info()),
-            });
+        // Events one at a time: yaml-rust2's own `load` recurses once per level of nesting, so a
+        // deep enough document would overflow the stack (an abort, not an error).
+        loop {
+            let (event, mark) = parser.next_token().map_err(|e| {
+                let m = e.marker();
+                ConfigError {
+                    path: String::new(),
+                    location: Some((m.line(), m.col() + 1)),
+                    message: format!("YAML syntax: {}", e.info()),
+                }
+            })?;
+            if matches!(event, Event::DocumentEnd | Event::StreamEnd) {
+                break;
+            }
+            loader.on_event(event, mark)?;
         }
         let value = loader.root.unwrap_or(Value::Null);
         Ok(Document {
@@ -109,21 +118,41 @@ enum Frame {
         map: Mapping,
         key: Option<(String, Value)>,
         anchor: usize,
+        /// [`Loader::values`] before this collection, to count its own values.
+        values_before: usize,
     },
     Seq {
         path: String,
         items: Vec<Value>,
         anchor: usize,
+        values_before: usize,
     },
 }
+
+/// Levels of nesting allowed in a pipeline file (real ones use fewer than ten). Without a limit,
+/// every level costs the key paths of all levels below it.
+pub const MAX_DEPTH: usize = 64;
+
+/// Values that aliases may copy in one document, all aliases together (a real file has a few
+/// dozen). Without a limit, ten lines of nested aliases ("billion laughs") expand to billions.
+pub const MAX_ALIAS_VALUES: usize = 100_000;
+
+/// Bytes of a mapping key kept in key paths: real keys are short words, and a long key repeated
+/// in the path of everything below it would cost its length for every value there.
+const MAX_KEY_IN_PATH: usize = 64;
 
 #[derive(Default)]
 struct Loader {
     stack: Vec<Frame>,
     root: Option<Value>,
     spans: HashMap<String, (usize, usize)>,
-    anchors: HashMap<usize, Value>,
+    /// Each anchor's value and how many values it holds.
+    anchors: HashMap<usize, (Value, usize)>,
     duplicates: Vec<ConfigError>,
+    /// Values built so far, aliases' copies included.
+    values: usize,
+    /// Values copied by aliases so far.
+    alias_values: usize,
 }
 
 /// A plain scalar as YAML 1.2's core schema reads it; quoted scalars are always strings.
@@ -157,13 +186,23 @@ fn resolve(text: String, style: TScalarStyle) -> Value {
     }
 }
 
+/// A key as it appears in key paths; cut short past [`MAX_KEY_IN_PATH`] bytes.
 fn key_text(key: &Value) -> String {
-    match key {
+    let mut text = match key {
         Value::String(s) => s.clone(),
         other => serde_yaml::to_string(other)
             .map(|s| s.trim().to_string())
             .unwrap_or_default(),
+    };
+    if text.len() > MAX_KEY_IN_PATH {
+        let mut cut = MAX_KEY_IN_PATH;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        text.truncate(cut);
+        text.push('…');
     }
+    text
 }
 
 impl Loader {
@@ -218,52 +257,89 @@ impl Loader {
     }
 }
 
-impl MarkedEventReceiver for Loader {
-    fn on_event(&mut self, ev: Event, mark: Marker) {
+impl Loader {
+    /// Take in one parser event; `Err` when the document goes past a limit.
+    fn on_event(&mut self, ev: Event, mark: Marker) -> Result<(), ConfigError> {
         let loc = (mark.line(), mark.col() + 1);
+        let limit = |message: String| ConfigError {
+            path: String::new(),
+            location: Some(loc),
+            message,
+        };
         match ev {
             Event::Scalar(text, style, anchor, _) => {
+                self.values += 1;
                 let value = resolve(text, style);
                 if matches!(self.stack.last(), Some(Frame::Seq { .. })) {
                     self.child_path(loc);
                 }
                 if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    self.anchors.insert(anchor, (value.clone(), 1));
                 }
                 self.attach(value, loc);
             }
-            Event::MappingStart(anchor, _) => {
+            Event::MappingStart(anchor, _) | Event::SequenceStart(anchor, _) => {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(limit(format!(
+                        "values nested more than {MAX_DEPTH} levels deep"
+                    )));
+                }
                 let path = self.child_path(loc);
                 self.spans.entry(path.clone()).or_insert(loc);
-                self.stack.push(Frame::Map {
-                    path,
-                    map: Mapping::new(),
-                    key: None,
-                    anchor,
-                });
-            }
-            Event::SequenceStart(anchor, _) => {
-                let path = self.child_path(loc);
-                self.spans.entry(path.clone()).or_insert(loc);
-                self.stack.push(Frame::Seq {
-                    path,
-                    items: Vec::new(),
-                    anchor,
+                let values_before = self.values;
+                self.values += 1;
+                self.stack.push(match ev {
+                    Event::MappingStart(..) => Frame::Map {
+                        path,
+                        map: Mapping::new(),
+                        key: None,
+                        anchor,
+                        values_before,
+                    },
+                    _ => Frame::Seq {
+                        path,
+                        items: Vec::new(),
+                        anchor,
+                        values_before,
+                    },
                 });
             }
             Event::MappingEnd | Event::SequenceEnd => {
-                let (value, anchor) = match self.stack.pop() {
-                    Some(Frame::Map { map, anchor, .. }) => (Value::Mapping(map), anchor),
-                    Some(Frame::Seq { items, anchor, .. }) => (Value::Sequence(items), anchor),
-                    None => return,
+                let (value, anchor, values_before) = match self.stack.pop() {
+                    Some(Frame::Map {
+                        map,
+                        anchor,
+                        values_before,
+                        ..
+                    }) => (Value::Mapping(map), anchor, values_before),
+                    Some(Frame::Seq {
+                        items,
+                        anchor,
+                        values_before,
+                        ..
+                    }) => (Value::Sequence(items), anchor, values_before),
+                    None => return Ok(()),
                 };
                 if anchor > 0 {
-                    self.anchors.insert(anchor, value.clone());
+                    let size = self.values - values_before;
+                    self.anchors.insert(anchor, (value.clone(), size));
                 }
                 self.attach(value, loc);
             }
             Event::Alias(anchor) => {
-                let value = self.anchors.get(&anchor).cloned().unwrap_or(Value::Null);
+                // An anchor still open (an alias inside its own anchor) reads as null.
+                let size = self.anchors.get(&anchor).map_or(1, |(_, size)| *size);
+                self.alias_values += size;
+                self.values += size;
+                if self.alias_values > MAX_ALIAS_VALUES {
+                    return Err(limit(format!(
+                        "aliases (`*name`) copy more than {MAX_ALIAS_VALUES} values in this document"
+                    )));
+                }
+                let value = self
+                    .anchors
+                    .get(&anchor)
+                    .map_or(Value::Null, |(v, _)| v.clone());
                 if matches!(self.stack.last(), Some(Frame::Seq { .. })) {
                     self.child_path(loc);
                 }
@@ -271,6 +347,7 @@ impl MarkedEventReceiver for Loader {
             }
             _ => {}
         }
+        Ok(())
     }
 }
 
@@ -314,8 +391,11 @@ pub fn suggest<'a>(word: &str, candidates: &[&'a str]) -> Option<&'a str> {
         }
         prev[b.len()]
     }
+    let chars = word.chars().count();
     candidates
         .iter()
+        // The distance is at least the difference in length: no need to compute it for a long word.
+        .filter(|c| c.chars().count().abs_diff(chars) <= 2)
         .map(|c| (distance(word, c), *c))
         .filter(|(d, c)| *d <= 2 && *d < c.len())
         .min()
@@ -355,8 +435,9 @@ impl<'s> Reader<'s> {
                         Some(s) => format!("did you mean `{s}`? "),
                         None => String::new(),
                     };
+                    let k = key_text(key);
                     self.error(
-                        &join_key(path, k),
+                        &join_key(path, &k),
                         format!(
                             "unknown key `{k}`; {hint}expected one of: {}",
                             allowed.join(", ")

@@ -32,20 +32,28 @@ pub fn read_lines(
 ) -> io::Result<()> {
     let mut reader = BufReader::with_capacity(64 << 10, input);
     let mut line: Vec<u8> = Vec::new();
-    // Length of the line once it passed the cap, and whether it held anything but whitespace.
-    let mut too_long: Option<(usize, bool)> = None;
+    // Length of the line once it passed the cap, whether it held anything but whitespace, and
+    // whether its last byte so far is a CR (not counted if the line ends there: CR LF).
+    let mut too_long: Option<(usize, bool, bool)> = None;
     let mut number: u64 = 0;
     let mut out: Vec<RawLine> = Vec::new();
 
     let mut finish_line =
-        |line: &mut Vec<u8>, too_long: &mut Option<(usize, bool)>, out: &mut Vec<RawLine>| {
+        |line: &mut Vec<u8>, too_long: &mut Option<(usize, bool, bool)>, out: &mut Vec<RawLine>| {
             number += 1;
             let text = match too_long.take() {
-                Some((_, false)) => return, // an over-long blank line is still a blank line
-                Some((len, true)) => LineText::TooLong(len),
+                // An over-long blank line is still a blank line, skipped where blanks are; where
+                // they are records (text), it is a record too long like any other.
+                Some((_, false, _)) if !keep_blank => return,
+                Some((len, _, cr)) => LineText::TooLong(len - usize::from(cr)),
                 None => {
                     if line.last() == Some(&b'\r') {
                         line.pop();
+                    }
+                    // Blank before too long, so that a blank line is skipped whatever its length.
+                    if !keep_blank && line.iter().all(u8::is_ascii_whitespace) {
+                        line.clear();
+                        return;
                     }
                     if line.len() > max_line_bytes {
                         // Only the CR of a CRLF ending was allowed past the cap.
@@ -55,10 +63,6 @@ pub fn read_lines(
                             number,
                             text: LineText::TooLong(len),
                         });
-                        return;
-                    }
-                    if !keep_blank && line.iter().all(u8::is_ascii_whitespace) {
-                        line.clear();
                         return;
                     }
                     // An exact-size copy: the line held until its record is written takes its
@@ -96,15 +100,19 @@ pub fn read_lines(
             };
             let nonblank = |b: &[u8]| b.iter().any(|c| !c.is_ascii_whitespace());
             match &mut too_long {
-                Some((n, seen)) => {
+                Some((n, seen, cr)) => {
                     *n += segment.len();
                     *seen = *seen || nonblank(segment);
+                    if let Some(&last) = segment.last() {
+                        *cr = last == b'\r';
+                    }
                 }
                 // One byte of slack: the CR of a CRLF ending does not count toward the cap.
                 None if line.len() + segment.len() > max_line_bytes.saturating_add(1) => {
                     too_long = Some((
                         line.len() + segment.len(),
                         nonblank(&line) || nonblank(segment),
+                        segment.last().or(line.last()) == Some(&b'\r'),
                     ));
                     line = Vec::new(); // give the memory back now, not at the next line
                 }

@@ -173,7 +173,7 @@ impl RecordParser {
         number: u64,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
-        let trimmed = text.trim_ascii();
+        let trimmed = trim_json(text);
         match trimmed.as_bytes().first() {
             Some(b'[') => {
                 parse_array(trimmed, &self.shape, self.len, out)?;
@@ -227,7 +227,7 @@ impl RecordParser {
         number: u64,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
-        let trimmed = text.trim_ascii();
+        let trimmed = trim_json(text);
         if !trimmed.starts_with('{') {
             return Err(format!(
                 "expected a JSON object whose `{}` field holds the text (or use --format text)",
@@ -237,8 +237,14 @@ impl RecordParser {
         let (x, fields) = object_fields(trimmed, &self.field, None)?;
         let x =
             x.ok_or_else(|| format!("object has no field `{}` holding the text", self.field))?;
-        let record: String = serde_json::from_str(x)
-            .map_err(|_| format!("field `{}` must hold a string, found {x}", self.field))?;
+        let record: String = serde_json::from_str(x).map_err(|e| match x.starts_with('"') {
+            true => format!("field `{}`: {e}", self.field),
+            false => format!(
+                "field `{}` must hold a string, found `{}`",
+                self.field,
+                excerpt(x)
+            ),
+        })?;
         tokenize(tokenizer, &record, out)?;
         let raw = |name: &str| fields.get(name).map(|v| (*v).to_owned());
         let key = match raw("id") {
@@ -252,26 +258,33 @@ impl RecordParser {
         }))
     }
 
-    fn parse_csv(
+    fn parse_csv<'a>(
         &self,
-        text: &str,
+        text: &'a str,
         number: u64,
         may_be_header: bool,
         out: &mut Vec<f32>,
     ) -> Result<Option<RecordMeta>, String> {
         let mark = out.len();
         let mut count = 0;
-        for (i, field) in text.split(',').enumerate() {
+        let unquote = |field: &'a str| {
             let field = field.trim_ascii();
-            let field = field
+            field
                 .strip_prefix('"')
                 .and_then(|f| f.strip_suffix('"'))
-                .unwrap_or(field);
-            match parse_csv_number(field.as_bytes()) {
+                .unwrap_or(field)
+        };
+        for (i, field) in text.split(',').enumerate() {
+            match parse_csv_number(unquote(field).as_bytes()) {
                 Ok(v) => out.push(v),
                 Err(e) => {
-                    // A first row that is not numeric is a header.
-                    if may_be_header {
+                    // A first row with no number in it is a header; one with some numbers is a
+                    // record with a mistake, reported like any other, not dropped in silence.
+                    let no_number = || {
+                        text.split(',')
+                            .all(|f| parse_csv_number(unquote(f).as_bytes()).is_err())
+                    };
+                    if may_be_header && no_number() {
                         out.truncate(mark);
                         return Ok(None);
                     }
@@ -290,6 +303,21 @@ impl RecordParser {
             passthrough,
         }))
     }
+}
+
+/// The start of `text` for an error message: a line may be megabytes long, an error line not.
+fn excerpt(text: &str) -> Cow<'_, str> {
+    const MAX_CHARS: usize = 40;
+    match text.char_indices().nth(MAX_CHARS) {
+        Some((cut, _)) => Cow::Owned(format!("{}…", &text[..cut])),
+        None => Cow::Borrowed(text),
+    }
+}
+
+/// `text` without the whitespace JSON allows around a value (space, tab, CR, LF): `trim_ascii`
+/// would also drop form feeds, and accept lines that are not JSON.
+fn trim_json(text: &str) -> &str {
+    text.trim_matches([' ', '\t', '\r', '\n'])
 }
 
 /// The fields of a JSON object line, as raw text, with the record field's array parsed into
@@ -359,7 +387,7 @@ fn object_fields<'a>(
                 record_text = Some(value);
             } else {
                 let raw = serde_json::from_str::<&RawValue>(value)
-                    .map_err(|e| format!("invalid JSON in field `{key}`: {e}"))?;
+                    .map_err(|e| format!("invalid JSON in field `{}`: {e}", excerpt(&key)))?;
                 fields.insert(key, raw);
             }
             ws(&mut i);
