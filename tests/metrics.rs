@@ -331,3 +331,56 @@ fn a_bad_address_or_a_port_in_use_exits_2_before_reading_input() {
         assert!(stderr.contains(message), "{addr}: {stderr}");
     }
 }
+
+/// A reload (SIGHUP) shows as the next version with the new file's hash, and the stream's
+/// counters carry on across it instead of starting again.
+#[test]
+#[cfg(unix)]
+fn a_reload_is_the_next_version_and_counters_carry_on() {
+    let dir = common::tempdir();
+    let config = dir.path().join("live.yaml");
+    let text = std::fs::read_to_string(common::root().join(PIPELINE)).unwrap();
+    std::fs::write(&config, &text).unwrap();
+    let mut run = serve(config.to_str().unwrap());
+    let mut stdin = run.stdin.take().unwrap();
+    let feed = |stdin: &mut ChildStdin, from: usize| {
+        let block: String = (from..from + 64).map(mlp_record).collect();
+        stdin.write_all(block.as_bytes()).unwrap();
+        stdin.flush().unwrap();
+    };
+    feed(&mut stdin, 0);
+    for _ in 0..64 {
+        run.stdout.recv_timeout(Duration::from_secs(60)).unwrap();
+    }
+    let first = scrape(&run.addr);
+    assert_eq!(value(&first, "subpass_pipeline_version", &[]), 1.0);
+    let reloaded = text.replace("seed: 7", "seed: 8");
+    assert_ne!(reloaded, text);
+    std::fs::write(&config, &reloaded).unwrap();
+    let status = std::process::Command::new("kill")
+        .args(["-HUP", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The new version is published once it runs: poll /metrics for it, with a deadline.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while value(&scrape(&run.addr), "subpass_pipeline_version", &[]) < 2.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the reload never showed in /metrics"
+        );
+        std::thread::yield_now();
+    }
+    let hash = subpass::runtime::stats::file_hash(reloaded.as_bytes());
+    let s = scrape(&run.addr);
+    assert_eq!(
+        sample(&s, "subpass_pipeline_info", &[]).labels.get("hash"),
+        Some(hash.as_str())
+    );
+    feed(&mut stdin, 64);
+    for _ in 0..64 {
+        run.stdout.recv_timeout(Duration::from_secs(60)).unwrap();
+    }
+    let last = scrape(&run.addr);
+    assert_eq!(counter(&last, "subpass_records_out_total", &[]), 128.0);
+}
