@@ -73,6 +73,11 @@ enum Command {
         /// Reload the pipeline file when it changes (SIGHUP always reloads it).
         #[arg(long)]
         watch: bool,
+        /// A stage replica that panics is restarted and its failing records written as error
+        /// lines; more than N restarts of one stage within a minute end the run (exit 1).
+        /// A stage's `max_restarts` in the pipeline file takes precedence.
+        #[arg(long, value_name = "N", default_value_t = runtime::DEFAULT_MAX_RESTARTS)]
+        max_restarts: u32,
     },
     /// Prove the decomposition changes nothing: the streaming pipeline against the monolithic pass.
     Verify {
@@ -166,6 +171,7 @@ fn main() -> ExitCode {
             label,
             trace,
             watch,
+            max_restarts,
         } => {
             let options = RunOptions {
                 format: format.input(),
@@ -178,6 +184,7 @@ fn main() -> ExitCode {
                     requests: runtime::reload::requests(&pipeline, watch),
                     path: pipeline.clone(),
                 }),
+                max_restarts,
             };
             run(&pipeline, input, output, errors, stats, label, options)
         }
