@@ -392,7 +392,10 @@ fn a_fault_aimed_at_one_chunk_poisons_only_that_chunks_records() {
         .collect();
     // Chunk 5 is one chunk of at most 32 records (fewer if a deadline cut it short), in order.
     assert!((1..=32).contains(&poisoned.len()), "{poisoned:?}");
-    assert!(poisoned.windows(2).all(|w| w[1] == w[0] + 1), "{poisoned:?}");
+    assert!(
+        poisoned.windows(2).all(|w| w[1] == w[0] + 1),
+        "{poisoned:?}"
+    );
     let written = String::from_utf8_lossy(&out.stdout).lines().count();
     assert_eq!(written + poisoned.len(), 450);
 }

@@ -659,7 +659,11 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let path = format!("stages[{i}]");
-        let Some(m) = r.map(item, &path, &["name", "layers", "queue", "replicas", "max_restarts"]) else {
+        let Some(m) = r.map(
+            item,
+            &path,
+            &["name", "layers", "queue", "replicas", "max_restarts"],
+        ) else {
             ok = false;
             continue;
         };

@@ -238,11 +238,17 @@ impl Plan {
                 .collect();
             let frees = liveness(&graph, &layers, &keep);
             let peak = peak_live_bytes(&graph, &config.batch, &layers, &inputs, &frees);
-            // Bisection re-runs halves of a failed chunk, then halves of those (token rows are
-            // still bounded by the chunk's token budget, whatever the records).
-            let half = BatchConfig {
-                size: config.batch.size.div_ceil(2),
-                ..config.batch
+            // Bisection re-runs halves of a failed chunk, then halves of those: half the
+            // records, or for text half the tokens plus one record's (any number of records).
+            let half = match (&config.input.text, config.batch.max_tokens) {
+                (Some(text), Some(tokens)) => BatchConfig {
+                    max_tokens: Some(tokens.min(tokens.div_ceil(2) + text.max_tokens)),
+                    ..config.batch
+                },
+                _ => BatchConfig {
+                    size: config.batch.size.div_ceil(2),
+                    ..config.batch
+                },
             };
             let isolation = bytes(&mut keep.iter().copied())
                 + peak_live_bytes(&graph, &half, &layers, &inputs, &frees);

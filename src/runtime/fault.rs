@@ -175,11 +175,17 @@ mod tests {
         );
         assert_eq!(FaultTarget::parse("head@3").unwrap().place, Place::Chunk(3));
         assert_eq!(FaultTarget::parse("head").unwrap().place, Place::Everywhere);
-        assert_eq!(FaultTarget::parse("a.b#137").unwrap().place, Place::Line(137));
+        assert_eq!(
+            FaultTarget::parse("a.b#137").unwrap().place,
+            Place::Line(137)
+        );
         assert!(FaultTarget::parse("head@x").is_err());
         assert!(FaultTarget::parse("head@3:").is_err());
         assert!(FaultTarget::parse("head#").is_err());
-        assert_eq!(FaultTarget::parse("head>16").unwrap().place, Place::MoreThan(16));
+        assert_eq!(
+            FaultTarget::parse("head>16").unwrap().place,
+            Place::MoreThan(16)
+        );
         assert!(FaultTarget::parse("head>").is_err());
     }
 

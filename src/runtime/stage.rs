@@ -13,7 +13,7 @@ use crossbeam_channel::{Receiver, Sender};
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
 use super::stats::StageCounters;
-use super::supervise::{bisect, Supervisor};
+use super::supervise::{bisect, even_split, Supervisor};
 use super::trace::Tracer;
 use super::{merge_poisoned, ChunkTags, Emitter, Failure, Part, PoisonedRecord};
 use crate::graph::plan::StagePlan;
@@ -127,12 +127,9 @@ impl StageWorker {
         #[cfg(not(feature = "fail-points"))]
         let _ = (tags, &run.rows, run.zeroed);
         for j in run.from..stage.layers.len() {
-            self.plan.graph.eval(
-                &stage.layers[j..=j],
-                env,
-                &stage.frees[j..=j],
-                scratch,
-            );
+            self.plan
+                .graph
+                .eval(&stage.layers[j..=j], env, &stage.frees[j..=j], scratch);
             *done = j + 1;
         }
     }
@@ -240,7 +237,8 @@ impl StageWorker {
             .collect();
         let found = {
             let env = &*env;
-            bisect(records, failed.message, |part| {
+            let split = |r: &Range<usize>| even_split(r, seqs.as_deref());
+            bisect(records, failed.message, split, |part| {
                 let attempt = catch_unwind(AssertUnwindSafe(|| {
                     let sub_seqs = seqs.as_ref().map(|s| {
                         s[part.start..=part.end]

@@ -173,14 +173,7 @@ impl RunStats {
         }
         s.push_str(&format!(
             "  {:16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>8}\n",
-            "stage",
-            "replicas",
-            "chunks",
-            "busy%",
-            "busy s",
-            "wait in s",
-            "wait out s",
-            "restarts"
+            "stage", "replicas", "chunks", "busy%", "busy s", "wait in s", "wait out s", "restarts"
         ));
         for st in &self.stages {
             s.push_str(&format!(

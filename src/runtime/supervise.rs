@@ -112,15 +112,17 @@ pub(super) struct Isolated {
 }
 
 /// Find the records of `0..records` that fail on their own, given that the whole range failed
-/// with `failure`. `run` computes a sub-range (keeping its results) or says why it failed.
+/// with `failure`. `run` computes a sub-range (keeping its results) or says why it failed;
+/// `split` says where to cut a failed range of two or more records (strictly inside it).
 ///
-/// A range that fails is split in halves until single records remain, so a failing record costs
-/// about 2·log2(records) re-runs, and a chunk where every record fails 2·records − 2: in
-/// rows computed, O(records · log records). A range that succeeds is never re-run: each record's
-/// results come from exactly one successful run. Ranges are run in row order.
+/// A range that fails is cut in two until single records remain, so with even cuts a failing
+/// record costs about 2·log2(records) re-runs, and a chunk where every record fails 2·records − 2
+/// whatever the cuts. A range that succeeds is never re-run: each record's results come from
+/// exactly one successful run. Ranges are run in row order.
 pub(super) fn bisect(
     records: usize,
     failure: String,
+    split: impl Fn(&Range<usize>) -> usize,
     mut run: impl FnMut(Range<usize>) -> Result<(), String>,
 ) -> Isolated {
     let mut found = Isolated {
@@ -136,7 +138,7 @@ pub(super) fn bisect(
             }
             continue;
         }
-        let mid = range.start + range.len() / 2;
+        let mid = split(&range).clamp(range.start + 1, range.end - 1);
         let mut halves = Vec::with_capacity(2);
         for half in [range.start..mid, mid..range.end] {
             found.runs += 1;
@@ -150,6 +152,21 @@ pub(super) fn bisect(
     found
 }
 
+/// Where to cut records `range` so each side holds about half of it: half the records, or for
+/// text (`seqs`, each record's first token row) half the tokens. A side then holds at most half
+/// the range's tokens plus one record's, which is what the memory bound counts.
+pub(super) fn even_split(range: &Range<usize>, seqs: Option<&[usize]>) -> usize {
+    match seqs {
+        None => range.start + range.len() / 2,
+        Some(s) => {
+            let half = s[range.start] + (s[range.end] - s[range.start]) / 2;
+            // The first record that starts at or past the middle token.
+            let after = s[range.start + 1..range.end].partition_point(|&t| t < half);
+            range.start + 1 + after
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -157,15 +174,18 @@ mod tests {
     /// Bisect 0..n where `bad` records fail; every range that contains one fails.
     fn isolate(n: usize, bad: &[usize]) -> (Isolated, Vec<usize>) {
         let mut computed = Vec::new();
-        let found = bisect(n, "whole chunk".into(), |r| {
-            match bad.iter().find(|b| r.contains(b)) {
+        let found = bisect(
+            n,
+            "whole chunk".into(),
+            |r| even_split(r, None),
+            |r| match bad.iter().find(|b| r.contains(b)) {
                 Some(b) => Err(format!("record {b}")),
                 None => {
                     computed.extend(r);
                     Ok(())
                 }
-            }
-        });
+            },
+        );
         (found, computed)
     }
 
@@ -211,12 +231,43 @@ mod tests {
     #[test]
     fn a_failure_that_does_not_recur_poisons_nothing() {
         let mut runs = 0;
-        let found = bisect(32, "flaky".into(), |_| {
-            runs += 1;
-            Ok(())
-        });
+        let found = bisect(
+            32,
+            "flaky".into(),
+            |r| even_split(r, None),
+            |_| {
+                runs += 1;
+                Ok(())
+            },
+        );
         assert!(found.poisoned.is_empty());
         assert_eq!((found.runs, runs), (2, 2));
+    }
+
+    #[test]
+    fn text_is_cut_at_half_its_tokens_never_at_an_end() {
+        // Records of 10, 2, 2, 2, 100 and 4 tokens.
+        let seqs = [0, 10, 12, 14, 16, 116, 120];
+        // 120 tokens: the middle token (60) is in record 4, so the cut is after it.
+        assert_eq!(even_split(&(0..6), Some(&seqs)), 5);
+        assert_eq!(even_split(&(0..4), Some(&seqs)), 1);
+        assert_eq!(even_split(&(1..4), Some(&seqs)), 3);
+        assert_eq!(even_split(&(4..6), Some(&seqs)), 5);
+        assert_eq!(even_split(&(0..32), None), 16);
+        // Whatever the lengths, bisection still finds every failing record.
+        let found = bisect(
+            6,
+            "all".into(),
+            |r| even_split(r, Some(&seqs)),
+            |r| {
+                if r.contains(&4) {
+                    Err("record 4".into())
+                } else {
+                    Ok(())
+                }
+            },
+        );
+        assert_eq!(found.poisoned, vec![(4, "record 4".to_string())]);
     }
 
     #[test]
