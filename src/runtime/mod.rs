@@ -20,6 +20,10 @@
 //!
 //! Shutdown is a cascade: the source stops, every actor drains its queue and drops its senders,
 //! and the sink flushes when its last producer is gone.
+//!
+//! A stage replica that panics is restarted and the chunk re-run to find the records that fail
+//! (`supervise.rs`): those travel on as [`PoisonedRecord`]s, zeros in every later value, and the
+//! sink writes an error line for each; a stage that keeps failing ends the run.
 
 pub mod budget;
 #[cfg(any(test, feature = "fail-points"))]
