@@ -277,7 +277,13 @@ fn start_version(
     failures: &Sender<Failure>,
     writer_in: Receiver<Result<JsonOutput, RunError>>,
 ) -> (Version, ChunkTarget) {
-    let running = spawn_stages(&plan, tracer, records.clone(), failures, options.max_restarts);
+    let running = spawn_stages(
+        &plan,
+        tracer,
+        records.clone(),
+        failures,
+        options.max_restarts,
+    );
     let budget = InFlight::new(plan.budget.chunks);
     let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
     let mut threads = running.threads;
@@ -652,7 +658,13 @@ pub fn run_bench_pipeline(
 ) -> Result<BenchRun, RunError> {
     let start = Instant::now();
     let (failures_tx, failures_rx) = unbounded();
-    let running = spawn_stages(&plan, &tracer, Arc::default(), &failures_tx, DEFAULT_MAX_RESTARTS);
+    let running = spawn_stages(
+        &plan,
+        &tracer,
+        Arc::default(),
+        &failures_tx,
+        DEFAULT_MAX_RESTARTS,
+    );
     let budget = InFlight::new(in_flight.unwrap_or(plan.budget.chunks).max(1));
     let size = plan.batch.size;
     let feeder_budget = budget.clone();
