@@ -75,6 +75,11 @@ enum Command {
         /// Reload the pipeline file when it changes (SIGHUP always reloads it).
         #[arg(long)]
         watch: bool,
+        /// A stage replica that panics is restarted and its failing records written as error
+        /// lines; more than N restarts of one stage within a minute end the run (exit 1).
+        /// A stage's `max_restarts` in the pipeline file takes precedence.
+        #[arg(long, value_name = "N", default_value_t = runtime::DEFAULT_MAX_RESTARTS)]
+        max_restarts: u32,
         /// Serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9464; port 0 picks a
         /// free port, printed on stderr).
         #[arg(long, value_name = "ADDR")]
@@ -183,6 +188,7 @@ fn main() -> ExitCode {
             label,
             trace,
             watch,
+            max_restarts,
             metrics,
         } => {
             let options = RunOptions {
@@ -196,6 +202,7 @@ fn main() -> ExitCode {
                     requests: runtime::reload::requests(&pipeline, watch),
                     path: pipeline.clone(),
                 }),
+                max_restarts,
                 metrics: None,
                 pipeline_file: Some(pipeline.clone()),
             };

@@ -356,24 +356,48 @@ fn assert_run_fails_with(failpoints: &str, message: &str) {
     assert!(stderr.contains(message), "{stderr}");
 }
 
+/// A stage that fails on every record uses up its restart budget (tests/supervise.rs has the
+/// rest of supervision).
 #[test]
 #[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
 fn a_failing_stage_is_named_and_exits_one_promptly() {
     let start = Instant::now();
     assert_run_fails_with(
         "stage=return(head)",
-        "stage `head` failed: injected fault in chunk ",
+        "stage `head` failed: more than 10 restarts within a minute",
     );
+    assert_run_fails_with("stage=return(head)", "injected fault in chunk ");
     assert!(start.elapsed() < Duration::from_secs(20));
 }
 
 #[test]
 #[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
-fn a_fault_aimed_at_one_chunk_fails_that_chunk() {
-    assert_run_fails_with(
-        "stage=return(tower_b@5)",
-        "stage `tower_b` failed: injected fault in chunk 5 rows ",
+fn a_fault_aimed_at_one_chunk_poisons_only_that_chunks_records() {
+    let out = run_with_failpoints("stage=return(tower_b@5)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    // Error lines go to stderr here (no --errors), among the log lines.
+    let poisoned: Vec<u64> = stderr
+        .lines()
+        .filter(|l| l.starts_with("{\"line\":"))
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            let error = v["error"].as_str().unwrap();
+            assert!(
+                error.starts_with("stage tower_b: injected fault in chunk 5 rows "),
+                "{l}"
+            );
+            v["line"].as_u64().unwrap()
+        })
+        .collect();
+    // Chunk 5 is one chunk of at most 32 records (fewer if a deadline cut it short), in order.
+    assert!((1..=32).contains(&poisoned.len()), "{poisoned:?}");
+    assert!(
+        poisoned.windows(2).all(|w| w[1] == w[0] + 1),
+        "{poisoned:?}"
     );
+    let written = String::from_utf8_lossy(&out.stdout).lines().count();
+    assert_eq!(written + poisoned.len(), 450);
 }
 
 /// The shipped build has no fail points: `FAILPOINTS` changes nothing.

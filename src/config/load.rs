@@ -659,7 +659,11 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
     let mut ok = true;
     for (i, item) in items.iter().enumerate() {
         let path = format!("stages[{i}]");
-        let Some(m) = r.map(item, &path, &["name", "layers", "queue", "replicas"]) else {
+        let Some(m) = r.map(
+            item,
+            &path,
+            &["name", "layers", "queue", "replicas", "max_restarts"],
+        ) else {
             ok = false;
             continue;
         };
@@ -677,6 +681,11 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
         }
         let queue = bounded_int(r, &m, "queue", MAX_QUEUE, DEFAULT_QUEUE);
         let replicas = bounded_int(r, &m, "replicas", MAX_WORKERS, 1);
+        // 0 is allowed: the first panic ends the run, as without supervision.
+        let max_restarts = m.get("max_restarts").and_then(|v| {
+            r.integer_in(v, &m.key_path("max_restarts"), 0, MAX_RESTARTS)
+                .map(|n| n as u32)
+        });
         // A bad queue or replica count is reported; the stage is still checked with the default.
         match (name, layers) {
             (Some(name), Some(layers)) => stages.push(StageConfig {
@@ -684,6 +693,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
                 layers,
                 queue: queue.unwrap_or(DEFAULT_QUEUE),
                 replicas: replicas.unwrap_or(1),
+                max_restarts,
                 path,
             }),
             _ => ok = false,

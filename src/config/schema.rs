@@ -137,6 +137,9 @@ pub struct StageConfig {
     pub queue: usize,
     /// Workers of this stage that take chunks off the same queue.
     pub replicas: usize,
+    /// Restarts of this stage's replicas allowed within any minute before the run gives up;
+    /// `None` takes the run's default (`run --max-restarts`).
+    pub max_restarts: Option<u32>,
     pub path: String,
 }
 
@@ -176,5 +179,7 @@ pub const DEFAULT_QUEUE: usize = 2;
 pub const MAX_QUEUE: u64 = 1024;
 /// Most threads one stage (or the parser) may run.
 pub const MAX_WORKERS: u64 = 256;
+/// Most restarts per minute a stage may be allowed: more is a crash loop, not supervision.
+pub const MAX_RESTARTS: u64 = 1_000_000;
 /// Most records per chunk.
 pub const MAX_BATCH: u64 = 1 << 20;

@@ -62,6 +62,11 @@ pub struct StagePlan {
     pub input_bytes_per_chunk: u64,
     /// Reused buffers each replica holds (padded images, im2col columns), as its kernels report.
     pub scratch_bytes: u64,
+    /// What isolating a failed chunk holds beyond the worker's chunk: the stage's outputs being
+    /// assembled at full size, and one sub-chunk (at most half the records) being re-run.
+    pub isolation_bytes: u64,
+    /// Restarts per minute allowed before the run gives up; `None`: the run's default.
+    pub max_restarts: Option<u32>,
 }
 
 /// The single bound on work in flight: chunks are admitted only while fewer than `chunks` are
@@ -91,11 +96,20 @@ pub struct ActivationBytes {
     pub sink: u64,
     /// Per-worker scratch buffers (padded images, im2col columns), held for the whole run.
     pub scratch: u64,
+    /// The chunk being isolated after a panic (one at a time in the whole pipeline): the
+    /// largest stage's [`StagePlan::isolation_bytes`].
+    pub isolation: u64,
 }
 
 impl ActivationBytes {
     pub fn total(&self) -> u64 {
-        self.parsers + self.queues + self.workers + self.joins + self.sink + self.scratch
+        self.parsers
+            + self.queues
+            + self.workers
+            + self.joins
+            + self.sink
+            + self.scratch
+            + self.isolation
     }
 }
 
@@ -180,6 +194,7 @@ impl Plan {
                 layers: Vec::new(),
                 queue: DEFAULT_QUEUE,
                 replicas: 1,
+                max_restarts: None,
                 path: "stages".into(),
             }],
         };
@@ -223,6 +238,20 @@ impl Plan {
                 .collect();
             let frees = liveness(&graph, &layers, &keep);
             let peak = peak_live_bytes(&graph, &config.batch, &layers, &inputs, &frees);
+            // Bisection re-runs halves of a failed chunk, then halves of those: half the
+            // records, or for text half the tokens plus one record's (any number of records).
+            let half = match (&config.input.text, config.batch.max_tokens) {
+                (Some(text), Some(tokens)) => BatchConfig {
+                    max_tokens: Some(tokens.min(tokens.div_ceil(2) + text.max_tokens)),
+                    ..config.batch
+                },
+                _ => BatchConfig {
+                    size: config.batch.size.div_ceil(2),
+                    ..config.batch
+                },
+            };
+            let isolation = bytes(&mut keep.iter().copied())
+                + peak_live_bytes(&graph, &half, &layers, &inputs, &frees);
             // Scratch is per slot, reused by every layer of the stage: the largest need each.
             let scratch = (0..crate::ops::SCRATCH_SLOTS)
                 .map(|slot| {
@@ -250,6 +279,8 @@ impl Plan {
                 frees,
                 input_bytes_per_chunk: bytes(&mut inputs.iter().copied()),
                 scratch_bytes: scratch,
+                isolation_bytes: isolation,
+                max_restarts: sc.max_restarts,
                 layers,
                 inputs,
                 producers,
@@ -440,10 +471,14 @@ impl Plan {
             } else {
                 ""
             };
+            let restarts = match s.max_restarts {
+                Some(n) => format!(", max_restarts {n}/min"),
+                None => String::new(),
+            };
             let _ = writeln!(out, "  {}: layers [{}]", s.name, layers.join(", "));
             let _ = writeln!(
                 out,
-                "    fed by {}{join}; queue {}, replicas {}; params {}; {} FLOPs/{}; activations {}/chunk",
+                "    fed by {}{join}; queue {}, replicas {}{restarts}; params {}; {} FLOPs/{}; activations {}/chunk",
                 fed.join(" + "),
                 s.queue,
                 s.replicas,
@@ -466,7 +501,7 @@ impl Plan {
         let m = &b.bytes;
         let _ = writeln!(
             out,
-            "\nmemory bound: {} bytes of activations in flight ({}), {} chunks at most:\n  parsers {} + stage queues {} + stage workers {} + join buffers {} + sink {} + scratch {}",
+            "\nmemory bound: {} bytes of activations in flight ({}), {} chunks at most:\n  parsers {} + stage queues {} + stage workers {} + join buffers {} + sink {} + scratch {} + isolation {}",
             m.total(),
             human_bytes(m.total()),
             b.chunks,
@@ -476,6 +511,7 @@ impl Plan {
             human_bytes(m.joins),
             human_bytes(m.sink),
             human_bytes(m.scratch),
+            human_bytes(m.isolation),
         );
         let params: u64 = self.stages.iter().map(|s| s.param_bytes).sum();
         let _ = writeln!(
@@ -620,6 +656,7 @@ fn activation_bytes(
         b.queues += queue * stage.input_bytes_per_chunk;
         b.workers += replicas * stage.activation_bytes_per_chunk;
         b.scratch += replicas * stage.scratch_bytes;
+        b.isolation = b.isolation.max(stage.isolation_bytes);
         if stage.producers.len() > 1 {
             let largest = parts[s].iter().copied().max().unwrap_or(0);
             let smallest = parts[s].iter().copied().min().unwrap_or(0);

@@ -234,6 +234,8 @@ fn stage_configs(stages: &[PlannedStage]) -> Vec<StageConfig> {
                 .collect(),
             queue: DEFAULT_QUEUE,
             replicas: s.replicas,
+            // Chosen stages take the run's restart budget (`--max-restarts`).
+            max_restarts: None,
             path: format!("stages[{i}]"),
         })
         .collect()

@@ -1,18 +1,20 @@
-//! Fault injection for tests: the fail point `stage`, which every stage worker evaluates once per
-//! chunk before it computes. It exists only with the `fail-points` feature; the default build has
-//! no hook (the target grammar below is also compiled for its unit tests).
+//! Fault injection for tests: the fail point `stage`, which a stage worker evaluates each time it
+//! is about to compute records (a whole chunk, or part of one while it isolates a failure). It
+//! exists only with the `fail-points` feature; the default build has no hook (the target grammar
+//! below is also compiled for its unit tests).
 //!
-//! `FAILPOINTS='stage=return(TARGET)'` makes the evaluation that TARGET names panic, as a kernel
-//! would: the worker catches it, reports it, and the run exits 1 naming the stage.
+//! `FAILPOINTS='stage=return(TARGETS)'` makes the evaluations that TARGETS name panic, as a
+//! kernel would: the worker catches it, restarts, and re-runs the chunk to find the records that
+//! fail (see [`super::supervise`]). TARGETS is one or more of these, separated by commas:
 //!
 //! | TARGET | fails |
 //! | --- | --- |
-//! | `head` | every chunk of stage `head` |
-//! | `head@3` | chunk 3 (counted from 0 in input order) in stage `head` |
+//! | `head` | every evaluation in stage `head`: every record fails |
+//! | `head@3` | chunk 3 (counted from 0 in input order) in stage `head`: every record of it |
 //! | `head@3:5` | an evaluation of chunk 3 in `head` that computes the chunk's row 5: one record |
+//! | `head#137` | an evaluation in `head` that computes the record of input line 137 |
+//! | `head>16` | an evaluation in `head` of more than 16 records: a failure that depends on the chunk's size, not on any one record |
 //!
-//! A stage computes whole chunks today, so `head@3:5` fails like `head@3` when chunk 3 has a row 5;
-//! once a failed chunk is re-run record by record, only the run of that record fails.
 //! The fail crate's own actions compose with these: `stage=1*return(head)` fails once,
 //! `stage=panic` fails whichever stage evaluates the point first.
 
@@ -27,6 +29,11 @@ pub(super) struct FaultSite<'a> {
     pub chunk: ChunkId,
     /// The rows of the chunk this evaluation computes.
     pub rows: Range<usize>,
+    /// The input lines of those rows' records.
+    pub lines: &'a [u64],
+    /// Rows among them that hold zeros in place of a record this stage already found failing:
+    /// they are not computed, so they do not fail again.
+    pub zeroed: &'a [usize],
 }
 
 /// The evaluation of the fail point `stage` at `site`: the failure to inject, if any.
@@ -37,59 +44,97 @@ pub(super) fn injected(site: &FaultSite) -> Option<String> {
     None
 }
 
-/// What a `return(TARGET)` argument names.
+/// Where in a stage a `return(TARGET)` argument aims.
+#[derive(Debug, PartialEq)]
+enum Place {
+    Everywhere,
+    Chunk(ChunkId),
+    Row(ChunkId, usize),
+    Line(u64),
+    MoreThan(usize),
+}
+
+/// What one `return(TARGET)` argument names.
 #[derive(Debug, PartialEq)]
 struct FaultTarget<'a> {
     stage: &'a str,
-    chunk: Option<ChunkId>,
-    row: Option<usize>,
+    place: Place,
 }
 
 impl<'a> FaultTarget<'a> {
     fn parse(text: &'a str) -> Result<FaultTarget<'a>, String> {
-        let bad =
-            || format!("fail point `stage`: `{text}` is not STAGE, STAGE@CHUNK or STAGE@CHUNK:ROW");
+        let bad = || {
+            format!(
+                "fail point `stage`: `{text}` is not STAGE, STAGE@CHUNK, STAGE@CHUNK:ROW, STAGE#LINE or STAGE>RECORDS"
+            )
+        };
+        if let Some((stage, records)) = text.rsplit_once('>') {
+            return Ok(FaultTarget {
+                stage,
+                place: Place::MoreThan(records.parse().map_err(|_| bad())?),
+            });
+        }
+        if let Some((stage, line)) = text.rsplit_once('#') {
+            return Ok(FaultTarget {
+                stage,
+                place: Place::Line(line.parse().map_err(|_| bad())?),
+            });
+        }
         let Some((stage, place)) = text.rsplit_once('@') else {
             return Ok(FaultTarget {
                 stage: text,
-                chunk: None,
-                row: None,
+                place: Place::Everywhere,
             });
         };
-        let (chunk, row) = match place.split_once(':') {
-            Some((chunk, row)) => (chunk, Some(row.parse().map_err(|_| bad())?)),
-            None => (place, None),
+        let place = match place.split_once(':') {
+            Some((chunk, row)) => Place::Row(
+                chunk.parse().map_err(|_| bad())?,
+                row.parse().map_err(|_| bad())?,
+            ),
+            None => Place::Chunk(place.parse().map_err(|_| bad())?),
         };
-        Ok(FaultTarget {
-            stage,
-            chunk: Some(chunk.parse().map_err(|_| bad())?),
-            row,
-        })
+        Ok(FaultTarget { stage, place })
+    }
+
+    fn hits(&self, site: &FaultSite) -> bool {
+        let computes = |row: usize| site.rows.contains(&row) && !site.zeroed.contains(&row);
+        self.stage == site.stage
+            && match self.place {
+                Place::Everywhere => true,
+                Place::Chunk(c) => c == site.chunk,
+                Place::Row(c, r) => c == site.chunk && computes(r),
+                Place::Line(l) => site
+                    .lines
+                    .iter()
+                    .position(|x| *x == l)
+                    .is_some_and(|i| computes(site.rows.start + i)),
+                Place::MoreThan(n) => site.rows.len() > n,
+            }
     }
 }
 
 impl FaultSite<'_> {
-    /// The failure message when `target` names this site. A missing or malformed target is a
+    /// The failure message when `targets` name this site. A missing or malformed target is a
     /// mistake in the test: it fails every evaluation, saying so.
-    fn failure(&self, target: Option<&str>) -> Option<String> {
-        let Some(text) = target else {
+    fn failure(&self, targets: Option<&str>) -> Option<String> {
+        let Some(text) = targets else {
             return Some(
                 "fail point `stage`: `return` needs a target, e.g. return(head)".to_string(),
             );
         };
-        let target = match FaultTarget::parse(text) {
-            Ok(t) => t,
-            Err(e) => return Some(e),
-        };
-        let hit = target.stage == self.stage
-            && target.chunk.is_none_or(|c| c == self.chunk)
-            && target.row.is_none_or(|r| self.rows.contains(&r));
-        hit.then(|| {
-            format!(
-                "injected fault in chunk {} rows {:?} (fail point stage=return({text}))",
-                self.chunk, self.rows
-            )
-        })
+        for target in text.split(',') {
+            match FaultTarget::parse(target.trim()) {
+                Ok(t) if t.hits(self) => {
+                    return Some(format!(
+                        "injected fault in chunk {} rows {:?} (fail point stage=return({target}))",
+                        self.chunk, self.rows
+                    ))
+                }
+                Ok(_) => {}
+                Err(e) => return Some(e),
+            }
+        }
+        None
     }
 }
 
@@ -97,8 +142,26 @@ impl FaultSite<'_> {
 mod tests {
     use super::*;
 
+    /// Line numbers of a chunk's rows in these tests: row r of chunk c is line 100 c + r + 1.
+    const LINES: [u64; 400] = {
+        let mut l = [0; 400];
+        let mut i = 0;
+        while i < 400 {
+            l[i] = i as u64 + 1;
+            i += 1;
+        }
+        l
+    };
+
     fn site(stage: &str, chunk: ChunkId, rows: Range<usize>) -> FaultSite<'_> {
-        FaultSite { stage, chunk, rows }
+        let first = chunk as usize * 100;
+        FaultSite {
+            stage,
+            chunk,
+            lines: &LINES[first + rows.start..first + rows.end],
+            rows,
+            zeroed: &[],
+        }
     }
 
     #[test]
@@ -107,14 +170,23 @@ mod tests {
             FaultTarget::parse("head@3:5"),
             Ok(FaultTarget {
                 stage: "head",
-                chunk: Some(3),
-                row: Some(5)
+                place: Place::Row(3, 5)
             })
         );
-        assert_eq!(FaultTarget::parse("head@3").unwrap().row, None);
-        assert_eq!(FaultTarget::parse("head").unwrap().chunk, None);
+        assert_eq!(FaultTarget::parse("head@3").unwrap().place, Place::Chunk(3));
+        assert_eq!(FaultTarget::parse("head").unwrap().place, Place::Everywhere);
+        assert_eq!(
+            FaultTarget::parse("a.b#137").unwrap().place,
+            Place::Line(137)
+        );
         assert!(FaultTarget::parse("head@x").is_err());
         assert!(FaultTarget::parse("head@3:").is_err());
+        assert!(FaultTarget::parse("head#").is_err());
+        assert_eq!(
+            FaultTarget::parse("head>16").unwrap().place,
+            Place::MoreThan(16)
+        );
+        assert!(FaultTarget::parse("head>").is_err());
     }
 
     #[test]
@@ -135,6 +207,45 @@ mod tests {
             })
             .collect();
         assert_eq!(failing, [5]);
+    }
+
+    #[test]
+    fn a_line_target_fails_only_evaluations_that_compute_that_line() {
+        // Chunk 1 holds lines 101..=132 in rows 0..32.
+        assert!(site("head", 1, 0..32).failure(Some("head#105")).is_some());
+        assert!(site("head", 1, 0..4).failure(Some("head#105")).is_none());
+        assert!(site("head", 1, 4..5).failure(Some("head#105")).is_some());
+        assert!(site("head", 0, 0..32).failure(Some("head#105")).is_none());
+        assert!(site("body", 1, 0..32).failure(Some("head#105")).is_none());
+        // Once found, the record is zeroed in the chunk's final run: it does not fail again.
+        let final_run = FaultSite {
+            zeroed: &[4],
+            ..site("head", 1, 0..32)
+        };
+        assert!(final_run.failure(Some("head#105")).is_none());
+        assert!(final_run.failure(Some("head@1:4")).is_none());
+        assert!(final_run.failure(Some("head#106")).is_some());
+    }
+
+    #[test]
+    fn a_size_target_fails_only_evaluations_of_more_records() {
+        assert!(site("head", 0, 0..17).failure(Some("head>16")).is_some());
+        assert!(site("head", 0, 0..16).failure(Some("head>16")).is_none());
+        assert!(site("head", 0, 16..32).failure(Some("head>16")).is_none());
+    }
+
+    #[test]
+    fn several_targets_fail_wherever_any_of_them_hits() {
+        let targets = Some("body#7, head#105,head@3");
+        assert!(site("body", 0, 6..7).failure(targets).is_some());
+        assert!(site("head", 0, 6..7).failure(targets).is_none());
+        assert!(site("head", 1, 4..5).failure(targets).is_some());
+        assert!(site("head", 3, 0..1).failure(targets).is_some());
+        assert!(site("head", 2, 0..32).failure(targets).is_none());
+        assert!(site("head", 2, 0..1)
+            .failure(Some("head#1,head@"))
+            .unwrap()
+            .contains("is not STAGE"));
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //!
 //! Shutdown is a cascade: the source stops, every actor drains its queue and drops its senders,
 //! and the sink flushes when its last producer is gone.
+//!
+//! A stage replica that panics is restarted and the chunk re-run to find the records that fail
+//! (`supervise.rs`): those travel on as [`PoisonedRecord`]s, zeros in every later value, and the
+//! sink writes an error line for each; a stage that keeps failing ends the run.
 
 pub mod budget;
 #[cfg(any(test, feature = "fail-points"))]
@@ -33,6 +37,7 @@ mod sink;
 mod source;
 mod stage;
 pub mod stats;
+mod supervise;
 pub mod trace;
 
 use std::sync::Arc;
@@ -50,6 +55,7 @@ pub use run::{
     RunReport,
 };
 pub use stats::{RunStats, StageStats};
+pub use supervise::DEFAULT_MAX_RESTARTS;
 
 /// Sequence number of a chunk, from 0 in input order; the reorder step emits by it.
 pub type ChunkId = u64;
@@ -62,8 +68,46 @@ pub struct Part {
     pub values: Vec<(ValueId, Arc<Tensor>)>,
     /// For text: where each record's tokens start in token-row values.
     pub seqs: Option<Arc<[usize]>>,
+    /// The input line of each record (row), so a supervisor can name the records it isolates.
+    pub lines: Arc<[u64]>,
+    /// Records a stage failed on, so far: their rows hold zeros from that stage on, and the sink
+    /// writes an error line for each instead of an output line. Empty on the healthy path.
+    pub poisoned: Vec<PoisonedRecord>,
     /// The chunk's record metadata; only the source's part for the sink carries it.
     pub meta: Option<Box<ChunkMeta>>,
+}
+
+/// A record a stage could not compute (it panicked on it alone): the rows stay in the chunk,
+/// so every branch stays aligned, but the record is reported instead of written.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PoisonedRecord {
+    /// The record's row in its chunk.
+    pub row: usize,
+    /// What the error line says: `stage NAME: MESSAGE`.
+    pub error: String,
+}
+
+/// Add `more` to a chunk's poisoned records: one entry per row, in row order. A record that
+/// failed in two stages (two branches) keeps both messages, in an order that does not depend on
+/// which part arrived first.
+pub fn merge_poisoned(into: &mut Vec<PoisonedRecord>, more: Vec<PoisonedRecord>) {
+    if more.is_empty() {
+        return;
+    }
+    into.extend(more);
+    into.sort();
+    into.dedup();
+    let mut merged: Vec<PoisonedRecord> = Vec::with_capacity(into.len());
+    for p in into.drain(..) {
+        match merged.last_mut() {
+            Some(last) if last.row == p.row => {
+                last.error.push_str("; ");
+                last.error.push_str(&p.error);
+            }
+            _ => merged.push(p),
+        }
+    }
+    *into = merged;
 }
 
 /// Rounds of `yield_now` a receiver tries before it parks: a few hundred microseconds, longer
@@ -98,12 +142,20 @@ pub struct Emitter {
     routes: Vec<(Sender<Part>, Vec<ValueId>, Destination)>,
 }
 
+/// What every part of a chunk carries besides its values and metadata.
+#[derive(Debug, Clone)]
+pub struct ChunkTags {
+    pub chunk: ChunkId,
+    pub rows: usize,
+    pub lines: Arc<[u64]>,
+    pub poisoned: Vec<PoisonedRecord>,
+}
+
 impl Emitter {
     /// Send each consumer its values of this chunk; `meta` goes to the sink.
     pub fn emit(
         &self,
-        chunk: ChunkId,
-        rows: usize,
+        tags: &ChunkTags,
         env: &Env,
         mut meta: Option<Box<ChunkMeta>>,
     ) -> Result<(), Closed> {
@@ -115,10 +167,12 @@ impl Emitter {
                 None
             };
             tx.send(Part {
-                chunk,
-                rows,
+                chunk: tags.chunk,
+                rows: tags.rows,
                 values,
                 seqs: env.seqs.clone(),
+                lines: tags.lines.clone(),
+                poisoned: tags.poisoned.clone(),
                 meta,
             })
             .map_err(|_| Closed)?;

@@ -17,13 +17,14 @@ use super::sink::{run_sink, ChunkOutput, CompletedChunk};
 use super::source::{run_chunker, ChunkTarget, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RecordCounters, RunStats};
+use super::supervise::{RestartBudget, Supervisor, DEFAULT_MAX_RESTARTS};
 use super::trace::Tracer;
-use super::{channels, Emitter, Failure, Inboxes, Part, StageChannels};
+use super::{channels, ChunkTags, Emitter, Failure, Inboxes, Part, StageChannels};
 use crate::graph::plan::PARSE_QUEUE;
 use crate::graph::Plan;
 use crate::io::{
     self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
-    RecordMeta, RecordParser,
+    RecordMeta, RecordParser, Rejection,
 };
 
 /// How `run` treats its input and reports.
@@ -44,6 +45,8 @@ pub struct RunOptions {
     pub metrics: Option<Arc<Exporter>>,
     /// The file the plan was loaded from: its hash names the pipeline's version in `/metrics`.
     pub pipeline_file: Option<PathBuf>,
+    /// Restarts per minute allowed to each stage that does not set `max_restarts` itself.
+    pub max_restarts: u32,
 }
 
 impl Default for RunOptions {
@@ -58,6 +61,7 @@ impl Default for RunOptions {
             reload: None,
             metrics: None,
             pipeline_file: None,
+            max_restarts: DEFAULT_MAX_RESTARTS,
         }
     }
 }
@@ -139,17 +143,25 @@ fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()
 }
 
 /// Start every stage actor (and join) of `plan`; they count into `records` (the stream's,
-/// shared by every version of the pipeline) and report failures to `failures_tx`.
+/// shared by every version of the pipeline) and report failures to `failures_tx`. A stage
+/// without its own `max_restarts` may restart `max_restarts` times a minute.
 fn spawn_stages(
     plan: &Arc<Plan>,
     tracer: &Option<Tracer>,
     records: Arc<RecordCounters>,
     failures_tx: &Sender<Failure>,
+    max_restarts: u32,
 ) -> Running {
     let mut stage_names = vec![("source.parse".to_string(), plan.parsers)];
     stage_names.extend(plan.stages.iter().map(|s| (s.name.clone(), s.replicas)));
     let counters = Counters::sharing(stage_names, records);
     let (inboxes, stage_channels, sink_rx): (Inboxes, Vec<StageChannels>, _) = channels(plan);
+    let supervisor = Arc::new(Supervisor::new(
+        plan.stages
+            .iter()
+            .map(|s| RestartBudget::new(s.max_restarts.unwrap_or(max_restarts)))
+            .collect(),
+    ));
     let mut threads = Vec::new();
     let queues = (stage_channels.iter().enumerate())
         .map(|(s, ch)| (s + 1, ch.queue_probe()))
@@ -166,6 +178,7 @@ fn spawn_stages(
                 counters: counters.clone(),
                 failures: failures_tx.clone(),
                 tracer: tracer.clone(),
+                supervisor: supervisor.clone(),
             };
             threads.push(spawn_named(
                 format!("{STAGE_THREAD}{}-{replica}", stage.name),
@@ -280,7 +293,13 @@ fn start_version(
     writer_in: Receiver<Result<JsonOutput, RunError>>,
     started: Instant,
 ) -> (Version, ChunkTarget) {
-    let running = spawn_stages(&plan, tracer, records.clone(), failures);
+    let running = spawn_stages(
+        &plan,
+        tracer,
+        records.clone(),
+        failures,
+        options.max_restarts,
+    );
     let budget = InFlight::new(plan.budget.chunks);
     let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
     let mut threads = running.threads;
@@ -603,16 +622,21 @@ impl ChunkOutput for JsonOutput {
     fn write(&mut self, chunk: CompletedChunk) -> Result<(), RunError> {
         let meta = &chunk.meta;
         let r = &*self.records;
+        // Error lines, in line order: lines that did not parse, and records a stage failed on
+        // (poisoned), which are written here instead of their output line.
+        let mut bad: Vec<Rejection> = meta.rejected.clone();
+        if !chunk.poisoned.is_empty() {
+            bad.extend(chunk.poisoned.iter().map(|p| Rejection {
+                line: meta.records[p.row].line,
+                error: p.error.clone(),
+            }));
+            bad.sort_by_key(|b| b.line);
+        }
         // Under --strict, the records before the first bad line are written, then the run stops.
-        let first_bad = if self.strict {
-            meta.rejected.first()
-        } else {
-            None
-        };
-        let rejected = if first_bad.is_some() {
-            &meta.rejected[..1]
-        } else {
-            &meta.rejected[..]
+        let first_bad = if self.strict { bad.first() } else { None };
+        let bad = match first_bad {
+            Some(_) => &bad[..1],
+            None => &bad[..],
         };
         let slices: Vec<&[f32]> = chunk
             .outputs
@@ -626,9 +650,13 @@ impl ChunkOutput for JsonOutput {
         self.buf.clear();
         let mut written = 0u64;
         let mut parts: Vec<&[f32]> = Vec::with_capacity(slices.len());
+        let mut poisoned = chunk.poisoned.iter().map(|p| p.row).peekable();
         for (row, rec) in meta.records.iter().enumerate() {
-            if first_bad.is_some_and(|b| rec.line > b.line) {
+            if first_bad.is_some_and(|b| rec.line >= b.line) {
                 break;
+            }
+            if poisoned.next_if_eq(&row).is_some() {
+                continue;
             }
             parts.clear();
             parts.extend(
@@ -645,15 +673,14 @@ impl ChunkOutput for JsonOutput {
         }
         self.out.write_all(&self.buf).map_err(output_error)?;
         self.records.latency.observe(meta.admitted_at.elapsed());
-        r.records_in
-            .fetch_add(written + rejected.len() as u64, Relaxed);
+        r.records_in.fetch_add(written + bad.len() as u64, Relaxed);
         r.records_out.fetch_add(written, Relaxed);
-        if !rejected.is_empty() {
+        if !bad.is_empty() {
             self.ebuf.clear();
-            for rej in rejected {
+            for rej in bad {
                 write_rejection(&mut self.ebuf, rej);
             }
-            r.records_rejected.fetch_add(rejected.len() as u64, Relaxed);
+            r.records_rejected.fetch_add(bad.len() as u64, Relaxed);
             self.errors
                 .write_all(&self.ebuf)
                 .map_err(RunError::Output)?;
@@ -698,7 +725,13 @@ pub fn run_bench_pipeline(
 ) -> Result<BenchRun, RunError> {
     let start = Instant::now();
     let (failures_tx, failures_rx) = unbounded();
-    let running = spawn_stages(&plan, &tracer, Arc::default(), &failures_tx);
+    let running = spawn_stages(
+        &plan,
+        &tracer,
+        Arc::default(),
+        &failures_tx,
+        DEFAULT_MAX_RESTARTS,
+    );
     let budget = InFlight::new(in_flight.unwrap_or(plan.budget.chunks).max(1));
     let size = plan.batch.size;
     let feeder_budget = budget.clone();
@@ -725,7 +758,13 @@ pub fn run_bench_pipeline(
                 admitted_at: Instant::now(),
             };
             let env = feed_plan.graph.input_env(rows, values, None);
-            if source.emit(id, rows, &env, Some(Box::new(meta))).is_err() {
+            let tags = ChunkTags {
+                chunk: id,
+                rows,
+                lines: meta.records.iter().map(|r| r.line).collect(),
+                poisoned: Vec::new(),
+            };
+            if source.emit(&tags, &env, Some(Box::new(meta))).is_err() {
                 return;
             }
             sent += rows;
@@ -779,8 +818,11 @@ impl ChunkOutput for CountingOutput {
     fn write(&mut self, chunk: CompletedChunk) -> Result<(), RunError> {
         self.latencies.push(chunk.meta.admitted_at.elapsed());
         let n = chunk.rows as u64;
-        self.counters.records.records_in.fetch_add(n, Relaxed);
-        self.counters.records.records_out.fetch_add(n, Relaxed);
+        let poisoned = chunk.poisoned.len() as u64;
+        let records = &self.counters.records;
+        records.records_in.fetch_add(n, Relaxed);
+        records.records_out.fetch_add(n - poisoned, Relaxed);
+        records.records_rejected.fetch_add(poisoned, Relaxed);
         if let Some(p) = &self.progress {
             p.fetch_add(n, Relaxed);
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use crossbeam_channel::{Receiver, TryRecvError};
 
 use super::budget::InFlight;
-use super::{ChunkId, Part};
+use super::{merge_poisoned, ChunkId, Part, PoisonedRecord};
 use crate::graph::ValueId;
 use crate::io::ChunkMeta;
 use crate::ops::Tensor;
@@ -18,6 +18,8 @@ pub struct CompletedChunk {
     pub meta: Box<ChunkMeta>,
     /// The pipeline outputs, in the plan's output order.
     pub outputs: Vec<Arc<Tensor>>,
+    /// Records a stage failed on: written as error lines, not output lines (in row order).
+    pub poisoned: Vec<PoisonedRecord>,
 }
 
 /// Where completed chunks go: JSON lines, or a counter in benchmarks.
@@ -34,6 +36,7 @@ struct Pending {
     rows: usize,
     meta: Option<Box<ChunkMeta>>,
     values: Vec<(ValueId, Arc<Tensor>)>,
+    poisoned: Vec<PoisonedRecord>,
 }
 
 /// Run until every producer has hung up. `producers` parts make a chunk.
@@ -64,9 +67,11 @@ pub(super) fn run_sink(
             rows: part.rows,
             meta: None,
             values: Vec::new(),
+            poisoned: Vec::new(),
         });
         entry.parts += 1;
         entry.values.extend(part.values);
+        merge_poisoned(&mut entry.poisoned, part.poisoned);
         if part.meta.is_some() {
             entry.meta = part.meta;
         }
@@ -117,5 +122,6 @@ fn complete(
         rows: p.rows,
         meta,
         outputs: values,
+        poisoned: p.poisoned,
     })
 }

@@ -9,7 +9,7 @@ use crossbeam_channel::{after, never, select, Receiver, Sender};
 use super::budget::InFlight;
 use super::stats::Counters;
 use super::trace::Tracer;
-use super::{ChunkId, Emitter};
+use super::{ChunkId, ChunkTags, Emitter};
 use crate::graph::Plan;
 use crate::io::{token_estimate, LineText, RawLine, RecordParser};
 
@@ -186,10 +186,16 @@ impl ParserWorker {
                 .parse_chunk(&chunk.lines, chunk.admitted_at, chunk.id == 0);
             let rows = parsed.meta.records.len();
             let env = self.plan.graph.input_env(rows, parsed.values, parsed.seqs);
+            let tags = ChunkTags {
+                chunk: chunk.id,
+                rows,
+                lines: parsed.meta.records.iter().map(|r| r.line).collect(),
+                poisoned: Vec::new(),
+            };
             let t2 = Instant::now();
             if self
                 .emitter
-                .emit(chunk.id, rows, &env, Some(Box::new(parsed.meta)))
+                .emit(&tags, &env, Some(Box::new(parsed.meta)))
                 .is_err()
             {
                 return;

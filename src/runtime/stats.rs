@@ -14,7 +14,7 @@ pub struct StageCounters {
     pub busy_ns: AtomicU64,
     pub wait_in_ns: AtomicU64,
     pub wait_out_ns: AtomicU64,
-    /// Times a replica of this stage was restarted after it failed (its supervisor counts them).
+    /// Replicas restarted after a panic (one per chunk that panicked; see `runtime::supervise`).
     pub restarts: AtomicU64,
 }
 
@@ -192,6 +192,7 @@ impl Counters {
                     busy_s: s(&c.busy_ns),
                     wait_in_s: s(&c.wait_in_ns),
                     wait_out_s: s(&c.wait_out_ns),
+                    restarts: c.restarts.load(Relaxed),
                     busy_pct: 100.0 * s(&c.busy_ns)
                         / (elapsed.as_secs_f64() * *replicas as f64).max(1e-9),
                 })
@@ -244,6 +245,8 @@ pub struct StageStats {
     pub wait_out_s: f64,
     /// Busy time over wall time × replicas.
     pub busy_pct: f64,
+    /// Replicas restarted after a panic.
+    pub restarts: u64,
 }
 
 impl RunStats {
@@ -265,19 +268,20 @@ impl RunStats {
             ));
         }
         s.push_str(&format!(
-            "  {:16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10}\n",
-            "stage", "replicas", "chunks", "busy%", "busy s", "wait in s", "wait out s"
+            "  {:16} {:>8} {:>8} {:>7} {:>10} {:>10} {:>10} {:>8}\n",
+            "stage", "replicas", "chunks", "busy%", "busy s", "wait in s", "wait out s", "restarts"
         ));
         for st in &self.stages {
             s.push_str(&format!(
-                "  {:16} {:>8} {:>8} {:>6.1}% {:>10.3} {:>10.3} {:>10.3}\n",
+                "  {:16} {:>8} {:>8} {:>6.1}% {:>10.3} {:>10.3} {:>10.3} {:>8}\n",
                 st.name,
                 st.replicas,
                 st.chunks,
                 st.busy_pct,
                 st.busy_s,
                 st.wait_in_s,
-                st.wait_out_s
+                st.wait_out_s,
+                st.restarts
             ));
         }
         s
