@@ -237,13 +237,13 @@ impl RecordParser {
         let (x, fields) = object_fields(trimmed, &self.field, None)?;
         let x =
             x.ok_or_else(|| format!("object has no field `{}` holding the text", self.field))?;
-        let record: String = serde_json::from_str(x).map_err(|e| match x.starts_with('"') {
-            true => format!("field `{}`: {e}", self.field),
-            false => format!(
-                "field `{}` must hold a string, found `{}`",
-                self.field,
-                excerpt(x)
-            ),
+        let record: String = serde_json::from_str(x).map_err(|e| {
+            if x.starts_with('"') {
+                format!("field `{}`: {e}", self.field)
+            } else {
+                let found = excerpt(x);
+                format!("field `{}` must hold a string, found `{found}`", self.field)
+            }
         })?;
         tokenize(tokenizer, &record, out)?;
         let raw = |name: &str| fields.get(name).map(|v| (*v).to_owned());
