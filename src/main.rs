@@ -32,13 +32,16 @@ enum Format {
     Csv,
     /// One line, one text record (pipelines with `input: {text: ...}`).
     Text,
+    /// One line, one image file's path (pipelines with `input: {image: ...}`).
+    Paths,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Check a pipeline file and print its plan and memory bound.
     Validate { pipeline: PathBuf },
-    /// Stream records through the pipeline: JSON lines or CSV in, one JSON line per record out.
+    /// Stream records through the pipeline: JSON lines, CSV, text or image paths in, one JSON
+    /// line per record out.
     Run {
         pipeline: PathBuf,
         /// Input file; `-` or absent means stdin.
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
                     Format::Jsonl => InputFormat::JsonLines,
                     Format::Csv => InputFormat::Csv,
                     Format::Text => InputFormat::Text,
+                    Format::Paths => InputFormat::Paths,
                 },
                 max_line_bytes,
                 strict,

@@ -1,10 +1,11 @@
 //! Records in and predictions out: files or standard streams ([`open_input`]), reading lines with
 //! a length cap ([`read_lines`]), numbers ([`parse_json_number`]), records of JSON lines and CSV
-//! into tensors ([`RecordParser`]), and output and error lines ([`OutputFormatter`]).
+//! into tensors ([`RecordParser`]), image files into model inputs ([`ImagePreprocess`]), and output and error lines ([`OutputFormatter`]).
 //!
 //! Nothing here knows about stages; the runtime moves what this module produces.
 
 mod format;
+mod image;
 mod number;
 mod reader;
 mod record;
@@ -16,6 +17,7 @@ pub use number::{parse_csv_number, parse_json_number};
 pub use reader::{read_lines, LineText, RawLine};
 pub use record::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};
 pub use streams::{create_output, open_input};
+pub use image::ImagePreprocess;
 pub use text::{token_estimate, TextTokenizer};
 
 /// Capacity of the reader → chunker hand-off, in batches of lines.

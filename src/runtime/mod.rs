@@ -43,6 +43,7 @@ use crate::io::ChunkMeta;
 use crate::ops::Tensor;
 
 pub use label::{Label, LabelError};
+pub(crate) use source::record_parser;
 pub use run::{
     quiet_stage_panics, run_bench_pipeline, run_stream, BenchRun, RunError, RunOptions, RunReport,
 };

@@ -13,7 +13,9 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use super::budget::InFlight;
 use super::label::Label;
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{input_env, run_chunker, ParserWorker, RawChunk, TokenBudget};
+use super::source::{
+    input_env, record_parser, run_chunker, ParserWorker, RawChunk, TokenBudget,
+};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RunStats};
 use super::trace::Tracer;
@@ -22,7 +24,7 @@ use crate::graph::plan::PARSE_QUEUE;
 use crate::graph::Plan;
 use crate::io::{
     self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
-    RecordMeta, RecordParser,
+    RecordMeta,
 };
 
 /// How `run` treats its input and reports.
@@ -212,14 +214,18 @@ fn spawn_stats_logger(
     });
 }
 
-/// Text pipelines read `--format text` or JSON lines; the others, JSON lines or CSV.
+/// Text pipelines read `--format text` or JSON lines; image pipelines `--format paths`, JSON
+/// lines or CSV; the others, JSON lines or CSV.
 fn check_format(plan: &Plan, format: InputFormat) -> Result<(), RunError> {
-    match (plan.tokenizer.is_some(), format) {
-        (true, InputFormat::Csv) => Err(RunError::Format(
+    match (plan.tokenizer.is_some(), plan.image.is_some(), format) {
+        (true, _, InputFormat::Csv) => Err(RunError::Format(
             "this pipeline's records are text: use --format text or --format jsonl".into(),
         )),
-        (false, InputFormat::Text) => Err(RunError::Format(
+        (false, _, InputFormat::Text) => Err(RunError::Format(
             "--format text needs a pipeline whose input is text (`input: {text: ...}`)".into(),
+        )),
+        (_, false, InputFormat::Paths) => Err(RunError::Format(
+            "--format paths needs a pipeline whose input is images (`input: {image: ...}`)".into(),
         )),
         _ => Ok(()),
     }
@@ -278,15 +284,7 @@ pub fn run_stream(
             batch.max_delay,
         )
     }));
-    let mut parser = RecordParser::new(
-        &plan.graph.input_shape,
-        &plan.input_field,
-        &plan.output.passthrough,
-        options.format,
-    );
-    if let Some(t) = &plan.tokenizer {
-        parser = parser.with_tokenizer(t.clone());
-    }
+    let parser = record_parser(&plan, &plan.output.passthrough, options.format);
     for replica in 0..plan.parsers {
         let worker = ParserWorker {
             plan: plan.clone(),
@@ -304,13 +302,18 @@ pub fn run_stream(
     drop(running.source);
 
     // Sink.
+    let mut formatter = OutputFormatter::new(
+        &plan.output.field,
+        plan.output.argmax,
+        &plan.output.passthrough,
+        &output_names(&plan.graph),
+    );
+    if let Some(k) = &plan.output.top_k {
+        let labels = plan.output.labels.as_ref().map(|l| l.names.as_slice());
+        formatter = formatter.with_top_k(k.value, labels);
+    }
     let mut writer = JsonOutput {
-        formatter: OutputFormatter::new(
-            &plan.output.field,
-            plan.output.argmax,
-            &plan.output.passthrough,
-            &output_names(&plan.graph),
-        ),
+        formatter,
         out: BufWriter::with_capacity(64 << 10, output),
         errors,
         strict: options.strict,
