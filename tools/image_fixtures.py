@@ -20,6 +20,8 @@ Images (all committed, each under 300 KB, so the tests need no Python):
   flower-grey.jpg           a greyscale (one-component) JPEG: convert("RGB") copies it to 3 channels
   flower-progressive.jpg    a progressive JPEG without chroma subsampling
   china-rgba.png            RGBA with varying alpha: convert("RGB") drops alpha without blending
+  flower-640-progressive.jpg  640x640, progressive, 4:4:4: the decoder's largest buffers per pixel,
+                            for tests/memory_bound.rs (no tensor)
 
 For flower-301x217.png, three preprocessing mistakes are written too, to show the tests' bound
 rejects them: the crop one pixel to the right (`-offset`), bicubic instead of bilinear
@@ -99,6 +101,12 @@ def make_inputs():
     flower.resize((200, 133), Image.LANCZOS).save(
         os.path.join(OUT, "flower-progressive.jpg"),
         quality=85,
+        progressive=True,
+        subsampling=0,
+    )
+    flower.resize((640, 640), Image.LANCZOS).save(
+        os.path.join(OUT, "flower-640-progressive.jpg"),
+        quality=60,
         progressive=True,
         subsampling=0,
     )

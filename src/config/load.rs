@@ -826,7 +826,14 @@ fn parse_output(r: &mut Reader, v: &Value, base: &Path) -> Option<OutputConfig> 
     let m = r.map(
         v,
         "output",
-        &["field", "argmax", "passthrough", "ordered", "top_k", "labels"],
+        &[
+            "field",
+            "argmax",
+            "passthrough",
+            "ordered",
+            "top_k",
+            "labels",
+        ],
     )?;
     let d = OutputConfig::default();
     let field = match m.get("field") {

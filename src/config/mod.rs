@@ -79,8 +79,10 @@ mod tests {
 
     #[test]
     fn image_input_defaults_to_imagenet_and_its_shape_is_the_crop() {
-        let c = parse("input: {image: {resize: 256, crop: 224}}\nlayers:\n  - {name: f, op: flatten}\n")
-            .unwrap();
+        let c = parse(
+            "input: {image: {resize: 256, crop: 224}}\nlayers:\n  - {name: f, op: flatten}\n",
+        )
+        .unwrap();
         let image = c.input.image.unwrap();
         assert_eq!(c.input.shape, vec![3, 224, 224]);
         assert_eq!(c.input.field, "image");
@@ -101,13 +103,25 @@ mod tests {
     fn image_input_mistakes_are_located() {
         let text = "input:\n  image: {resize: 100, crop: 224, mean: [0.5, 0.5], stdd: [1, 1, 1]}\nlayers:\n  - {name: f, op: flatten}\noutput: {labels: nowhere.txt}\n";
         let errs = parse(text).unwrap_err().0;
-        let find = |p: &str| errs.iter().find(|e| e.path == p).unwrap_or_else(|| panic!("{p}: {errs:?}"));
-        assert!(find("input.image.stdd").message.contains("did you mean `std`"));
+        let find = |p: &str| {
+            errs.iter()
+                .find(|e| e.path == p)
+                .unwrap_or_else(|| panic!("{p}: {errs:?}"))
+        };
+        assert!(find("input.image.stdd")
+            .message
+            .contains("did you mean `std`"));
         assert!(find("input.image.crop").message.contains("larger"));
         assert_eq!(find("input.image.crop").location.map(|l| l.0), Some(2));
         let labels: Vec<_> = errs.iter().filter(|e| e.path == "output.labels").collect();
-        assert!(labels.iter().any(|e| e.message.contains("top_k")), "{errs:?}");
-        assert!(labels.iter().any(|e| e.message.contains("nowhere.txt")), "{errs:?}");
+        assert!(
+            labels.iter().any(|e| e.message.contains("top_k")),
+            "{errs:?}"
+        );
+        assert!(
+            labels.iter().any(|e| e.message.contains("nowhere.txt")),
+            "{errs:?}"
+        );
     }
 
     #[test]

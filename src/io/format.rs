@@ -260,8 +260,13 @@ mod tests {
 
     #[test]
     fn top_k_lines_carry_classes_labels_and_scores() {
-        let labels = ["cat".to_string(), "dog \"x\"".to_string(), "eel".to_string()];
-        let f = OutputFormatter::new("y", true, &[], &["logits".into()]).with_top_k(2, Some(&labels));
+        let labels = [
+            "cat".to_string(),
+            "dog \"x\"".to_string(),
+            "eel".to_string(),
+        ];
+        let f =
+            OutputFormatter::new("y", true, &[], &["logits".into()]).with_top_k(2, Some(&labels));
         let meta = RecordMeta {
             line: 2,
             key: RecordKey::Path {

@@ -35,8 +35,10 @@ use crate::config::ImageInput;
 const JPEG_BYTES_PER_PIXEL: u64 = 4 * 2 + 3;
 /// A JPEG's planes are padded to whole 16-pixel MCUs.
 const MCU_PAD: u64 = 16;
-/// What the `png` crate may allocate besides the image (its own default cap on chunk data).
-const PNG_DECODER_BYTES: u64 = 64 << 20;
+/// What the `png` crate may allocate besides the image: metadata chunks (text and ICC profiles
+/// are skipped) up to 1 MiB, and its row buffers, a few rows of up to 8 bytes a pixel.
+const PNG_METADATA_BYTES: u64 = 1 << 20;
+const PNG_ROW_BYTES_PER_PIXEL: u64 = 64;
 /// Bytes per pixel of a decoded PNG: at most 4 channels of 8 bits (16-bit samples are cut).
 const PNG_BYTES_PER_PIXEL: u64 = 4;
 
@@ -97,7 +99,8 @@ impl ImagePreprocess {
         let side = self.max_side as u64;
         let encoded = self.max_bytes + self.max_bytes.div_ceil(3) * 4;
         let jpeg = (side + MCU_PAD).pow(2) * JPEG_BYTES_PER_PIXEL;
-        let png = side.pow(2) * PNG_BYTES_PER_PIXEL + PNG_DECODER_BYTES;
+        let png =
+            side.pow(2) * PNG_BYTES_PER_PIXEL + png_limit(side) + side * PNG_ROW_BYTES_PER_PIXEL;
         let crop = self.crop as u64;
         // The row pass covers the crop's columns on every source row it needs; then the crop.
         let resize = crop * side * 3 + crop * crop * 3;
@@ -119,9 +122,16 @@ impl ImagePreprocess {
 
     /// Decode a JPEG or PNG file's bytes and append its values to `out`.
     pub fn from_bytes(&self, bytes: &[u8], out: &mut Vec<f32>) -> Result<(), String> {
-        let pixels = decode(bytes, self.max_side)?;
-        let cropped = self.resize_and_crop(&pixels)?;
-        self.normalize(&cropped, pixels.channels, out);
+        // The decoders are fuzzed, but a file that still finds a panic in one must cost its
+        // record, not the parser thread.
+        let result = std::panic::catch_unwind(|| {
+            let pixels = decode(bytes, self.max_side)?;
+            let cropped = self.resize_and_crop(&pixels)?;
+            Ok::<_, String>((cropped, pixels.channels))
+        });
+        let (cropped, channels) = result
+            .unwrap_or_else(|_| Err("the image decoder failed on this file (a panic)".into()))?;
+        self.normalize(&cropped, channels, out);
         Ok(())
     }
 
@@ -172,10 +182,12 @@ impl ImagePreprocess {
             .resize(
                 &src,
                 &mut across,
-                &ResizeOptions::new()
-                    .resize_alg(alg)
-                    .use_alpha(false)
-                    .crop(left * scale_x, first_row as f64, crop as f64 * scale_x, rows as f64),
+                &ResizeOptions::new().resize_alg(alg).use_alpha(false).crop(
+                    left * scale_x,
+                    first_row as f64,
+                    crop as f64 * scale_x,
+                    rows as f64,
+                ),
             )
             .map_err(|e| format!("cannot resize: {e}"))?;
         let mut cropped = Image::new(crop, crop, pixel_type);
@@ -258,7 +270,9 @@ fn decode_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
     let text = match text.strip_prefix("data:") {
         Some(rest) => match rest.split_once(";base64,") {
             Some((_, data)) => data,
-            None => return Err("a `data:` URL must hold base64 (`data:image/jpeg;base64,...`)".into()),
+            None => {
+                return Err("a `data:` URL must hold base64 (`data:image/jpeg;base64,...`)".into())
+            }
         },
         None => text,
     };
@@ -284,7 +298,9 @@ fn decode_base64(text: &str, max_bytes: u64) -> Result<Vec<u8>, String> {
 /// Refuse an image larger than the limits, from its header's size.
 fn check_size(format: &str, width: u32, height: u32, max_side: u32) -> Result<(), String> {
     if width == 0 || height == 0 {
-        return Err(format!("corrupt {format}: the header says {width}x{height} pixels"));
+        return Err(format!(
+            "corrupt {format}: the header says {width}x{height} pixels"
+        ));
     }
     if width > max_side || height > max_side {
         return Err(format!(
@@ -374,9 +390,22 @@ fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<Pixels, String> {
     })
 }
 
+/// The `png` crate's cap on what it allocates besides the image (its metadata and row buffers).
+fn png_limit(max_side: u64) -> u64 {
+    PNG_METADATA_BYTES + max_side * PNG_ROW_BYTES_PER_PIXEL
+}
+
 fn decode_png(bytes: &[u8], max_side: u32) -> Result<Pixels, String> {
-    let corrupt = |e: png::DecodingError| format!("corrupt or truncated PNG: {e}");
-    let mut decoder = png::Decoder::new(std::io::Cursor::new(bytes));
+    let corrupt = |e: png::DecodingError| match e {
+        png::DecodingError::LimitsExceeded => {
+            "too large: the PNG's metadata chunks exceed 1 MiB".to_string()
+        }
+        e => format!("corrupt or truncated PNG: {e}"),
+    };
+    let limits = png::Limits {
+        bytes: png_limit(max_side as u64) as usize,
+    };
+    let mut decoder = png::Decoder::new_with_limits(std::io::Cursor::new(bytes), limits);
     // 8 bits per sample, palettes expanded: what PIL's `convert("RGB")` starts from.
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     decoder.set_ignore_text_chunk(true);
@@ -462,11 +491,16 @@ mod tests {
     fn base64_accepts_data_urls_and_missing_padding() {
         assert_eq!(decode_base64("aGk=", 10).unwrap(), b"hi");
         assert_eq!(decode_base64("aGk", 10).unwrap(), b"hi");
-        assert_eq!(decode_base64("data:image/png;base64,aGk=", 10).unwrap(), b"hi");
+        assert_eq!(
+            decode_base64("data:image/png;base64,aGk=", 10).unwrap(),
+            b"hi"
+        );
         assert!(decode_base64("a*Gk", 10).unwrap_err().contains("base64"));
         assert!(decode_base64("data:image/png,aGk=", 10).is_err());
         // Refused from the text's length, before decoding: 8 characters hold 6 bytes.
-        assert!(decode_base64("aGlhaGlh", 5).unwrap_err().contains("too large"));
+        assert!(decode_base64("aGlhaGlh", 5)
+            .unwrap_err()
+            .contains("too large"));
         assert_eq!(decode_base64("aGlhaGlh", 6).unwrap(), b"hiahia");
     }
 }

@@ -13,11 +13,11 @@ mod streams;
 mod text;
 
 pub use format::{argmax, output_names, write_rejection, OutputFormatter, RecordKey};
+pub use image::ImagePreprocess;
 pub use number::{parse_csv_number, parse_json_number};
 pub use reader::{read_lines, LineText, RawLine};
 pub use record::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};
 pub use streams::{create_output, open_input};
-pub use image::ImagePreprocess;
 pub use text::{token_estimate, TextTokenizer};
 
 /// Capacity of the reader → chunker hand-off, in batches of lines.

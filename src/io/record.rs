@@ -279,8 +279,12 @@ impl RecordParser {
             return self.parse_json(text, number, out);
         }
         let mark = out.len();
-        let (x, fields) = object_fields(trimmed, &self.field, Some((&self.shape, self.len, &mut *out)))
-            .inspect_err(|_| out.truncate(mark))?;
+        let (x, fields) = object_fields(
+            trimmed,
+            &self.field,
+            Some((&self.shape, self.len, &mut *out)),
+        )
+        .inspect_err(|_| out.truncate(mark))?;
         let x = x.ok_or_else(|| {
             format!(
                 "object has no field `{}` holding the image (its file's bytes in base64)",

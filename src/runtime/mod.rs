@@ -43,10 +43,10 @@ use crate::io::ChunkMeta;
 use crate::ops::Tensor;
 
 pub use label::{Label, LabelError};
-pub(crate) use source::record_parser;
 pub use run::{
     quiet_stage_panics, run_bench_pipeline, run_stream, BenchRun, RunError, RunOptions, RunReport,
 };
+pub(crate) use source::record_parser;
 pub use stats::{RunStats, StageStats};
 
 /// Sequence number of a chunk, from 0 in input order; the reorder step emits by it.

@@ -13,9 +13,7 @@ use crossbeam_channel::{bounded, select, unbounded, Receiver, Sender};
 use super::budget::InFlight;
 use super::label::Label;
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{
-    input_env, record_parser, run_chunker, ParserWorker, RawChunk, TokenBudget,
-};
+use super::source::{input_env, record_parser, run_chunker, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RunStats};
 use super::trace::Tracer;
@@ -23,8 +21,7 @@ use super::{channels, Emitter, Failure, Inboxes, Part, StageChannels};
 use crate::graph::plan::PARSE_QUEUE;
 use crate::graph::Plan;
 use crate::io::{
-    self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
-    RecordMeta,
+    self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey, RecordMeta,
 };
 
 /// How `run` treats its input and reports.
