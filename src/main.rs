@@ -149,6 +149,7 @@ fn main() -> ExitCode {
                 stats_interval: stats_interval.map(Duration::from_secs_f64),
                 trace,
                 label: None,
+                whole_outputs: false,
             };
             run(&pipeline, input, output, errors, stats, label, options)
         }

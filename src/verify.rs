@@ -223,6 +223,7 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         Box::new(errors),
         &RunOptions {
             format,
+            whole_outputs: true,
             ..RunOptions::default()
         },
         never,

@@ -442,3 +442,10 @@ fn formats_that_do_not_fit_the_pipeline_are_refused() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--format text needs"));
 }
+
+#[test]
+fn verify_compares_every_output_of_an_image_pipeline_with_top_k() {
+    // Synthetic records are preprocessed values (JSON arrays); the outputs compared are whole,
+    // though `run` writes only the top 3.
+    common::assert_verifies(&[CLASSIFIER, "--records", "24"]);
+}

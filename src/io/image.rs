@@ -379,7 +379,7 @@ fn decode_jpeg(bytes: &[u8], max_side: u32) -> Result<Pixels, String> {
         (ColorSpace::RGB, 3)
     };
     decoder.set_options(options.jpeg_set_out_colorspace(colorspace));
-    let size = (width as usize) * (height as usize) * channels;
+    let size = width * height * channels;
     let mut data = vec![0u8; size];
     decoder.decode_into(&mut data).map_err(corrupt)?;
     Ok(Pixels {

@@ -1,6 +1,7 @@
 //! Records in and predictions out: files or standard streams ([`open_input`]), reading lines with
 //! a length cap ([`read_lines`]), numbers ([`parse_json_number`]), records of JSON lines and CSV
-//! into tensors ([`RecordParser`]), image files into model inputs ([`ImagePreprocess`]), and output and error lines ([`OutputFormatter`]).
+//! into tensors ([`RecordParser`]), image files into model inputs ([`ImagePreprocess`]), and
+//! output and error lines ([`OutputFormatter`]).
 //!
 //! Nothing here knows about stages; the runtime moves what this module produces.
 

@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub trace: Option<PathBuf>,
     /// The passthrough field holding each record's class; tallies argmax accuracy.
     pub label: Option<Label>,
+    /// Write every output value even where the pipeline asks for `output.top_k` (`verify`
+    /// compares them all).
+    pub whole_outputs: bool,
 }
 
 impl Default for RunOptions {
@@ -47,6 +50,7 @@ impl Default for RunOptions {
             stats_interval: None,
             trace: None,
             label: None,
+            whole_outputs: false,
         }
     }
 }
@@ -305,7 +309,7 @@ pub fn run_stream(
         &plan.output.passthrough,
         &output_names(&plan.graph),
     );
-    if let Some(k) = &plan.output.top_k {
+    if let (Some(k), false) = (&plan.output.top_k, options.whole_outputs) {
         let labels = plan.output.labels.as_ref().map(|l| l.names.as_slice());
         formatter = formatter.with_top_k(k.value, labels);
     }
