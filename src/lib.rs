@@ -17,7 +17,7 @@
 //! | each op: attributes, shapes, tensors, FLOPs, fast and reference kernels; the registry | [`ops::Op`], [`ops::FAMILIES`] | [`ops`] |
 //! | the shared fast kernels (packed GEMM, direct convolution), chosen per CPU | [`kernels::isa`] | [`kernels`] |
 //! | running actors over bounded channels | [`runtime::run_stream`] | [`runtime`] |
-//! | records in and predictions out | [`io::RecordParser`], [`io::OutputFormatter`] | [`io`] |
+//! | records in (numbers, text, image files) and predictions out | [`io::RecordParser`], [`io::ImagePreprocess`], [`io::OutputFormatter`] | [`io`] |
 //! | the check against the reference kernels, and the benchmark | [`verify`], [`mod@bench`] | |
 //! | `/metrics` while it runs, and `subpass top` reading it | [`runtime::metrics`], [`top`] | |
 //!

@@ -34,13 +34,16 @@ enum Format {
     Csv,
     /// One line, one text record (pipelines with `input: {text: ...}`).
     Text,
+    /// One line, one image file's path (pipelines with `input: {image: ...}`).
+    Paths,
 }
 
 #[derive(Subcommand)]
 enum Command {
     /// Check a pipeline file and print its plan and memory bound.
     Validate { pipeline: PathBuf },
-    /// Stream records through the pipeline: JSON lines or CSV in, one JSON line per record out.
+    /// Stream records through the pipeline: JSON lines, CSV, text or image paths in, one JSON
+    /// line per record out.
     Run {
         pipeline: PathBuf,
         /// Input file; `-` or absent means stdin.
@@ -154,6 +157,7 @@ impl Format {
             Format::Jsonl => InputFormat::JsonLines,
             Format::Csv => InputFormat::Csv,
             Format::Text => InputFormat::Text,
+            Format::Paths => InputFormat::Paths,
         }
     }
 }
@@ -205,6 +209,7 @@ fn main() -> ExitCode {
                 max_restarts,
                 metrics: None,
                 pipeline_file: Some(pipeline.clone()),
+                whole_outputs: false,
             };
             let streams = StreamPaths {
                 input,

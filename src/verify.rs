@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use ndarray::{ArrayD, IxDyn};
 
 use crate::graph::{Graph, Plan};
-use crate::io::{InputFormat, RecordParser};
+use crate::io::InputFormat;
 use crate::ops::KernelKind;
 use crate::runtime::{run_stream, RunError, RunOptions};
 use crate::weights::seeded_stream;
@@ -182,10 +182,7 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         Some(_) => InputFormat::Text,
         None => InputFormat::JsonLines,
     };
-    let mut parser = RecordParser::new(&plan.graph.input_shape, &plan.input_field, &[], format);
-    if let Some(t) = &plan.tokenizer {
-        parser = parser.with_tokenizer(t.clone());
-    }
+    let parser = crate::runtime::record_parser(&plan, &[], format);
     let (tx, rx) = crossbeam_channel::unbounded();
     crate::io::read_lines(
         &input[..],
@@ -226,6 +223,7 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
         Box::new(errors),
         &RunOptions {
             format,
+            whole_outputs: true,
             ..RunOptions::default()
         },
         never,

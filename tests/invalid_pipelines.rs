@@ -103,6 +103,13 @@ const CASES: &[Case] = &[
     Case { file: "layer_in_no_stage.yaml", path: "stages|layers[2]", lines: &[7, 8], cols: &[], facts: &["fc3", "stage"] },
     Case { file: "layer_in_two_stages.yaml", path: "stages[1].layers[0]|stages[1].layers", lines: &[9], cols: &[27], facts: &["fc2", "front", "back"] },
     Case { file: "stage_unknown_layer.yaml", path: "stages[1].layers[1]|stages[1].layers", lines: &[9], cols: &[32], facts: &["fc9"] },
+    // Image records: located like any other key.
+    Case { file: "image_crop_larger_than_resize.yaml", path: "input.image.crop", lines: &[3], cols: &[], facts: &["288", "256"] },
+    Case { file: "image_unknown_key.yaml", path: "input.image.stdev", lines: &[6], cols: &[5], facts: &["stdev", "did you mean `std`"] },
+    Case { file: "image_shape_disagrees.yaml", path: "input.shape", lines: &[3], cols: &[], facts: &["[3, 28, 28]", "[1, 28, 28]"] },
+    Case { file: "image_first_layer_mismatch.yaml", path: "layers[0]|layers[0].params", lines: &[5], cols: &[], facts: &["conv.weight", "[3, 3, 3, 3]", "[3, 2, 3, 3]"] },
+    Case { file: "labels_wrong_count.yaml", path: "output.labels", lines: &[7], cols: &[], facts: &["labels_three.txt", "3 classes", "4 values"] },
+    Case { file: "top_k_too_large.yaml", path: "output.top_k", lines: &[8], cols: &[], facts: &["5", "4 values"] },
     Case { file: "stage_cycle.yaml", path: "stages|stages[0]|stages[0].layers|stages[1]|stages[1].layers", lines: &[8, 9, 10], cols: &[], facts: &["outer", "inner", "cycle|circular"] },
 ];
 

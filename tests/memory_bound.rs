@@ -75,9 +75,11 @@ static ALLOCATOR: Counting = Counting;
 const ALLOWANCE: usize = 1 << 20;
 
 /// Synthetic records made on the fly, so the input itself takes no heap: JSON lines of
-/// `values` numbers, or for a text pipeline (`values == 0`) sentences of 1 to 40 words.
+/// `values` numbers, or for a text pipeline (`values == 0`) sentences of 1 to 40 words, or for
+/// an image pipeline the paths in `paths`, in turn.
 struct Records {
     values: usize,
+    paths: Vec<String>,
     left: usize,
     produced: Arc<AtomicUsize>,
     line: Vec<u8>,
@@ -87,6 +89,14 @@ struct Records {
 impl Records {
     fn make_line(&mut self) {
         self.line.clear();
+        if !self.paths.is_empty() {
+            let n = self.produced.load(Relaxed);
+            self.line
+                .extend_from_slice(self.paths[n % self.paths.len()].as_bytes());
+            self.line.push(b'\n');
+            self.at = 0;
+            return;
+        }
         if self.values == 0 {
             let n = self.produced.load(Relaxed);
             for w in 0..1 + n * 7 % TEXT_WORDS {
@@ -180,10 +190,19 @@ fn measure(path: &Path, batch: Option<usize>, inject: bool) -> Measured {
     let base = CURRENT.load(Relaxed);
     let plan = Arc::new(Plan::load_with_batch(path, batch).unwrap());
     let text = plan.tokenizer.is_some();
+    let paths: Vec<String> = match plan.image {
+        Some(_) => ["china.jpg", "flower-640-progressive.jpg", "flower.jpg"]
+            .iter()
+            .map(|p| format!("{}/tests/fixtures/images/{p}", env!("CARGO_MANIFEST_DIR")))
+            .collect(),
+        None => Vec::new(),
+    };
     let values = if text { 0 } else { plan.input_len() };
-    // The longest line this input has: `-1.000,` per value, or 40 words of text.
+    // The longest line this input has: `-1.000,` per value, 40 words of text, or a path.
     let line_bytes = if text {
         TEXT_WORDS * 10 + 1
+    } else if !paths.is_empty() {
+        paths.iter().map(|p| p.len() + 1).max().unwrap()
     } else {
         values * 7 + 2
     };
@@ -194,6 +213,7 @@ fn measure(path: &Path, batch: Option<usize>, inject: bool) -> Measured {
         + ALLOWANCE;
     let gate = Arc::new((Mutex::new(false), Condvar::new()));
     let produced = Arc::new(AtomicUsize::new(0));
+    let image = !paths.is_empty();
     // Enough to fill every slot behind the stall, then as many again to stream through.
     let records = 3 * plan.max_records_read_ahead();
     let injected = if inject {
@@ -207,6 +227,7 @@ fn measure(path: &Path, batch: Option<usize>, inject: bool) -> Measured {
     }
     let input = Records {
         values,
+        paths,
         left: records,
         produced: produced.clone(),
         line: Vec::with_capacity(line_bytes),
@@ -240,6 +261,8 @@ fn measure(path: &Path, batch: Option<usize>, inject: bool) -> Measured {
         max_restarts: injected.len() as u32,
         format: if text {
             InputFormat::Text
+        } else if image {
+            InputFormat::Paths
         } else {
             InputFormat::JsonLines
         },
@@ -279,6 +302,25 @@ fn peak_heap_stays_within_the_printed_bound() {
         .collect();
     configs.sort();
     assert!(configs.len() >= 5, "{configs:?}");
+    // An image pipeline whose size limits (max_side 640, max_bytes 200 kB) just admit the
+    // photos, among them a 640x640 progressive 4:4:4 JPEG (the decoder's largest buffers per
+    // pixel), so that the bound on decoding an image is close to what decoding takes.
+    let images = tempfile::tempdir().unwrap();
+    let fixtures = root.join("tests/fixtures/images");
+    std::fs::copy(
+        fixtures.join("labels.txt"),
+        images.path().join("labels.txt"),
+    )
+    .unwrap();
+    let yaml = std::fs::read_to_string(fixtures.join("classifier.yaml"))
+        .unwrap()
+        .replace(
+            "std: [0.229, 0.224, 0.225]}",
+            "std: [0.229, 0.224, 0.225], max_side: 640, max_bytes: 200000}",
+        );
+    assert!(yaml.contains("max_side: 640"));
+    std::fs::write(images.path().join("classifier.yaml"), yaml).unwrap();
+    configs.push(images.path().join("classifier.yaml"));
     let mut failures = Vec::new();
     for path in &configs {
         // A text pipeline's model is fetched, not committed (`tools/fetch_models.sh`).

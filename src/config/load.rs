@@ -111,7 +111,7 @@ fn parse_document(
         .filter(|_| !auto_stages)
         .map(|v| parse_stages(r, v, &layer_names));
     let batch = top.get("batch").map(|v| parse_batch(r, v));
-    let output = top.get("output").map(|v| parse_output(r, v));
+    let output = top.get("output").map(|v| parse_output(r, v, base));
     let planned = top.get("planned").and_then(|v| parse_planned(r, v));
     // Without an input shape or layers there is no graph to check; any other broken section
     // falls back to its default so the layers and stages are still checked in this same pass.
@@ -149,6 +149,8 @@ impl Default for OutputConfig {
             argmax: false,
             passthrough: Vec::new(),
             ordered: true,
+            top_k: None,
+            labels: None,
         }
     }
 }
@@ -158,11 +160,33 @@ impl Default for OutputConfig {
 const DEFAULT_MAX_TOKENS: u64 = 256;
 
 fn parse_input(r: &mut Reader, v: &Value, base: &Path) -> Option<InputConfig> {
-    let m = r.map(v, "input", &["shape", "text", "field", "parsers"])?;
+    let m = r.map(v, "input", &["shape", "text", "image", "field", "parsers"])?;
     let text = m.get("text").map(|t| parse_text_input(r, t, base));
+    let image = m.get("image").map(|i| parse_image_input(r, i));
+    if text.is_some() && image.is_some() {
+        r.error(
+            &m.key_path("image"),
+            "a record is text or an image, not both; give `text` or `image`",
+        );
+    }
     let shape_path = m.key_path("shape");
-    let shape = match (&text, m.get("shape")) {
-        (Some(_), Some(_)) => {
+    let given_shape = m.get("shape").map(|v| {
+        let items = r.list(v, &shape_path)?;
+        if items.is_empty() {
+            r.error(&shape_path, "a record needs at least one axis");
+            return None;
+        }
+        let dims: Vec<Option<u64>> = items
+            .iter()
+            .enumerate()
+            .map(|(i, d)| r.integer(d, &format!("{shape_path}[{i}]"), 1))
+            .collect();
+        dims.into_iter()
+            .map(|d| d.map(|d| d as usize))
+            .collect::<Option<Vec<_>>>()
+    });
+    let shape = match (&text, &image, given_shape) {
+        (Some(_), _, Some(_)) => {
             r.error(
                 &shape_path,
                 "text records have no fixed shape (each is a sequence of tokens); give `shape` or `text`, not both",
@@ -170,38 +194,49 @@ fn parse_input(r: &mut Reader, v: &Value, base: &Path) -> Option<InputConfig> {
             None
         }
         // One id per token.
-        (Some(_), None) => Some(vec![1]),
-        (None, _) => m
-            .require(
+        (Some(_), _, None) => Some(vec![1]),
+        // The model sees the preprocessed image: RGB, channels first, `crop` pixels square.
+        (None, Some(image), given) => {
+            let image = image.as_ref()?;
+            let made = vec![3, image.crop, image.crop];
+            match given {
+                Some(Some(g)) if g != made => {
+                    r.error(
+                        &shape_path,
+                        format!(
+                            "image records become [3, crop, crop] = {made:?} (input.image.crop = {}), not {g:?}; leave `shape` out or make it {made:?}",
+                            image.crop
+                        ),
+                    );
+                    None
+                }
+                Some(None) => None,
+                _ => Some(made),
+            }
+        }
+        (None, None, Some(given)) => given,
+        (None, None, None) => {
+            m.require(
                 r,
                 "shape",
-                "the per-record shape, e.g. [1, 28, 28], or `text` for text records",
-            )
-            .and_then(|v| {
-                let items = r.list(v, &shape_path)?;
-                if items.is_empty() {
-                    r.error(&shape_path, "a record needs at least one axis");
-                    return None;
-                }
-                let dims: Vec<Option<u64>> = items
-                    .iter()
-                    .enumerate()
-                    .map(|(i, d)| r.integer(d, &format!("{shape_path}[{i}]"), 1))
-                    .collect();
-                dims.into_iter()
-                    .map(|d| d.map(|d| d as usize))
-                    .collect::<Option<Vec<_>>>()
-            }),
+                "the per-record shape, e.g. [1, 28, 28]; or `text` or `image` records",
+            );
+            None
+        }
     };
     let field = match m.get("field") {
         Some(v) => r.string(v, &m.key_path("field")),
         None if text.is_some() => Some("text".to_string()),
+        None if image.is_some() => Some("image".to_string()),
         None => Some("x".to_string()),
     };
     let parsers = match m.get("parsers") {
         Some(v) => r
             .integer_in(v, &m.key_path("parsers"), 1, MAX_WORKERS)
             .map(|n| n as usize),
+        // Decoding and resizing an image costs milliseconds of a core, more than most models
+        // spend on it per core: one parser per core keeps the stages fed.
+        None if image.is_some() => Some(default_image_parsers()),
         None => Some(1),
     };
     Some(InputConfig {
@@ -210,8 +245,108 @@ fn parse_input(r: &mut Reader, v: &Value, base: &Path) -> Option<InputConfig> {
             Some(t) => Some(t?),
             None => None,
         },
+        image: match image {
+            Some(i) => Some(i?),
+            None => None,
+        },
         field: field?,
         parsers: parsers?,
+    })
+}
+
+/// Parsers of an image pipeline that does not say: one per core, at most [`MAX_IMAGE_PARSERS`].
+fn default_image_parsers() -> usize {
+    std::thread::available_parallelism()
+        .map_or(1, usize::from)
+        .min(MAX_IMAGE_PARSERS)
+}
+
+/// Most parsers an image pipeline gets by default: each holds an image being decoded, which the
+/// memory bound counts at its largest.
+const MAX_IMAGE_PARSERS: usize = 4;
+
+/// torchvision's ImageNet statistics, what every torchvision classifier was trained with.
+const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+/// Largest `resize`, `crop` and `max_side` allowed.
+const MAX_IMAGE_SIDE: u64 = 65535;
+/// Default cap on an image's width and height (`input.image.max_side`).
+const DEFAULT_MAX_IMAGE_SIDE: u64 = 8000;
+/// Default cap on an image file's size (`input.image.max_bytes`): 100 MB.
+const DEFAULT_MAX_IMAGE_BYTES: u64 = 100_000_000;
+
+fn parse_image_input(r: &mut Reader, v: &Value) -> Option<ImageInput> {
+    let m = r.map(
+        v,
+        "input.image",
+        &["resize", "crop", "mean", "std", "max_side", "max_bytes"],
+    )?;
+    let resize = m
+        .require(r, "resize", "the shorter side after resizing, e.g. 256")
+        .and_then(|v| r.integer_in(v, &m.key_path("resize"), 1, MAX_IMAGE_SIDE));
+    let crop = m
+        .require(r, "crop", "the side of the centre crop, e.g. 224")
+        .and_then(|v| r.integer_in(v, &m.key_path("crop"), 1, MAX_IMAGE_SIDE))
+        .filter(|&crop| match resize {
+            Some(resize) if crop > resize => {
+                r.error(
+                    &m.key_path("crop"),
+                    format!("crop {crop} is larger than the resized shorter side ({resize}); subpass does not pad: make crop at most resize"),
+                );
+                false
+            }
+            _ => true,
+        });
+    let triple = |r: &mut Reader, key: &str, default: [f32; 3], positive: bool| {
+        let Some(v) = m.get(key) else {
+            return Some(default);
+        };
+        let path = m.key_path(key);
+        let items = r.list(v, &path)?;
+        if items.len() != 3 {
+            r.error(
+                &path,
+                format!(
+                    "expected 3 numbers (red, green, blue), found {}",
+                    items.len()
+                ),
+            );
+            return None;
+        }
+        let mut out = [0f32; 3];
+        let mut ok = true;
+        for (i, item) in items.iter().enumerate() {
+            let item_path = format!("{path}[{i}]");
+            let x = if positive {
+                r.positive_float(item, &item_path)
+            } else {
+                r.finite_float(item, &item_path)
+            };
+            match x {
+                Some(x) => out[i] = x as f32,
+                None => ok = false,
+            }
+        }
+        ok.then_some(out)
+    };
+    let mean = triple(r, "mean", IMAGENET_MEAN, false);
+    let std = triple(r, "std", IMAGENET_STD, true);
+    let max_side = match m.get("max_side") {
+        Some(v) => r.integer_in(v, &m.key_path("max_side"), 1, MAX_IMAGE_SIDE),
+        None => Some(DEFAULT_MAX_IMAGE_SIDE),
+    };
+    // Up to 4 GB: what the memory bound can count.
+    let max_bytes = match m.get("max_bytes") {
+        Some(v) => r.integer_in(v, &m.key_path("max_bytes"), 1, 1 << 32),
+        None => Some(DEFAULT_MAX_IMAGE_BYTES),
+    };
+    Some(ImageInput {
+        resize: resize? as usize,
+        crop: crop? as usize,
+        mean: mean?,
+        std: std?,
+        max_side: max_side? as usize,
+        max_bytes: max_bytes?,
     })
 }
 
@@ -801,8 +936,19 @@ fn parse_planned(r: &mut Reader, v: &Value) -> Option<PlannedFigures> {
     })
 }
 
-fn parse_output(r: &mut Reader, v: &Value) -> Option<OutputConfig> {
-    let m = r.map(v, "output", &["field", "argmax", "passthrough", "ordered"])?;
+fn parse_output(r: &mut Reader, v: &Value, base: &Path) -> Option<OutputConfig> {
+    let m = r.map(
+        v,
+        "output",
+        &[
+            "field",
+            "argmax",
+            "passthrough",
+            "ordered",
+            "top_k",
+            "labels",
+        ],
+    )?;
     let d = OutputConfig::default();
     let field = match m.get("field") {
         Some(v) => r.string(v, &m.key_path("field")),
@@ -814,10 +960,86 @@ fn parse_output(r: &mut Reader, v: &Value) -> Option<OutputConfig> {
         None => Some(Vec::new()),
     };
     let ordered = optional_bool(r, &m, "ordered", true);
+    let top_k = match m.get("top_k") {
+        Some(v) => r
+            .integer_in(v, &m.key_path("top_k"), 1, MAX_TOP_K)
+            .map(|k| {
+                Some(Located {
+                    value: k as usize,
+                    path: m.key_path("top_k"),
+                })
+            }),
+        None => Some(None),
+    };
+    let labels = match m.get("labels") {
+        Some(v) => {
+            let path = m.key_path("labels");
+            if m.get("top_k").is_none() {
+                r.error(
+                    &path,
+                    "labels name the classes `top_k` writes; add `top_k: 5` (or another k)",
+                );
+            }
+            r.string(v, &path)
+                .and_then(|file| read_labels(r, &base.join(file), &path))
+                .map(Some)
+        }
+        None => Some(None),
+    };
     Some(OutputConfig {
         field: field?,
         argmax: argmax?,
         passthrough: passthrough?,
         ordered: ordered?,
+        top_k: top_k?,
+        labels: labels?,
+    })
+}
+
+/// Most classes `top_k` may write per record.
+const MAX_TOP_K: u64 = 1 << 16;
+
+/// A labels file: one class name per line (line `i` names class `i`), UTF-8, no empty names.
+fn read_labels(r: &mut Reader, file: &Path, key_path: &str) -> Option<Labels> {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            r.error(
+                key_path,
+                format!("cannot read the labels file {}: {e}", file.display()),
+            );
+            return None;
+        }
+    };
+    let mut names: Vec<String> = text
+        .lines()
+        .map(|l| l.strip_suffix('\r').unwrap_or(l).to_string())
+        .collect();
+    // Blank lines at the end are the file's ending, not classes.
+    while names.last().is_some_and(|n| n.trim().is_empty()) {
+        names.pop();
+    }
+    if names.is_empty() {
+        r.error(
+            key_path,
+            format!("the labels file {} names no class", file.display()),
+        );
+        return None;
+    }
+    if let Some(i) = names.iter().position(|n| n.trim().is_empty()) {
+        r.error(
+            key_path,
+            format!(
+                "the labels file {} has an empty name on line {}; give one class name per line",
+                file.display(),
+                i + 1
+            ),
+        );
+        return None;
+    }
+    Some(Labels {
+        names: std::sync::Arc::new(names),
+        file: file.to_path_buf(),
+        key_path: key_path.to_string(),
     })
 }

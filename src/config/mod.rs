@@ -78,6 +78,53 @@ mod tests {
     }
 
     #[test]
+    fn image_input_defaults_to_imagenet_and_its_shape_is_the_crop() {
+        let c = parse(
+            "input: {image: {resize: 256, crop: 224}}\nlayers:\n  - {name: f, op: flatten}\n",
+        )
+        .unwrap();
+        let image = c.input.image.unwrap();
+        assert_eq!(c.input.shape, vec![3, 224, 224]);
+        assert_eq!(c.input.field, "image");
+        assert_eq!(image.mean, [0.485, 0.456, 0.406]);
+        assert_eq!(image.std, [0.229, 0.224, 0.225]);
+        assert_eq!((image.max_side, image.max_bytes), (8000, 100_000_000));
+        assert!(c.input.parsers >= 1);
+        // A shape that says the same is allowed; one that disagrees is located.
+        assert!(parse("input: {shape: [3, 8, 8], image: {resize: 9, crop: 8}}\nlayers:\n  - {name: f, op: flatten}\n").is_ok());
+        let errs = parse("input: {shape: [1, 8, 8], image: {resize: 9, crop: 8}}\nlayers:\n  - {name: f, op: flatten}\n")
+            .unwrap_err()
+            .0;
+        assert_eq!(errs[0].path, "input.shape");
+        assert!(errs[0].message.contains("[3, 8, 8]"), "{errs:?}");
+    }
+
+    #[test]
+    fn image_input_mistakes_are_located() {
+        let text = "input:\n  image: {resize: 100, crop: 224, mean: [0.5, 0.5], stdd: [1, 1, 1]}\nlayers:\n  - {name: f, op: flatten}\noutput: {labels: nowhere.txt}\n";
+        let errs = parse(text).unwrap_err().0;
+        let find = |p: &str| {
+            errs.iter()
+                .find(|e| e.path == p)
+                .unwrap_or_else(|| panic!("{p}: {errs:?}"))
+        };
+        assert!(find("input.image.stdd")
+            .message
+            .contains("did you mean `std`"));
+        assert!(find("input.image.crop").message.contains("larger"));
+        assert_eq!(find("input.image.crop").location.map(|l| l.0), Some(2));
+        let labels: Vec<_> = errs.iter().filter(|e| e.path == "output.labels").collect();
+        assert!(
+            labels.iter().any(|e| e.message.contains("top_k")),
+            "{errs:?}"
+        );
+        assert!(
+            labels.iter().any(|e| e.message.contains("nowhere.txt")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
     fn all_errors_are_reported_with_paths_and_lines() {
         let text = "input: {shape: [4]}\nlayers:\n  - {name: fc, op: dense, unitz: 2}\n  - {name: p, op: maxpool2d, kernel: 0}\nbatch: {size: 0}\n";
         let errs = parse(text).unwrap_err().0;

@@ -72,10 +72,31 @@ pub struct InputConfig {
     pub shape: Vec<usize>,
     /// Text records, tokenized by the parsers; `None` for records of numbers.
     pub text: Option<TextInput>,
+    /// Image records, decoded and preprocessed by the parsers; `None` for records of numbers.
+    pub image: Option<ImageInput>,
     /// JSON object field that holds the record.
     pub field: String,
     /// Parser actors; parsing text dominates a stdin pipeline, so it can be replicated.
     pub parsers: usize,
+}
+
+/// Records that are image files (JPEG, PNG), preprocessed as torchvision's
+/// `Resize(resize)`, `CenterCrop(crop)`, `ToTensor()`, `Normalize(mean, std)` on an RGB image:
+/// the model sees `[3, crop, crop]` per record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ImageInput {
+    /// The shorter side is resized to this many pixels (bilinear, antialiased, as PIL does).
+    pub resize: usize,
+    /// Side of the square cut from the centre of the resized image; at most `resize`.
+    pub crop: usize,
+    /// Per-channel (R, G, B) mean and standard deviation subtracted and divided, on [0, 1] values.
+    pub mean: [f32; 3],
+    pub std: [f32; 3],
+    /// Largest width and height decoded; larger images are refused from their header. With
+    /// `max_bytes`, what the memory bound counts for an image being decoded.
+    pub max_side: usize,
+    /// Largest image file (or base64-decoded record), in bytes.
+    pub max_bytes: u64,
 }
 
 /// Records that are text: each becomes a sequence of token ids, one row per token.
@@ -172,6 +193,20 @@ pub struct OutputConfig {
     pub passthrough: Vec<String>,
     /// Emit in input order (through the bounded reorder step) or as chunks finish.
     pub ordered: bool,
+    /// Write the `k` largest outputs (class, score, and label when `labels` is given) instead of
+    /// the whole output vector.
+    pub top_k: Option<Located<usize>>,
+    /// Class names, one per output, line `i` naming class `i`.
+    pub labels: Option<Labels>,
+}
+
+/// A labels file, read when the pipeline is loaded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Labels {
+    pub names: Arc<Vec<String>>,
+    pub file: PathBuf,
+    /// Key path of `output.labels`, for the check against the output width.
+    pub key_path: String,
 }
 
 pub const DEFAULT_QUEUE: usize = 2;

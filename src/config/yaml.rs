@@ -559,6 +559,24 @@ impl<'s> Reader<'s> {
         }
     }
 
+    /// A finite number.
+    pub fn finite_float(&mut self, value: &Value, path: &str) -> Option<f64> {
+        match value.as_f64() {
+            Some(x) if x.is_finite() => Some(x),
+            Some(x) => {
+                self.error(path, format!("must be a finite number, found {x}"));
+                None
+            }
+            None => {
+                self.error(
+                    path,
+                    format!("expected a number, found {}", describe(value)),
+                );
+                None
+            }
+        }
+    }
+
     /// A finite number strictly greater than zero.
     pub fn positive_float(&mut self, value: &Value, path: &str) -> Option<f64> {
         match value.as_f64() {

@@ -85,6 +85,9 @@ pub struct InFlightBudget {
 pub struct ActivationBytes {
     /// Each parser's chunk of model input while it is built and handed on.
     pub parsers: u64,
+    /// Image pipelines: what each parser holds while it decodes one image (the file's bytes, the
+    /// decoder's buffers for the largest image allowed, the resizer's rows).
+    pub decoding: u64,
     /// Stage input queues (`queue` chunks of the stage's inputs each), and the chunk a join
     /// holds while it hands it on.
     pub queues: u64,
@@ -104,6 +107,7 @@ pub struct ActivationBytes {
 impl ActivationBytes {
     pub fn total(&self) -> u64 {
         self.parsers
+            + self.decoding
             + self.queues
             + self.workers
             + self.joins
@@ -141,6 +145,8 @@ pub struct Plan {
     pub config: PipelineConfig,
     /// For text records: the tokenizer the parsers share.
     pub tokenizer: Option<std::sync::Arc<crate::io::TextTokenizer>>,
+    /// For image records: the decoding and preprocessing the parsers share.
+    pub image: Option<std::sync::Arc<crate::io::ImagePreprocess>>,
 }
 
 const F32: u64 = 4;
@@ -180,13 +186,22 @@ impl Plan {
         let stage_members = check_stage_membership(config);
         let tokenizer = load_tokenizer(config);
         let graph = Graph::build(config);
-        let (graph, membership, tokenizer) = match (graph, stage_members, tokenizer) {
-            (Ok(g), Ok(m), Ok(t)) => (g, m, t),
-            (g, m, t) => {
-                let errors = [g.err(), m.err(), t.err()].into_iter().flatten();
+        let top_k = match &graph {
+            Ok(g) => check_top_k(config, g),
+            Err(_) => Ok(()),
+        };
+        let (graph, membership, tokenizer) = match (graph, stage_members, tokenizer, top_k) {
+            (Ok(g), Ok(m), Ok(t), Ok(())) => (g, m, t),
+            (g, m, t, k) => {
+                let errors = [g.err(), m.err(), t.err(), k.err()].into_iter().flatten();
                 return Err(ConfigErrors(errors.flat_map(|e| e.0).collect()));
             }
         };
+        let image = config
+            .input
+            .image
+            .as_ref()
+            .map(|i| std::sync::Arc::new(crate::io::ImagePreprocess::new(i)));
         let stage_configs: Vec<StageConfig> = match &config.stages {
             Some(s) => s.clone(),
             None => vec![StageConfig {
@@ -336,7 +351,10 @@ impl Plan {
             + PARSE_QUEUE
             + config.input.parsers
             + 1;
-        let bytes = activation_bytes(&graph, &stages, &source_routes, chunks, config);
+        let mut bytes = activation_bytes(&graph, &stages, &source_routes, chunks, config);
+        if let Some(image) = &image {
+            bytes.decoding = config.input.parsers as u64 * image.working_bytes();
+        }
         Ok(Plan {
             name: config.name.clone().unwrap_or_else(|| "pipeline".into()),
             graph,
@@ -350,6 +368,7 @@ impl Plan {
             budget: InFlightBudget { chunks, bytes },
             config: config.clone(),
             tokenizer,
+            image,
         })
     }
 
@@ -400,6 +419,20 @@ impl Plan {
                     self.batch.max_delay.as_millis()
                 );
             }
+        }
+        if let Some(image) = &self.config.input.image {
+            let _ = writeln!(
+                out,
+                "image records (JPEG, PNG; at most {side}x{side} pixels and {} bytes): resize the shorter side to {} (bilinear, antialiased), centre crop {}x{}, RGB, (x/255 - mean {:?}) / std {:?}; {} parser(s)",
+                image.max_bytes,
+                image.resize,
+                image.crop,
+                image.crop,
+                image.mean,
+                image.std,
+                self.parsers,
+                side = image.max_side,
+            );
         }
         let per = |rows: Rows| match rows {
             Rows::Records => "record",
@@ -501,11 +534,16 @@ impl Plan {
         let m = &b.bytes;
         let _ = writeln!(
             out,
-            "\nmemory bound: {} bytes of activations in flight ({}), {} chunks at most:\n  parsers {} + stage queues {} + stage workers {} + join buffers {} + sink {} + scratch {} + isolation {}",
+            "\nmemory bound: {} bytes of activations in flight ({}), {} chunks at most:\n  parsers {}{} + stage queues {} + stage workers {} + join buffers {} + sink {} + scratch {} + isolation {}",
             m.total(),
             human_bytes(m.total()),
             b.chunks,
             human_bytes(m.parsers),
+            if m.decoding > 0 {
+                format!(" + image decoding {}", human_bytes(m.decoding))
+            } else {
+                String::new()
+            },
             human_bytes(m.queues),
             human_bytes(m.workers),
             human_bytes(m.joins),
@@ -603,6 +641,59 @@ fn load_tokenizer(
                 message,
             }])
         })
+}
+
+/// `output.top_k` needs one output at least `k` wide; `output.labels` must name every class.
+fn check_top_k(config: &PipelineConfig, graph: &Graph) -> Result<(), ConfigErrors> {
+    let out = &config.output;
+    let Some(k) = &out.top_k else {
+        return Ok(());
+    };
+    let mut errors = Vec::new();
+    let mut err = |path: &str, message: String| {
+        errors.push(ConfigError {
+            path: path.into(),
+            location: None,
+            message,
+        })
+    };
+    match graph.outputs[..] {
+        [v] => {
+            let shape = graph.shape(v);
+            let width: usize = shape.iter().product();
+            let name = graph.value_name(v);
+            if k.value > width {
+                err(
+                    &k.path,
+                    format!("top_k is {}, but output `{name}` has only {width} values (shape {shape:?})", k.value),
+                );
+            }
+            if let Some(labels) = &out.labels {
+                if labels.names.len() != width {
+                    err(
+                        &labels.key_path,
+                        format!(
+                            "the labels file {} names {} classes, but output `{name}` has {width} values (shape {shape:?}); give one name per output, line i naming class i",
+                            labels.file.display(),
+                            labels.names.len()
+                        ),
+                    );
+                }
+            }
+        }
+        _ => err(
+            &k.path,
+            format!(
+                "top_k ranks the values of one output; this pipeline has {} outputs",
+                graph.outputs.len()
+            ),
+        ),
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
 }
 
 /// The most rows a chunk's value has: one per record, or one per token for text.

@@ -1,4 +1,5 @@
-//! Output lines: `{"id": …, "y": […], "argmax": k, <passthrough>}` per record, and
+//! Output lines: `{"id": …, "y": […], "argmax": k, <passthrough>}` per record (with
+//! `output.top_k`, `"top_k": [{"class": i, "label": "…", "score": s}, …]` in place of `y`), and
 //! `{"line": N, "error": "…"}` per rejected line.
 
 use serde_json::value::RawValue;
@@ -13,6 +14,8 @@ pub enum RecordKey {
     Id(Box<RawValue>),
     /// The 1-based input line, for records without an `id`.
     Line(u64),
+    /// An image file named by a line of `--format paths`: the line and the path (a JSON string).
+    Path { line: u64, path: Box<RawValue> },
 }
 
 /// Formats output lines for one pipeline's output settings.
@@ -25,6 +28,16 @@ pub struct OutputFormatter {
     passthrough: Vec<String>,
     /// Output names, when there are several (then `y` is an object keyed by them).
     names: Option<Vec<String>>,
+    /// Write the k largest outputs instead of all of them.
+    top_k: Option<TopK>,
+}
+
+/// `output.top_k`: how many classes to write, and their names.
+#[derive(Debug, Clone)]
+struct TopK {
+    k: usize,
+    /// Each class's name as a JSON string, written once up front.
+    labels: Option<Vec<String>>,
 }
 
 fn json_key(name: &str) -> String {
@@ -42,7 +55,23 @@ impl OutputFormatter {
             passthrough: passthrough.iter().map(|p| json_key(p)).collect(),
             names: (output_names.len() > 1)
                 .then(|| output_names.iter().map(|n| json_key(n)).collect()),
+            top_k: None,
         }
+    }
+
+    /// Write `"top_k": [{"class": i, "label": name, "score": s}, …]`, the `k` largest outputs
+    /// from the largest down, instead of the whole output (`labels[i]` names class `i`; without
+    /// labels, no `label` key). For a pipeline with one output.
+    pub fn with_top_k(mut self, k: usize, labels: Option<&[String]>) -> Self {
+        self.top_k = Some(TopK {
+            k,
+            labels: labels.map(|l| {
+                l.iter()
+                    .map(|n| serde_json::to_string(n).expect("strings serialise"))
+                    .collect()
+            }),
+        });
+        self
     }
 
     /// Write one value for the single output, or an object of them keyed by output name.
@@ -79,10 +108,21 @@ impl OutputFormatter {
                 out.extend_from_slice(b"{\"line\":");
                 out.extend_from_slice(itoa::Buffer::new().format(*n).as_bytes());
             }
+            RecordKey::Path { line, path } => {
+                out.extend_from_slice(b"{\"line\":");
+                out.extend_from_slice(itoa::Buffer::new().format(*line).as_bytes());
+                out.extend_from_slice(b",\"path\":");
+                out.extend_from_slice(path.get().as_bytes());
+            }
         }
         out.push(b',');
-        out.extend_from_slice(self.field.as_bytes());
-        self.per_output(out, outputs, write_floats);
+        match &self.top_k {
+            Some(top) => top.write(out, outputs[0]),
+            None => {
+                out.extend_from_slice(self.field.as_bytes());
+                self.per_output(out, outputs, write_floats);
+            }
+        }
         if self.argmax {
             out.extend_from_slice(b",\"argmax\":");
             self.per_output(out, outputs, |out, values| {
@@ -99,6 +139,53 @@ impl OutputFormatter {
         }
         out.extend_from_slice(b"}\n");
     }
+}
+
+impl TopK {
+    fn write(&self, out: &mut Vec<u8>, values: &[f32]) {
+        out.extend_from_slice(b"\"top_k\":[");
+        let mut score = ryu::Buffer::new();
+        for (n, class) in top_k(values, self.k).into_iter().enumerate() {
+            if n > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(b"{\"class\":");
+            out.extend_from_slice(itoa::Buffer::new().format(class).as_bytes());
+            if let Some(name) = self.labels.as_ref().and_then(|l| l.get(class)) {
+                out.extend_from_slice(b",\"label\":");
+                out.extend_from_slice(name.as_bytes());
+            }
+            out.extend_from_slice(b",\"score\":");
+            match values[class] {
+                v if v.is_finite() => out.extend_from_slice(score.format_finite(v).as_bytes()),
+                _ => out.extend_from_slice(b"null"),
+            }
+            out.push(b'}');
+        }
+        out.push(b']');
+    }
+}
+
+/// The indices of the `k` largest values, largest first; ties go to the lower index, NaN ranks
+/// below every number (as in [`argmax`]).
+pub fn top_k(values: &[f32], k: usize) -> Vec<usize> {
+    let rank = |a: usize, b: usize| {
+        let (x, y) = (values[a], values[b]);
+        match (x.is_nan(), y.is_nan()) {
+            (true, true) => a.cmp(&b),
+            (true, false) => std::cmp::Ordering::Greater,
+            (false, true) => std::cmp::Ordering::Less,
+            (false, false) => y.partial_cmp(&x).expect("not NaN").then(a.cmp(&b)),
+        }
+    };
+    let mut best: Vec<usize> = (0..values.len()).collect();
+    let k = k.min(values.len());
+    if k < best.len() && k > 0 {
+        best.select_nth_unstable_by(k - 1, |&a, &b| rank(a, b));
+    }
+    best.truncate(k);
+    best.sort_unstable_by(|&a, &b| rank(a, b));
+    best
 }
 
 /// The name of each of `graph`'s outputs, in order: what keys `y` when there are several. `run`
@@ -155,6 +242,46 @@ fn write_floats(out: &mut Vec<u8>, values: &[f32]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn top_k_ranks_largest_first_ties_by_index_nan_last() {
+        let v = [0.1, f32::NAN, 0.7, 0.7, -1.0, 0.2];
+        assert_eq!(top_k(&v, 3), vec![2, 3, 5]);
+        assert_eq!(top_k(&v, 6), vec![2, 3, 5, 0, 4, 1]);
+        assert_eq!(top_k(&v, 10).len(), 6);
+        assert_eq!(top_k(&[], 3), Vec::<usize>::new());
+        // Against a full sort, on many values.
+        let mut next = crate::weights::seeded_stream(3, "top-k");
+        let values: Vec<f32> = (0..1000).map(|_| next()).collect();
+        let mut sorted: Vec<usize> = (0..1000).collect();
+        sorted.sort_by(|&a, &b| values[b].total_cmp(&values[a]).then(a.cmp(&b)));
+        assert_eq!(top_k(&values, 5), sorted[..5]);
+    }
+
+    #[test]
+    fn top_k_lines_carry_classes_labels_and_scores() {
+        let labels = [
+            "cat".to_string(),
+            "dog \"x\"".to_string(),
+            "eel".to_string(),
+        ];
+        let f =
+            OutputFormatter::new("y", true, &[], &["logits".into()]).with_top_k(2, Some(&labels));
+        let meta = RecordMeta {
+            line: 2,
+            key: RecordKey::Path {
+                line: 2,
+                path: RawValue::from_string("\"a.jpg\"".into()).unwrap(),
+            },
+            passthrough: vec![],
+        };
+        let mut out = Vec::new();
+        f.write_record(&mut out, &meta, &[&[0.25, 0.5, 0.125]]);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "{\"line\":2,\"path\":\"a.jpg\",\"top_k\":[{\"class\":1,\"label\":\"dog \\\"x\\\"\",\"score\":0.5},{\"class\":0,\"label\":\"cat\",\"score\":0.25}],\"argmax\":1}\n"
+        );
+    }
 
     #[test]
     fn floats_round_trip_exactly() {

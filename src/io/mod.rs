@@ -1,10 +1,12 @@
 //! Records in and predictions out: files or standard streams ([`open_input`]), reading lines with
 //! a length cap ([`read_lines`]), numbers ([`parse_json_number`]), records of JSON lines and CSV
-//! into tensors ([`RecordParser`]), and output and error lines ([`OutputFormatter`]).
+//! into tensors ([`RecordParser`]), image files into model inputs ([`ImagePreprocess`]), and
+//! output and error lines ([`OutputFormatter`]).
 //!
 //! Nothing here knows about stages; the runtime moves what this module produces.
 
 mod format;
+mod image;
 mod number;
 mod reader;
 mod record;
@@ -12,6 +14,7 @@ mod streams;
 mod text;
 
 pub use format::{argmax, output_names, write_rejection, OutputFormatter, RecordKey};
+pub use image::ImagePreprocess;
 pub use number::{parse_csv_number, parse_json_number};
 pub use reader::{read_lines, LineText, RawLine};
 pub use record::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};

@@ -21,6 +21,8 @@ pub enum InputFormat {
     Csv,
     /// One line, one text record, taken as it is (an empty line is an empty text).
     Text,
+    /// One line, one image file's path (relative paths from the working directory).
+    Paths,
 }
 
 /// What the output writer needs to know about one good record.
@@ -69,6 +71,8 @@ pub struct RecordParser {
     format: InputFormat,
     /// Text records: each becomes its token ids, one row per token.
     tokenizer: Option<std::sync::Arc<super::TextTokenizer>>,
+    /// Image records: each file (or base64 string) becomes its preprocessed pixels.
+    image: Option<std::sync::Arc<super::ImagePreprocess>>,
 }
 
 impl RecordParser {
@@ -80,7 +84,15 @@ impl RecordParser {
             passthrough: passthrough.to_vec(),
             format,
             tokenizer: None,
+            image: None,
         }
+    }
+
+    /// Records are images, decoded and preprocessed by `image` (from the files named by
+    /// `--format paths`, or from the base64 string in a JSON object's field).
+    pub fn with_image(mut self, image: std::sync::Arc<super::ImagePreprocess>) -> Self {
+        self.image = Some(image);
+        self
     }
 
     /// Records are text, tokenized by `tokenizer` (in `--format text`, or in the string of a
@@ -113,6 +125,9 @@ impl RecordParser {
                 LineText::TooLong(n) => Err(format!(
                     "line is {n} bytes, longer than --max-line-bytes; skipped"
                 )),
+                LineText::Bytes(bytes) if self.format == InputFormat::Paths => {
+                    self.parse_path(bytes, line.number, &mut values)
+                }
                 LineText::Bytes(bytes) => match std::str::from_utf8(bytes) {
                     Err(e) => Err(format!(
                         "line is not valid UTF-8 (invalid byte at offset {})",
@@ -127,6 +142,9 @@ impl RecordParser {
                             })
                         }),
                         (Some(t), _) => self.parse_json_text(t, text, line.number, &mut values),
+                        (None, InputFormat::JsonLines) if self.image.is_some() => {
+                            self.parse_json_image(text, line.number, &mut values)
+                        }
                         (None, InputFormat::JsonLines) => {
                             self.parse_json(text, line.number, &mut values)
                         }
@@ -136,6 +154,7 @@ impl RecordParser {
                         (None, InputFormat::Text) => {
                             Err("--format text needs a pipeline whose input is text".to_string())
                         }
+                        (None, InputFormat::Paths) => unreachable!("paths are handled above"),
                     },
                 },
             };
@@ -217,6 +236,90 @@ impl RecordParser {
                 Ok(_) => Err("expected a JSON array of numbers or an object".to_string()),
             },
         }
+    }
+
+    /// A line of `--format paths`: the path of an image file, surrounding whitespace ignored.
+    fn parse_path(
+        &self,
+        bytes: &[u8],
+        number: u64,
+        out: &mut Vec<f32>,
+    ) -> Result<Option<RecordMeta>, String> {
+        let Some(image) = &self.image else {
+            return Err("--format paths needs a pipeline whose input is images".to_string());
+        };
+        let bytes = bytes.trim_ascii();
+        let path = path_from_bytes(bytes)?;
+        let shown = String::from_utf8_lossy(bytes);
+        image
+            .from_file(path, out)
+            .map_err(|e| format!("{shown}: {e}"))?;
+        let path_json = serde_json::to_string(&shown).expect("strings serialise");
+        Ok(Some(RecordMeta {
+            line: number,
+            key: RecordKey::Path {
+                line: number,
+                path: RawValue::from_string(path_json).expect("a JSON string"),
+            },
+            passthrough: vec![None; self.passthrough.len()],
+        }))
+    }
+
+    /// A JSON line of an image pipeline: an object whose `field` holds the image file's bytes in
+    /// base64, or (as for any pipeline) the preprocessed values as an array.
+    fn parse_json_image(
+        &self,
+        text: &str,
+        number: u64,
+        out: &mut Vec<f32>,
+    ) -> Result<Option<RecordMeta>, String> {
+        let image = self.image.as_ref().expect("called for image pipelines");
+        let trimmed = text.trim_ascii();
+        if !trimmed.starts_with('{') {
+            return self.parse_json(text, number, out);
+        }
+        let mark = out.len();
+        let (x, fields) = object_fields(
+            trimmed,
+            &self.field,
+            Some((&self.shape, self.len, &mut *out)),
+        )
+        .inspect_err(|_| out.truncate(mark))?;
+        let x = x.ok_or_else(|| {
+            format!(
+                "object has no field `{}` holding the image (its file's bytes in base64)",
+                self.field
+            )
+        })?;
+        if !x.starts_with('[') {
+            let field = &self.field;
+            if !x.starts_with('"') {
+                return Err(format!(
+                    "field `{field}` must hold the image file's bytes in base64 (a string), found {}",
+                    abbreviate(x)
+                ));
+            }
+            // Base64 has nothing to escape; an escaped `/` (`\/`) costs a copy.
+            let decoded: std::borrow::Cow<str> = match serde_json::from_str::<&str>(x) {
+                Ok(s) => s.into(),
+                Err(_) => serde_json::from_str::<String>(x)
+                    .map_err(|e| format!("field `{field}`: invalid JSON string: {e}"))?
+                    .into(),
+            };
+            image
+                .from_base64(&decoded, out)
+                .map_err(|e| format!("field `{field}`: {e}"))?;
+        }
+        let raw = |name: &str| fields.get(name).map(|v| (*v).to_owned());
+        let key = match raw("id") {
+            Some(id) => RecordKey::Id(id),
+            None => RecordKey::Line(number),
+        };
+        Ok(Some(RecordMeta {
+            line: number,
+            key,
+            passthrough: self.passthrough.iter().map(|f| raw(f)).collect(),
+        }))
     }
 
     /// A JSON object whose `field` holds the record's text.
@@ -406,6 +509,29 @@ fn object_fields<'a>(
         return Err(invalid("trailing characters", i));
     }
     Ok((record_text, fields))
+}
+
+/// A JSON value as an error message shows it: whole if short, else its start.
+fn abbreviate(raw: &str) -> String {
+    match raw.char_indices().nth(40) {
+        Some((at, _)) => format!("{}...", &raw[..at]),
+        None => raw.to_string(),
+    }
+}
+
+/// A path from a line's bytes: any bytes on Unix, UTF-8 elsewhere.
+fn path_from_bytes(bytes: &[u8]) -> Result<&std::path::Path, String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        Ok(std::path::Path::new(std::ffi::OsStr::from_bytes(bytes)))
+    }
+    #[cfg(not(unix))]
+    {
+        std::str::from_utf8(bytes)
+            .map(std::path::Path::new)
+            .map_err(|_| "the path is not valid UTF-8".to_string())
+    }
 }
 
 /// Append the token ids of `text`, one value per token.

@@ -54,6 +54,7 @@ pub use run::{
     quiet_stage_panics, run_bench_pipeline, run_stream, BenchRun, Reload, RunError, RunOptions,
     RunReport,
 };
+pub(crate) use source::record_parser;
 pub use stats::{RunStats, StageStats};
 pub use supervise::DEFAULT_MAX_RESTARTS;
 

@@ -13,7 +13,7 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 const WATCH_EVERY: Duration = Duration::from_millis(500);
 
 /// A receiver that yields once per reload request: every SIGHUP, and with `watch`, every change
-/// of `path` (seen within [`WATCH_EVERY`], once it has stopped changing for that long, so a file
+/// of `path` (seen within half a second, once it has stopped changing for that long, so a file
 /// half-written is not read).
 pub fn requests(path: &Path, watch: bool) -> Receiver<()> {
     let (tx, rx) = bounded(1);

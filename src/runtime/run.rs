@@ -14,7 +14,7 @@ use super::budget::InFlight;
 use super::label::Label;
 use super::metrics::{Exporter, Probe, Publication, QueueProbe};
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{run_chunker, ChunkTarget, ParserWorker, RawChunk, TokenBudget};
+use super::source::{record_parser, run_chunker, ChunkTarget, ParserWorker, RawChunk, TokenBudget};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RecordCounters, RunStats};
 use super::supervise::{RestartBudget, Supervisor, DEFAULT_MAX_RESTARTS};
@@ -24,7 +24,7 @@ use crate::graph::plan::PARSE_QUEUE;
 use crate::graph::Plan;
 use crate::io::{
     self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
-    RecordMeta, RecordParser, Rejection,
+    RecordMeta, Rejection,
 };
 
 /// How `run` treats its input and reports.
@@ -47,6 +47,9 @@ pub struct RunOptions {
     pub pipeline_file: Option<PathBuf>,
     /// Restarts per minute allowed to each stage that does not set `max_restarts` itself.
     pub max_restarts: u32,
+    /// Write every output value even where the pipeline asks for `output.top_k` (`verify`
+    /// compares them all).
+    pub whole_outputs: bool,
 }
 
 impl Default for RunOptions {
@@ -62,6 +65,7 @@ impl Default for RunOptions {
             metrics: None,
             pipeline_file: None,
             max_restarts: DEFAULT_MAX_RESTARTS,
+            whole_outputs: false,
         }
     }
 }
@@ -243,14 +247,18 @@ fn spawn_stats_logger(
     });
 }
 
-/// Text pipelines read `--format text` or JSON lines; the others, JSON lines or CSV.
+/// Text pipelines read `--format text` or JSON lines; image pipelines `--format paths`, JSON
+/// lines or CSV; the others, JSON lines or CSV.
 fn check_format(plan: &Plan, format: InputFormat) -> Result<(), RunError> {
-    match (plan.tokenizer.is_some(), format) {
-        (true, InputFormat::Csv) => Err(RunError::Format(
+    match (plan.tokenizer.is_some(), plan.image.is_some(), format) {
+        (true, _, InputFormat::Csv) => Err(RunError::Format(
             "this pipeline's records are text: use --format text or --format jsonl".into(),
         )),
-        (false, InputFormat::Text) => Err(RunError::Format(
+        (false, _, InputFormat::Text) => Err(RunError::Format(
             "--format text needs a pipeline whose input is text (`input: {text: ...}`)".into(),
+        )),
+        (_, false, InputFormat::Paths) => Err(RunError::Format(
+            "--format paths needs a pipeline whose input is images (`input: {image: ...}`)".into(),
         )),
         _ => Ok(()),
     }
@@ -303,15 +311,7 @@ fn start_version(
     let budget = InFlight::new(plan.budget.chunks);
     let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
     let mut threads = running.threads;
-    let mut parser = RecordParser::new(
-        &plan.graph.input_shape,
-        &plan.input_field,
-        &plan.output.passthrough,
-        options.format,
-    );
-    if let Some(t) = &plan.tokenizer {
-        parser = parser.with_tokenizer(t.clone());
-    }
+    let parser = record_parser(&plan, &plan.output.passthrough, options.format);
     for replica in 0..plan.parsers {
         let worker = ParserWorker {
             plan: plan.clone(),
@@ -339,6 +339,7 @@ fn start_version(
 
     let (tail_tx, tail) = bounded(1);
     let sink_plan = plan.clone();
+    let whole_outputs = options.whole_outputs;
     let sink_rx = running.sink_rx;
     let sink_budget = budget.clone();
     threads.push(spawn_named("subpass-sink".into(), move || {
@@ -361,6 +362,10 @@ fn start_version(
             &sink_plan.output.passthrough,
             &output_names(&sink_plan.graph),
         );
+        if let (Some(k), false) = (&sink_plan.output.top_k, whole_outputs) {
+            let labels = sink_plan.output.labels.as_ref().map(|l| l.names.as_slice());
+            writer.formatter = writer.formatter.with_top_k(k.value, labels);
+        }
         writer.label = label;
         let r = run_sink(
             sink_rx,

@@ -11,7 +11,7 @@ use super::stats::Counters;
 use super::trace::Tracer;
 use super::{ChunkId, ChunkTags, Emitter};
 use crate::graph::Plan;
-use crate::io::{token_estimate, LineText, RawLine, RecordParser};
+use crate::io::{token_estimate, InputFormat, LineText, RawLine, RecordParser};
 
 /// A chunk's raw lines, admitted into the pipeline.
 pub(super) struct RawChunk {
@@ -161,7 +161,31 @@ pub(super) fn run_chunker(
     }
 }
 
-/// Parses admitted chunks and emits the model input; several may run side by side.
+/// The parser for `plan`'s records in `format`: with its tokenizer (text) or its image
+/// preprocessing (images), copying the `passthrough` fields.
+pub(crate) fn record_parser(
+    plan: &Plan,
+    passthrough: &[String],
+    format: InputFormat,
+) -> RecordParser {
+    let mut parser = RecordParser::new(
+        &plan.graph.input_shape,
+        &plan.input_field,
+        passthrough,
+        format,
+    );
+    if let Some(t) = &plan.tokenizer {
+        parser = parser.with_tokenizer(t.clone());
+    }
+    if let Some(image) = &plan.image {
+        parser = parser.with_image(image.clone());
+    }
+    parser
+}
+
+/// Parses admitted chunks and emits the model input; several may run side by side. Image
+/// records cost milliseconds each to decode and resize, so image pipelines run one parser per
+/// core by default (`input.parsers`).
 pub(super) struct ParserWorker {
     pub plan: Arc<Plan>,
     pub parser: RecordParser,
