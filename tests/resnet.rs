@@ -60,11 +60,19 @@ fn resnet18_logits_match_torchvision() {
     let mut text = String::new();
     for (id, record) in resnet_inputs().iter().enumerate() {
         let values: Vec<String> = record.iter().map(|v| v.to_string()).collect();
-        writeln!(text, "{{\"id\": {id}, \"x\": [{}]}}", values.join(",")).unwrap();
+        writeln!(text, "{{\"id\": {id}, \"image\": [{}]}}", values.join(",")).unwrap();
     }
     std::fs::write(&input, text).unwrap();
+    // The shipped file writes the top 5 classes; here every logit is compared.
+    let shipped = std::fs::read_to_string(root().join("configs/resnet18.yaml")).unwrap();
+    let logits = shipped.replace("output: {top_k: 5}", "output: {argmax: true}");
+    assert_ne!(logits, shipped);
+    let config = dir.path().join("resnet18-logits.yaml");
+    std::fs::write(&config, logits).unwrap();
     let out = subpass()
-        .args(["run", "configs/resnet18.yaml", "--input"])
+        .arg("run")
+        .arg(&config)
+        .arg("--input")
         .arg(&input)
         .output()
         .unwrap();
@@ -219,4 +227,36 @@ fn small_resnet_matches_numpy() {
     }
     let report = subpass::verify::verify(plan, records).unwrap();
     assert!(report.passes(1e-5), "{report:?}");
+}
+
+/// The "done when": photos in by path, a line per photo with its five best classes, best
+/// first, and the line and path of each.
+#[test]
+fn resnet18_reads_photos_by_path_and_writes_the_top_5() {
+    let paths = "tests/fixtures/images/china.jpg\ntests/fixtures/images/flower.jpg\n";
+    let mut child = subpass()
+        .args(["run", "configs/resnet18.yaml", "--format", "paths"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(&mut child.stdin.take().unwrap(), paths.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["line"], i + 1);
+        assert!(line["path"].as_str().unwrap().ends_with(".jpg"));
+        let top = line["top_k"].as_array().unwrap();
+        assert_eq!(top.len(), 5, "{line}");
+        let scores: Vec<f64> = top.iter().map(|t| t["score"].as_f64().unwrap()).collect();
+        assert!(scores.windows(2).all(|w| w[0] >= w[1]), "{scores:?}");
+        assert!(top.iter().all(|t| t["class"].as_u64().unwrap() < 1000));
+    }
 }
