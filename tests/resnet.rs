@@ -243,7 +243,11 @@ fn resnet18_reads_photos_by_path_and_writes_the_top_5() {
         .unwrap();
     std::io::Write::write_all(&mut child.stdin.take().unwrap(), paths.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let lines: Vec<serde_json::Value> = String::from_utf8(out.stdout)
         .unwrap()
         .lines()
