@@ -319,6 +319,11 @@ pub trait Layer: Send + Sync + Debug {
     fn param_bytes(&self) -> u64 {
         0
     }
+    /// Which algorithm and instruction set the kernel runs, for layers that choose among
+    /// several (`validate` prints it); `None` for the others.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// [`Op::rows`] for ops that act row by row: the output has the rows of the inputs, which must
