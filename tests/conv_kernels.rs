@@ -96,9 +96,9 @@ impl Case {
         self.shape().out().expect("a valid case")
     }
 
-    fn yaml(&self, relu: bool) -> String {
+    fn yaml(&self, activation: &str, algorithm: &str) -> String {
         format!(
-            "input: {{shape: {:?}}}\nlayers:\n  - {{name: l, op: conv2d, filters: {}, kernel: {:?}, stride: {:?}, padding: {:?}, dilation: {:?}, groups: {}, activation: {}}}\n",
+            "input: {{shape: {:?}}}\nlayers:\n  - {{name: l, op: conv2d, filters: {}, kernel: {:?}, stride: {:?}, padding: {:?}, dilation: {:?}, groups: {}, activation: {activation}, algorithm: {algorithm}}}\n",
             self.input,
             self.filters,
             self.kernel,
@@ -106,22 +106,32 @@ impl Case {
             self.padding,
             self.dilation,
             self.groups,
-            if relu { "relu" } else { "none" }
         )
     }
 
     /// The reference kernel's output over `x` with weights `w` and bias `b`.
     fn reference(&self, x: &[f32], w: &[f32], b: &[f32], relu: bool) -> Vec<f32> {
-        let config = PipelineConfig::parse(&self.yaml(relu), Path::new(".")).unwrap();
+        let activation = if relu { "relu" } else { "none" };
+        self.through_op(KernelKind::Reference, activation, "auto", x, w, b)
+    }
+
+    /// The conv2d op, as a pipeline file configures it, built with `kind` and run over `x`.
+    fn through_op(
+        &self,
+        kind: KernelKind,
+        activation: &str,
+        algorithm: &str,
+        x: &[f32],
+        w: &[f32],
+        b: &[f32],
+    ) -> Vec<f32> {
+        let yaml = self.yaml(activation, algorithm);
+        let config =
+            PipelineConfig::parse(&yaml, Path::new(".")).unwrap_or_else(|e| panic!("{yaml}: {e}"));
         let op = config.layers[0].op.clone();
         let input = self.input.to_vec();
         let out = op.output_shape(&[&input]).unwrap();
-        let layer = op.build(
-            KernelKind::Reference,
-            &[&input],
-            &out,
-            vec![w.to_vec(), b.to_vec()],
-        );
+        let layer = op.build(kind, &[&input], &out, vec![w.to_vec(), b.to_vec()]);
         let mut shape = vec![self.batch];
         shape.extend_from_slice(&self.input);
         let x = Tensor::from_shape_vec(shape, x.to_vec()).unwrap();
@@ -357,6 +367,101 @@ fn winograd_kernels_are_within_their_bound() {
     }
 }
 
+fn winograd_fits(case: &Case) -> bool {
+    case.kernel == [3, 3] && case.stride == [1, 1] && case.dilation == [1, 1]
+}
+
+/// The op as a pipeline file configures it (`algorithm:` each value, fused ReLU or an activation
+/// applied after, several groups) on the kernels this process runs (`SUBPASS_KERNELS` caps
+/// them): every algorithm within the summation bound (Winograd F(2×2), which the op uses, is
+/// held to it too).
+#[test]
+fn conv2d_op_is_within_the_bound_with_every_algorithm() {
+    let mut cases = general_cases();
+    cases.extend(winograd_cases());
+    for (i, case) in cases.iter().enumerate() {
+        let d = data(case, i as u64 + 50);
+        let mut algorithms = vec!["auto", "direct", "gemm"];
+        if winograd_fits(case) {
+            algorithms.push("winograd");
+        }
+        for algorithm in algorithms {
+            let activation = if case.relu { "relu" } else { "none" };
+            let got = case.through_op(KernelKind::Fast, activation, algorithm, &d.x, &d.w, &d.b);
+            let r = bound_ratio(case, &d, &got);
+            assert!(
+                r <= 1.0,
+                "conv2d algorithm {algorithm} {case:?}: {r:.3} of the bound"
+            );
+        }
+    }
+    // An activation the kernels do not fuse, applied after them.
+    let case = Case::new([5, 9, 11], 7, 3).pad(1);
+    let d = data(&case, 99);
+    let want = case.through_op(KernelKind::Reference, "sigmoid", "auto", &d.x, &d.w, &d.b);
+    for algorithm in ["direct", "gemm", "winograd"] {
+        let got = case.through_op(KernelKind::Fast, "sigmoid", algorithm, &d.x, &d.w, &d.b);
+        // sigmoid is ¼-Lipschitz, so the bound on the sums bounds the outputs.
+        let k = case.taps() as f64;
+        for ((g, w), s) in got.iter().zip(&want).zip(&d.scale) {
+            let tol = (k + 2.0) * U * *s as f64 / 4.0 + U;
+            assert!(
+                (*g as f64 - *w as f64).abs() <= tol,
+                "sigmoid {algorithm}: {g} vs {w}"
+            );
+        }
+    }
+}
+
+/// `validate` prints the algorithm and instruction set of every convolution: forced ones as
+/// forced, `auto` as chosen (Winograd for a 3×3 64-channel layer, im2col for a 1×1, direct for a
+/// 7×7 stride 2).
+#[test]
+fn validate_shows_each_convolutions_algorithm() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("convs.yaml");
+    std::fs::write(
+        &path,
+        "input: {shape: [3, 32, 32]}\ninit: {seed: 1}\nlayers:\n\
+         - {name: stem, op: conv2d, filters: 64, kernel: 7, stride: 2, padding: 3, activation: relu}\n\
+         - {name: body, op: conv2d, filters: 64, kernel: 3, padding: 1}\n\
+         - {name: down, op: conv2d, filters: 128, kernel: 1, stride: 2}\n\
+         - {name: forced_direct, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: direct}\n\
+         - {name: forced_gemm, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: gemm}\n\
+         - {name: forced_winograd, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd}\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subpass"))
+        .arg("validate")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let kernels = stdout
+        .split("\nkernels (")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no kernels section in:\n{stdout}"));
+    for (layer, algorithm) in [
+        ("stem", "direct, "),
+        ("body", "winograd F(2x2,3x3), "),
+        ("down", "gemm (im2col"),
+        ("forced_direct", "direct, "),
+        ("forced_gemm", "gemm (im2col"),
+        ("forced_winograd", "winograd F(2x2,3x3), "),
+    ] {
+        let line = kernels
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(layer))
+            .unwrap_or_else(|| panic!("no line for {layer} in:\n{kernels}"));
+        assert!(line.contains(algorithm), "{layer}: {line}");
+    }
+}
+
 #[test]
 fn winograd_refuses_what_it_cannot_compute() {
     let w = values(5 * 3 * 9, 1);
@@ -399,6 +504,47 @@ fn winograd_error_against_f64() {
             worst[1],
             worst[2],
             worst[3]
+        );
+    }
+}
+
+/// Winograd's error on ResNet-18's 3×3 stride-1 shapes (64 to 512 channels), relative to the
+/// largest output, with PyTorch's default conv initialisation (uniform in ±1/√fan_in) and
+/// post-ReLU inputs: what picking a tile size trades. Prints the table the README quotes (run
+/// with `--nocapture`) and holds each tile to its figure with a margin of 4.
+#[test]
+fn winograd_error_on_resnet_shapes() {
+    let isa = *isas().last().expect("portable always runs");
+    eprintln!("shape              direct      gemm        F(2x2,3x3)  F(4x4,3x3)   (max |err| / max |y|, {})", isa.name());
+    for (i, &(c, hw)) in [(64, 56), (128, 28), (256, 14), (512, 7)]
+        .iter()
+        .enumerate()
+    {
+        let case = Case::new([c, hw, hw], c, 3).pad(1);
+        let bound = 1.0 / ((c * 9) as f32).sqrt();
+        let mut d = data(&Case { batch: 1, ..case }, 70 + i as u64);
+        // Inputs after a ReLU: half of them zero, the rest in [0, 1).
+        d.x.iter_mut().for_each(|v| *v = v.max(0.0));
+        d.w.iter_mut().for_each(|v| *v *= bound);
+        d.b.iter_mut().for_each(|v| *v *= bound);
+        d.want = case.reference(&d.x, &d.w, &d.b, false);
+        let top = d.want.iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
+        let err = |got: &[f32]| {
+            got.iter()
+                .zip(&d.want)
+                .map(|(g, w)| (*g as f64 - *w as f64).abs())
+                .fold(0.0, f64::max)
+                / top
+        };
+        let e = [
+            err(&run_direct(&case, &d, isa)),
+            err(&run_gemm(&case, &d, isa)),
+            err(&run_winograd(&case, &d, TileSize::F2, isa)),
+            err(&run_winograd(&case, &d, TileSize::F4, isa)),
+        ];
+        eprintln!(
+            "{c:>3}ch {hw:>2}x{hw:<2}          {:.2e}    {:.2e}    {:.2e}    {:.2e}",
+            e[0], e[1], e[2], e[3]
         );
     }
 }

@@ -90,6 +90,14 @@ impl Grid {
         self.len
     }
 
+    /// The same grid cut to its first `len` positions (at most its own).
+    pub(crate) fn truncated(&self, len: usize) -> Grid {
+        Grid {
+            len: len.min(self.len),
+            ..*self
+        }
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
@@ -116,8 +124,8 @@ impl Grid {
         Some(end)
     }
 
-    /// Append the runs of real lanes of the `nv` vectors of `lanes` positions from `q0` to
-    /// `segs`; `starts[v]..starts[v + 1]` are vector `v`'s. Every run stays inside
+    /// The runs of real lanes of the `nv` vectors of `lanes` positions from `q0`, into `segs`
+    /// (cleared first); `starts[v]..starts[v + 1]` are vector `v`'s. Every run stays inside
     /// [`Grid::extent`], which the caller checked.
     pub(crate) fn segments(
         &self,
@@ -130,26 +138,30 @@ impl Grid {
         segs.clear();
         for v in 0..nv {
             starts[v] = segs.len();
-            let a = q0 + v * lanes;
-            let b = (a + lanes).min(self.len);
-            let mut q = a;
-            while q < b {
-                let row = q / self.width;
-                let col = q - row * self.width;
-                let (image, r) = (row / self.rows, row % self.rows);
-                let row_start = row * self.width;
-                if r < self.valid_rows && col < self.cols {
-                    let end = b.min(row_start + self.cols);
-                    segs.push(Segment {
-                        lane: q - a,
-                        count: end - q,
-                        dest: image * self.image_stride + r * self.row_stride + col,
-                    });
-                }
-                q = row_start + self.width;
-            }
+            self.append_runs(q0 + v * lanes, lanes, segs);
         }
         starts[nv] = segs.len();
+    }
+
+    /// Append the runs of real lanes of one vector of `lanes` positions from `q0` to `segs`.
+    pub(crate) fn append_runs(&self, q0: usize, lanes: usize, segs: &mut Vec<Segment>) {
+        let end = (q0 + lanes).min(self.len);
+        let mut q = q0;
+        while q < end {
+            let row = q / self.width;
+            let col = q - row * self.width;
+            let (image, r) = (row / self.rows, row % self.rows);
+            let row_start = row * self.width;
+            if r < self.valid_rows && col < self.cols {
+                let run_end = end.min(row_start + self.cols);
+                segs.push(Segment {
+                    lane: q - q0,
+                    count: run_end - q,
+                    dest: image * self.image_stride + r * self.row_stride + col,
+                });
+            }
+            q = row_start + self.width;
+        }
     }
 }
 
@@ -268,7 +280,7 @@ impl PackedFilters {
 fn block_shape(isa: Isa) -> (usize, usize, usize) {
     match isa {
         // 24 accumulators + 4 inputs + 1 broadcast of 32 registers.
-        Isa::Avx512 => (4, 6, 16),
+        Isa::Avx512 => (3, 8, 16),
         // 12 accumulators + 2 inputs + 1 broadcast of 16 registers.
         Isa::Avx2Fma => (2, 6, 8),
         Isa::Portable => (2, 4, 8),
@@ -323,9 +335,13 @@ pub fn run(
     let (nv_max, _, lanes) = block_shape(filters.isa);
     let mut segs = Vec::with_capacity(4 * nv_max * MAX_LANES);
     let mut starts = [0usize; MAX_NV + 1];
-    let block = nv_max * lanes;
-    for q0 in (0..grid.len).step_by(block) {
-        let nv = (grid.len - q0).div_ceil(lanes).min(nv_max);
+    // The grid's vectors in calls of at most nv_max, spread evenly: 4 vectors with blocks of 3
+    // go as 2 + 2, not 3 + 1, whose single vector would reuse each filter load only once.
+    let vectors = grid.len.div_ceil(lanes);
+    let calls = vectors.div_ceil(nv_max);
+    for call in 0..calls {
+        let (v0, v1) = (vectors * call / calls, vectors * (call + 1) / calls);
+        let (q0, nv) = (v0 * lanes, v1 - v0);
         grid.segments(q0, nv, lanes, &mut segs, &mut starts);
         if segs.is_empty() {
             continue;
@@ -394,10 +410,9 @@ unsafe fn dispatch(isa: Isa, nv: usize, nf: usize, c: &Call) {
     match isa {
         #[cfg(target_arch = "x86_64")]
         Isa::Avx512 => match nv {
-            1 => by_nf!(kernel_avx512, 1, [1, 2, 3, 4, 5, 6]),
-            2 => by_nf!(kernel_avx512, 2, [1, 2, 3, 4, 5, 6]),
-            3 => by_nf!(kernel_avx512, 3, [1, 2, 3, 4, 5, 6]),
-            _ => by_nf!(kernel_avx512, 4, [1, 2, 3, 4, 5, 6]),
+            1 => by_nf!(kernel_avx512, 1, [1, 2, 3, 4, 5, 6, 7, 8]),
+            2 => by_nf!(kernel_avx512, 2, [1, 2, 3, 4, 5, 6, 7, 8]),
+            _ => by_nf!(kernel_avx512, 3, [1, 2, 3, 4, 5, 6, 7, 8]),
         },
         #[cfg(target_arch = "x86_64")]
         Isa::Avx2Fma => match nv {

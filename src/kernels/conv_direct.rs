@@ -26,6 +26,8 @@ pub struct PhaseLayout {
     stride: [usize; 2],
     /// Phase `(py, px)` → its plane's index among the kept ones.
     slot_of: Vec<Option<usize>>,
+    /// The kept phases, in plane order.
+    phases: Vec<[usize; 2]>,
     images: usize,
     rows: usize,
     cols: usize,
@@ -56,24 +58,25 @@ impl PhaseLayout {
         let rows = span(2, padding[0], h)?.div_ceil(sh).max(min_rows);
         let cols = span(2, padding[1], w)?.div_ceil(sw).max(min_cols);
         let mut slot_of = vec![None; sh.checked_mul(sw)?];
-        let mut kept = 0usize;
+        let mut phases = Vec::new();
         for &[py, px] in keep {
             if py >= sh || px >= sw {
                 return None;
             }
             if slot_of[py * sw + px].is_none() {
-                slot_of[py * sw + px] = Some(kept);
-                kept += 1;
+                slot_of[py * sw + px] = Some(phases.len());
+                phases.push([py, px]);
             }
         }
         let plane_len = images.checked_mul(rows)?.checked_mul(cols)?;
-        let channel_stride = kept.checked_mul(plane_len)?;
+        let channel_stride = phases.len().checked_mul(plane_len)?;
         c.checked_mul(channel_stride)?;
         Some(PhaseLayout {
             input,
             padding,
             stride,
             slot_of,
+            phases,
             images,
             rows,
             cols,
@@ -111,9 +114,10 @@ impl PhaseLayout {
     }
 
     /// Write `images` (`[n, c, h, w]`, n ≤ the layout's images) into `buf` in this layout:
-    /// zeros first (the whole of `buf`, so a kernel's margin past the planes is zero too),
-    /// then every pixel whose phase is kept. Panics if `images` is not n whole images or `buf`
-    /// is shorter than the planes.
+    /// every float of `buf` is written once, pixels where their phase plane has them, zeros
+    /// everywhere else (padding, planes of absent images, and `buf` past the planes, a
+    /// kernel's margin). Panics if `images` is not n whole images or `buf` is shorter than the
+    /// planes.
     pub fn fill(&self, images: &[f32], buf: &mut [f32]) {
         let [c, h, w] = self.input;
         let image_len = c * h * w;
@@ -129,45 +133,72 @@ impl PhaseLayout {
             buf.len(),
             self.len()
         );
-        buf.fill(0.0);
-        let [sh, sw] = self.stride;
-        let [ph, pw] = self.padding;
-        for (n, image) in images.chunks_exact(image_len).enumerate() {
-            let image_rows = n * self.rows;
-            for (plane, dst) in image
-                .chunks_exact(h * w)
-                .zip(buf.chunks_exact_mut(self.channel_stride))
+        let given = images.len() / image_len;
+        let [sh, _] = self.stride;
+        let ph = self.padding[0];
+        let (planes, margin) = buf.split_at_mut(self.len());
+        margin.fill(0.0);
+        for (ci, channel) in planes.chunks_exact_mut(self.channel_stride).enumerate() {
+            for (&[py, px], plane) in self
+                .phases
+                .iter()
+                .zip(channel.chunks_exact_mut(self.plane_len))
             {
-                for (y, src) in plane.chunks_exact(w).enumerate() {
-                    let r = y + ph;
-                    let (py, pr) = (r % sh, r / sh);
-                    if pr >= self.rows {
+                for (n, image_rows) in plane.chunks_exact_mut(self.rows * self.cols).enumerate() {
+                    if n >= given {
+                        image_rows.fill(0.0);
                         continue;
                     }
-                    for px in 0..sw {
-                        let Some(slot) = self.slot_of[py * sw + px] else {
-                            continue;
-                        };
-                        // The first input column whose padded column is ≡ px (mod sw).
-                        let x0 = (px + sw - pw % sw) % sw;
-                        if x0 >= w {
-                            continue;
-                        }
-                        let c0 = (x0 + pw) / sw;
-                        let count = (w - x0).div_ceil(sw).min(self.cols.saturating_sub(c0));
-                        let at = slot * self.plane_len + (image_rows + pr) * self.cols + c0;
-                        let row = &mut dst[at..][..count];
-                        if sw == 1 {
-                            row.copy_from_slice(&src[..count]);
-                        } else {
-                            for (d, s) in row.iter_mut().zip(src[x0..].iter().step_by(sw)) {
-                                *d = *s;
-                            }
+                    let src = &images[(n * c + ci) * h * w..][..h * w];
+                    for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
+                        match (pr * sh + py).checked_sub(ph).filter(|y| *y < h) {
+                            Some(y) => self.fill_row(&src[y * w..][..w], dst, px),
+                            None => dst.fill(0.0),
                         }
                     }
                 }
             }
         }
+    }
+
+    /// One plane row of column phase `px`: `dst[j]` is padded column `j·s + px` of `src`'s row.
+    fn fill_row(&self, src: &[f32], dst: &mut [f32], px: usize) {
+        let (sw, pw) = (self.stride[1], self.padding[1]);
+        // Plane columns lo..hi fall inside the image; those around are padding.
+        let lo = pw.saturating_sub(px).div_ceil(sw).min(dst.len());
+        let hi = (src.len() + pw)
+            .saturating_sub(px)
+            .div_ceil(sw)
+            .clamp(lo, dst.len());
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        if hi > lo {
+            let x0 = lo * sw + px - pw;
+            let dst = &mut dst[lo..hi];
+            match sw {
+                1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
+                2 => strided::<2>(&src[x0..], dst),
+                4 => strided::<4>(&src[x0..], dst),
+                _ => {
+                    for (d, s) in dst.iter_mut().zip(src[x0..].iter().step_by(sw)) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[j] = src[j·S]`, in groups of `S` the compiler can turn into shuffles.
+#[inline]
+fn strided<const S: usize>(src: &[f32], dst: &mut [f32]) {
+    let whole = (src.len() / S).min(dst.len());
+    let (head, tail) = dst.split_at_mut(whole);
+    for (d, group) in head.iter_mut().zip(src.chunks_exact(S)) {
+        *d = group[0];
+    }
+    for (j, d) in tail.iter_mut().enumerate() {
+        *d = src[(whole + j) * S];
     }
 }
 

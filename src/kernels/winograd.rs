@@ -22,8 +22,10 @@ use super::Isa;
 /// Lanes of the widest transform vector: chunks and `V` rows are padded to a multiple of it.
 const L: usize = MAX_LANES;
 
-/// Bytes of `V` and `M` one chunk of tiles may use: together they stay in L2 (1 MiB a core on
-/// Zen 4) with room for a block of filters.
+/// Bytes of one `ξ`'s `V` (or `M`) a chunk of tiles may use, so that each stays in L2 (1 MiB a
+/// core on Zen 4) through its product. Chunks are 64 to 256 tiles: measured on ResNet-18's
+/// shapes, 256 beat 128 and 512, and small chunks made deep layers stream their transformed
+/// filters (1 MiB per `ξ` at 512 channels) once per handful of tiles.
 const CHUNK_BYTES: usize = 512 * 1024;
 
 /// Tile positions a pass should offer the kernel at least: small maps take several images.
@@ -127,13 +129,11 @@ impl Winograd {
         let out = shape.out()?;
         let m = tile.m();
         let tiles = [out[0].div_ceil(m), out[1].div_ceil(m)];
-        // Per image, the phase planes are (tiles + 1) square: a tile reads one row and column
-        // of tiles further on (α - 1 < 2m).
-        let per_image = (tiles[0] + 1).checked_mul(tiles[1] + 1)?;
-        let images = MIN_PASS_TILES.div_ceil(per_image);
+        let images = MIN_PASS_TILES.div_ceil(tiles[0].checked_mul(tiles[1])?);
         let a2 = tile.alpha() * tile.alpha();
-        let per_lane = a2.checked_mul(cg.checked_add(fg)?)?.checked_mul(4)?;
-        let chunk = (CHUNK_BYTES / per_lane).clamp(L, 16 * L) / L * L;
+        // One product reads V[ξ] (cg × chunk) once per block of filters and writes M[ξ]
+        // (fg × chunk): both stay in L2 while U[ξ] streams through once per chunk.
+        let chunk = (CHUNK_BYTES / cg.max(fg).checked_mul(4)?).clamp(4 * L, 16 * L) / L * L;
         let g = tile.g();
         let alpha = tile.alpha();
         let mut packed = Vec::with_capacity(shape.groups);
@@ -337,6 +337,8 @@ trait Lanes: Copy {
     const N: usize;
     fn load(s: &[f32]) -> Self;
     fn store(self, d: &mut [f32]);
+    /// Lanes `lane..lane + d.len()` into `d` (`d` shorter than a vector).
+    fn store_part(self, lane: usize, d: &mut [f32]);
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     /// `c·x + y`.
@@ -379,6 +381,11 @@ impl Lanes for Portable {
     #[inline(always)]
     fn store(self, d: &mut [f32]) {
         d[..8].copy_from_slice(&self.0);
+    }
+    #[inline(always)]
+    fn store_part(self, lane: usize, d: &mut [f32]) {
+        let n = d.len();
+        d.copy_from_slice(&self.0[lane..lane + n]);
     }
     #[inline(always)]
     fn add(self, o: Self) -> Self {
@@ -440,6 +447,15 @@ mod x86 {
             unsafe { _mm512_storeu_ps(d.as_mut_ptr(), self.0) }
         }
         #[inline(always)]
+        fn store_part(self, lane: usize, d: &mut [f32]) {
+            let n = d.len();
+            assert!(lane + n <= 16);
+            unsafe {
+                let moved = _mm512_maskz_compress_ps((((1u32 << n) - 1) << lane) as u16, self.0);
+                _mm512_mask_storeu_ps(d.as_mut_ptr(), ((1u32 << n) - 1) as u16, moved);
+            }
+        }
+        #[inline(always)]
         fn add(self, o: Self) -> Self {
             Avx512(unsafe { _mm512_add_ps(self.0, o.0) })
         }
@@ -491,6 +507,18 @@ mod x86 {
         fn store(self, d: &mut [f32]) {
             assert!(d.len() >= 8);
             unsafe { _mm256_storeu_ps(d.as_mut_ptr(), self.0) }
+        }
+        #[inline(always)]
+        fn store_part(self, lane: usize, d: &mut [f32]) {
+            let n = d.len();
+            assert!(lane + n <= 8);
+            unsafe {
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let idx = _mm256_add_epi32(lanes, _mm256_set1_epi32(lane as i32));
+                let moved = _mm256_permutevar8x32_ps(self.0, idx);
+                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+                _mm256_maskstore_ps(d.as_mut_ptr(), mask, moved);
+            }
         }
         #[inline(always)]
         fn add(self, o: Self) -> Self {
@@ -627,9 +655,21 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
     let fg = w.filters_per_group;
     let f = fg * w.shape.groups;
     let record = f * oh * ow;
-    // Tile (image, ty, tx) is grid position (image·rows + ty)·cols + tx; the grid ends at the
-    // last image's last tile.
+    // Tile (image, ty, tx) is read at grid position (image·rows + ty)·cols + tx of the phase
+    // planes, whose rows and columns past the tiles are padding; the grid ends at the last
+    // image's last tile. The products and the output transform run on the tiles alone,
+    // numbered (image·th + ty)·tw + tx: `compact` maps one numbering to the other.
     let len = ((p.images - 1) * rows + th - 1) * cols + tw;
+    let compact = Grid::new(GridShape {
+        len,
+        width: cols,
+        cols: tw,
+        rows,
+        valid_rows: th,
+        row_stride: tw,
+        image_stride: th * tw,
+    });
+    let tiles = p.images * th * tw;
     // Element (k, l) of tile (0, 0): padded row k, column l of image 0.
     let mut at = [[0usize; A]; A];
     for (k, row) in at.iter_mut().enumerate() {
@@ -639,10 +679,10 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
     }
     let grids: [Grid; M] = std::array::from_fn(|i| {
         Grid::new(GridShape {
-            len: len * M,
-            width: cols * M,
+            len: tiles * M,
+            width: tw * M,
             cols: ow,
-            rows,
+            rows: th,
             valid_rows: oh.saturating_sub(i).div_ceil(M),
             row_stride: M * ow,
             image_stride: record,
@@ -654,27 +694,54 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
     let taps = Taps::new(cg, chunk, vec![0]);
     let mut segs: [Vec<Segment>; M] = std::array::from_fn(|_| Vec::with_capacity(8 * L));
     let mut starts = [[0usize; conv_block::MAX_NV + 1]; M];
+    let mut runs: Vec<Segment> = Vec::with_capacity(chunk);
+    let mut run_starts: Vec<usize> = Vec::with_capacity(chunk / L + 1);
     let n = S::N;
     for qa in (0..len).step_by(chunk) {
-        let qc = chunk.min(len - qa);
-        // Input transform: V[ξ][c][q]. Every vector up to qc rounded up to 16 is written, as
-        // the product reads whole 16-lane vectors.
+        let qb = len.min(qa + chunk);
+        // Where each input vector's tiles go among the chunk's tiles t0..t0 + count.
+        runs.clear();
+        run_starts.clear();
+        for q0 in (qa..qb).step_by(n) {
+            run_starts.push(runs.len());
+            compact.append_runs(q0, n.min(qb - q0), &mut runs);
+        }
+        run_starts.push(runs.len());
+        let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
+            continue;
+        };
+        let t0 = first.dest;
+        let count = last.dest + last.count - t0;
+        // Input transform: V[ξ][c][t]. Lanes past `count` to the next 16 are zeroed: the
+        // product reads whole 16-lane vectors.
         for ci in 0..cg {
-            let base = (p.group * cg + ci) * p.layout.channel_stride() + qa;
-            for q0 in (0..qc.next_multiple_of(L)).step_by(n) {
+            let base = (p.group * cg + ci) * p.layout.channel_stride();
+            for (v, q0) in (qa..qb).step_by(n).enumerate() {
                 let mut t = [[S::splat(0.0); A]; A];
                 for l in 0..A {
                     let d: [S; A] =
                         std::array::from_fn(|k| S::load(&p.planes[base + at[k][l] + q0..]));
-                    for (i, v) in T::input(&d).into_iter().enumerate() {
-                        t[i][l] = v;
+                    for (i, x) in T::input(&d).into_iter().enumerate() {
+                        t[i][l] = x;
                     }
                 }
+                let runs = &runs[run_starts[v]..run_starts[v + 1]];
                 for (i, ti) in t.iter().enumerate() {
-                    for (j, v) in T::input(ti).into_iter().enumerate() {
-                        v.store(&mut vbuf[((i * A + j) * cg + ci) * chunk + q0..]);
+                    for (j, x) in T::input(ti).into_iter().enumerate() {
+                        let row = &mut vbuf[((i * A + j) * cg + ci) * chunk..][..chunk];
+                        for r in runs {
+                            let dst = &mut row[r.dest - t0..];
+                            if r.count == n {
+                                x.store(dst);
+                            } else {
+                                x.store_part(r.lane, &mut dst[..r.count]);
+                            }
+                        }
                     }
                 }
+            }
+            for xi in 0..A * A {
+                vbuf[(xi * cg + ci) * chunk..][count..count.next_multiple_of(L)].fill(0.0);
             }
         }
         // The products: M[ξ] = U[ξ] · V[ξ].
@@ -683,7 +750,7 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
                 u,
                 &taps,
                 &vbuf[xi * cg * chunk..(xi + 1) * cg * chunk],
-                &Grid::contiguous(qc),
+                &Grid::contiguous(count),
                 Epilogue {
                     bias: &w.zeros,
                     relu: false,
@@ -693,9 +760,16 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
             );
         }
         // Output transform, written in place.
-        for q0 in (0..qc).step_by(n) {
+        for q0 in (0..count).step_by(n) {
             for (i, grid) in grids.iter().enumerate() {
-                grid.segments((qa + q0) * M, M, n, &mut segs[i], &mut starts[i]);
+                // Cut at the chunk's last tile: lanes past it hold no product.
+                grid.truncated((t0 + count) * M).segments(
+                    (t0 + q0) * M,
+                    M,
+                    n,
+                    &mut segs[i],
+                    &mut starts[i],
+                );
             }
             for fi in 0..fg {
                 let filter = p.group * fg + fi;
@@ -726,9 +800,7 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
                             if sg.count == n {
                                 zv.store(dst);
                             } else {
-                                let mut tmp = [0.0f32; L];
-                                zv.store(&mut tmp);
-                                dst[..sg.count].copy_from_slice(&tmp[sg.lane..sg.lane + sg.count]);
+                                zv.store_part(sg.lane, &mut dst[..sg.count]);
                             }
                         }
                     }

@@ -279,12 +279,14 @@ impl ConvGeometry {
     }
 }
 
-/// The algorithm `auto` takes for a convolution of this shape, from the measurements in
-/// `benches/conv.rs` (README, Performance): Winograd for 3×3 stride-1 layers with at least 16
-/// input and output channels per group on maps of 14×14 or more; im2col for maps under 16×16,
-/// where the direct kernel's padding columns and ragged last vector waste a fifth or more of its
-/// lanes; direct otherwise.
-fn choose(op: &Conv2dOp, shape: &ConvShape, out: [usize; 2]) -> Algorithm {
+/// The algorithm `auto` takes for a convolution of this shape, a fixed rule from the
+/// measurements of `benches/conv.rs` (README, Performance): Winograd for 3×3 stride-1 layers with
+/// at least 32 input and 32 output channels per group (1.3–1.5× direct on ResNet-18's, even at
+/// 7×7 with 8 images; with 16 channels the transforms cost more than the products they save,
+/// 0.6–0.7× on the small CNN's 16→32 layer); im2col for 1×1 kernels, where the patch matrix is
+/// the image (or its stride-2 subsample) and several images side by side fill the vectors (up to
+/// 1.2× direct); direct otherwise (2× im2col on ResNet's 7×7 stride-2 stem).
+fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
     let fg = op.filters / op.groups;
     let cg = shape.cg();
     match op.algorithm {
@@ -292,9 +294,9 @@ fn choose(op: &Conv2dOp, shape: &ConvShape, out: [usize; 2]) -> Algorithm {
         AlgorithmChoice::Gemm => Algorithm::Gemm,
         AlgorithmChoice::Winograd => Algorithm::Winograd,
         AlgorithmChoice::Auto => {
-            if op.winograd_fits() && cg >= 16 && fg >= 16 && out[0].min(out[1]) >= 14 {
+            if op.winograd_fits() && cg >= 32 && fg >= 32 {
                 Algorithm::Winograd
-            } else if out[0] * out[1] < 256 {
+            } else if op.kernel == [1, 1] {
                 Algorithm::Gemm
             } else {
                 Algorithm::Direct
@@ -303,7 +305,11 @@ fn choose(op: &Conv2dOp, shape: &ConvShape, out: [usize; 2]) -> Algorithm {
     }
 }
 
-/// The Winograd tile `winograd` and `auto` use (see the error measurements in the README).
+/// The Winograd tile `winograd` and `auto` use. F(2×2, 3×3): its error is at or below direct
+/// convolution's (its sums run over channels, not channels × 9 taps), where F(4×4, 3×3)'s is 8×
+/// larger (5–9·10⁻⁶ of the largest output per ResNet-18 layer; tests/conv_kernels.rs), enough to
+/// spend the 10⁻⁴ a 16-layer network may drift; and F(4×4)'s speed gain was inconsistent, from
+/// +20% on 7×7 maps at batch 8 to 2.5× slower there at batch 1 (README, Performance).
 const WINOGRAD_TILE: TileSize = TileSize::F2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -353,7 +359,7 @@ impl Conv2d {
                 .collect()
         };
         let checked = "conv2d geometry checked when the plan was built";
-        let kernel = match choose(c, &shape, [g.output[1], g.output[2]]) {
+        let kernel = match choose(c, &shape) {
             Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
             Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
             Algorithm::Winograd => ConvKernel::Winograd(

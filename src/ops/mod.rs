@@ -361,6 +361,27 @@ pub fn markdown_table() -> String {
     out
 }
 
+/// The kernel each layer runs, for the layers that choose among several (convolutions: the
+/// algorithm and instruction set): what `validate` prints after the plan. Empty if no layer
+/// chooses.
+pub fn kernel_table<'a>(layers: impl IntoIterator<Item = (&'a str, &'a dyn Layer)>) -> String {
+    let rows: Vec<(&str, String)> = layers
+        .into_iter()
+        .filter_map(|(name, layer)| Some((name, layer.describe()?)))
+        .collect();
+    let Some(width) = rows.iter().map(|(n, _)| n.len()).max() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\nkernels (instruction set {}; `SUBPASS_KERNELS=avx2` or `portable` caps it, `algorithm:` on a layer forces one):\n",
+        crate::kernels::isa().name()
+    );
+    for (name, kernel) in rows {
+        out.push_str(&format!("  {name:width$}  {kernel}\n"));
+    }
+    out
+}
+
 /// Shared by the ops' reference kernels: a tensor from its shape and values.
 fn tensor(shape: Vec<usize>, values: Vec<f32>) -> Tensor {
     Tensor::from_shape_vec(ndarray::IxDyn(&shape), values).expect("output shape and values agree")
