@@ -417,6 +417,12 @@ fn validate(path: &Path) -> ExitCode {
     match load_plan(path) {
         Some(plan) => {
             print!("{}", plan.describe());
+            let g = &plan.graph;
+            let layers = g.nodes.iter().zip(&g.layers);
+            print!(
+                "{}",
+                subpass::ops::kernel_table(layers.map(|(n, l)| (n.name.as_str(), l.as_ref())))
+            );
             ExitCode::SUCCESS
         }
         None => ExitCode::from(EXIT_CONFIG),

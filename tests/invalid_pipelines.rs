@@ -71,6 +71,9 @@ const CASES: &[Case] = &[
     Case { file: "dense_missing_units.yaml", path: "layers[0]|layers[0].units", lines: &[5], cols: &[], facts: &["units"] },
     // Out-of-range attributes.
     Case { file: "kernel_zero.yaml", path: "layers[0].kernel", lines: &[5], cols: &[42, 50], facts: &[] },
+    // An algorithm conv2d does not have (with the one meant), and one that cannot compute the layer.
+    Case { file: "conv_algorithm_unknown.yaml", path: "layers[0].algorithm", lines: &[5], cols: &[], facts: &["winogrand", "winograd"] },
+    Case { file: "conv_winograd_stride2.yaml", path: "layers[0].algorithm|layers[0]", lines: &[5], cols: &[], facts: &["winograd", "stride"] },
     Case { file: "filters_not_divisible_by_groups.yaml", path: "layers[0].groups|layers[0].filters|layers[0]", lines: &[5], cols: &[], facts: &["filters", "groups"] },
     Case { file: "batch_size_zero.yaml", path: "batch.size", lines: &[6], cols: &[9, 15], facts: &[] },
     Case { file: "queue_zero.yaml", path: "stages[0].queue", lines: &[7], cols: &[32, 39], facts: &[] },

@@ -734,6 +734,25 @@ fn parse_attr(r: &mut Reader, v: &Value, path: &str, kind: AttrKind) -> Option<A
         AttrKind::Pair { min } => AttrValue::Pair(r.pair(v, path, min)?),
         AttrKind::Bool => AttrValue::Bool(r.boolean(v, path)?),
         AttrKind::PositiveFloat => AttrValue::Float(r.positive_float(v, path)?),
+        AttrKind::Choice(names) => {
+            let name = r.string(v, path)?;
+            match names.iter().find(|n| **n == name) {
+                Some(n) => AttrValue::Choice(n),
+                None => {
+                    let hint = suggest(&name, names)
+                        .map(|s| format!(" (did you mean `{s}`?)"))
+                        .unwrap_or_default();
+                    r.error(
+                        path,
+                        format!(
+                            "unknown value `{name}`{hint}; expected one of: {}",
+                            names.join(", ")
+                        ),
+                    );
+                    return None;
+                }
+            }
+        }
         AttrKind::Activation => {
             let name = r.string(v, path)?;
             match Activation::from_name(&name) {

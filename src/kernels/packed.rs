@@ -52,7 +52,7 @@ impl DenseWeights {
             "dense weights: {} values for a [{n}, {k}] matrix",
             weight.len()
         );
-        if super::isa() != super::Isa::Avx2Fma || k == 0 {
+        if !super::isa().has_avx2_fma() || k == 0 {
             return DenseWeights {
                 n,
                 k,

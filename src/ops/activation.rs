@@ -99,7 +99,7 @@ pub fn apply_activation(act: Activation, data: &mut [f32], last_axis: usize) {
 /// GELU in place, on the widest vectors this CPU has.
 fn gelu(data: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma {
+    if crate::kernels::isa().has_avx2_fma() {
         // SAFETY: `isa()` reports AVX2+FMA only when the CPU has both.
         unsafe { gelu_avx2(data) };
         return;

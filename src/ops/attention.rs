@@ -204,7 +204,7 @@ fn attend(
     records: usize,
 ) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma {
+    if crate::kernels::isa().has_avx2_fma() {
         // SAFETY: `isa()` reports AVX2+FMA only when the CPU has both.
         unsafe { attend_avx2(shape, qkv, context, scores, seqs, records) };
         return;

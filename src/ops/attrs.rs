@@ -21,6 +21,8 @@ pub enum AttrKind {
     PositiveFloat,
     /// An activation name, as the activation ops are named.
     Activation,
+    /// One of a fixed set of names (an algorithm, a mode).
+    Choice(&'static [&'static str]),
 }
 
 /// What an attribute is when a layer does not give it.
@@ -55,7 +57,15 @@ impl AttrSpec {
         match self.default {
             AttrDefault::Required(_) => format!("`{}`", self.name),
             AttrDefault::SameAs(other) => format!("`{}` (= `{other}`)", self.name),
-            AttrDefault::Value(v) => format!("`{}` ({})", self.name, v.describe()),
+            AttrDefault::Value(v) => match self.kind {
+                AttrKind::Choice(names) => {
+                    let default = v.describe();
+                    let others: Vec<&str> =
+                        names.iter().copied().filter(|n| *n != default).collect();
+                    format!("`{}` ({default}; or {})", self.name, others.join(", "))
+                }
+                _ => format!("`{}` ({})", self.name, v.describe()),
+            },
         }
     }
 }
@@ -68,6 +78,8 @@ pub enum AttrValue {
     Bool(bool),
     Float(f64),
     Activation(Activation),
+    /// One of the names of an [`AttrKind::Choice`].
+    Choice(&'static str),
 }
 
 impl AttrValue {
@@ -80,6 +92,7 @@ impl AttrValue {
             AttrValue::Float(x) => format!("{x:e}"),
             AttrValue::Activation(Activation::Identity) => "none".into(),
             AttrValue::Activation(a) => a.name().into(),
+            AttrValue::Choice(name) => (*name).into(),
         }
     }
 }
@@ -127,6 +140,13 @@ impl Attrs {
         match self.get(name) {
             AttrValue::Float(x) => x,
             other => panic!("attribute `{name}` is {other:?}, not a float"),
+        }
+    }
+
+    pub fn choice(&self, name: &str) -> &'static str {
+        match self.get(name) {
+            AttrValue::Choice(c) => c,
+            other => panic!("attribute `{name}` is {other:?}, not a choice"),
         }
     }
 

@@ -1,8 +1,12 @@
 //! `conv2d`: 2-D convolution with PyTorch's semantics (zero padding, stride, dilation, groups).
 //!
-//! Three fast kernels, chosen at load: stride 1 on AVX2 runs the direct convolution (no im2col);
-//! deep patches run the packed dense kernel reading an im2col matrix in place; shallow ones the
-//! portable GEMM on im2col.
+//! Three algorithms, all on the register-blocked kernel of [`crate::kernels::conv_block`] with
+//! filters packed at load for the instruction set this CPU runs (AVX-512, AVX2+FMA or portable):
+//! `direct` reads a padded, stride-phase-split copy of the image in place; `gemm` builds an im2col
+//! matrix over several images (no padding columns: best on small feature maps); `winograd` runs
+//! 3×3 stride-1 convolutions as F(2×2, 3×3) tiles, 2.25× fewer multiplications. `algorithm: auto`
+//! picks per layer from the shape (see [`choose`]); `validate` prints the choice. Bias and ReLU
+//! are applied as the output is written.
 
 use std::sync::Arc;
 
@@ -12,9 +16,10 @@ use super::{
     AttrValue, Attrs, ChannelAffine, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ScratchNeed,
     ShapeError, Tensor, TensorSpec,
 };
-use crate::kernels::direct_conv;
-use crate::kernels::gemm::matmul_acc;
-use crate::kernels::packed::{DenseWeights, XLayout};
+use crate::kernels::conv_block::PackedFilters;
+use crate::kernels::conv_direct::{ConvShape, DirectConv};
+use crate::kernels::im2col::Im2col;
+use crate::kernels::winograd::{TileSize, Winograd};
 use crate::kernels::{isa, Isa};
 
 #[derive(Debug)]
@@ -64,6 +69,11 @@ impl OpFamily for Conv2dFamily {
                 AttrKind::Activation,
                 AttrDefault::Value(AttrValue::Activation(Activation::Identity)),
             ),
+            AttrSpec::new(
+                "algorithm",
+                AttrKind::Choice(AlgorithmChoice::NAMES),
+                AttrDefault::Value(AttrValue::Choice("auto")),
+            ),
         ];
         ATTRS
     }
@@ -80,7 +90,17 @@ impl OpFamily for Conv2dFamily {
             groups: a.int("groups"),
             bias: a.bool("bias"),
             activation: a.activation("activation"),
+            algorithm: AlgorithmChoice::from_name(a.choice("algorithm")),
         };
+        if c.algorithm == AlgorithmChoice::Winograd && !c.winograd_fits() {
+            return Err(ShapeError::at(
+                "algorithm",
+                format!(
+                    "winograd needs a 3x3 kernel with stride 1 and dilation 1, found kernel {:?}, stride {:?}, dilation {:?} (use auto, direct or gemm)",
+                    c.kernel, c.stride, c.dilation
+                ),
+            ));
+        }
         if !c.filters.is_multiple_of(c.groups) {
             return Err(ShapeError::at(
                 "groups",
@@ -104,6 +124,36 @@ pub(super) struct Conv2dOp {
     groups: usize,
     bias: bool,
     activation: Activation,
+    algorithm: AlgorithmChoice,
+}
+
+/// The `algorithm` attribute.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AlgorithmChoice {
+    Auto,
+    Direct,
+    Gemm,
+    Winograd,
+}
+
+impl AlgorithmChoice {
+    const NAMES: &'static [&'static str] = &["auto", "direct", "gemm", "winograd"];
+
+    fn from_name(name: &str) -> AlgorithmChoice {
+        match name {
+            "direct" => AlgorithmChoice::Direct,
+            "gemm" => AlgorithmChoice::Gemm,
+            "winograd" => AlgorithmChoice::Winograd,
+            _ => AlgorithmChoice::Auto,
+        }
+    }
+}
+
+impl Conv2dOp {
+    /// Whether Winograd F(2×2, 3×3) computes this convolution.
+    fn winograd_fits(&self) -> bool {
+        self.kernel == [3, 3] && self.stride == [1, 1] && self.dilation == [1, 1]
+    }
 }
 
 fn out_size(
@@ -220,7 +270,7 @@ impl Op for Conv2dOp {
             output: [output[0], output[1], output[2]],
         };
         match kind {
-            KernelKind::Fast => Box::new(Conv2d::new(geometry, weight, bias)),
+            KernelKind::Fast => Box::new(Conv2d::new(geometry, weight, bias, isa())),
             KernelKind::Reference => Box::new(Conv2dReference {
                 g: geometry,
                 weight,
@@ -281,96 +331,98 @@ impl ConvGeometry {
     }
 }
 
-/// Patch depth from which the packed kernel beats the gemm crate (measured with
-/// `cargo bench --bench kernels -- conv`): shallow patches (a 3×3 kernel on one channel) leave too
-/// little work per output to pay for the transpose back to channels-first.
-const PACKED_MIN_DEPTH: usize = 64;
+/// The algorithm `auto` takes for a convolution of this shape, a fixed rule from the
+/// measurements of `benches/conv.rs` (README, Performance): Winograd for 3×3 stride-1 layers with
+/// at least 32 input and 32 output channels per group (1.3–1.5× direct on ResNet-18's, even at
+/// 7×7 with 8 images; with 16 channels the transforms cost more than the products they save,
+/// 0.6–0.7× on the small CNN's 16→32 layer); im2col for 1×1 kernels, where the patch matrix is
+/// the image (or its stride-2 subsample) and several images side by side fill the vectors (up to
+/// 1.2× direct); direct otherwise (2× im2col on ResNet's 7×7 stride-2 stem).
+fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
+    let fg = op.filters / op.groups;
+    let cg = shape.cg();
+    match op.algorithm {
+        AlgorithmChoice::Direct => Algorithm::Direct,
+        AlgorithmChoice::Gemm => Algorithm::Gemm,
+        AlgorithmChoice::Winograd => Algorithm::Winograd,
+        AlgorithmChoice::Auto => {
+            if op.winograd_fits() && cg >= 32 && fg >= 32 {
+                Algorithm::Winograd
+            } else if op.kernel == [1, 1] {
+                Algorithm::Gemm
+            } else {
+                Algorithm::Direct
+            }
+        }
+    }
+}
 
+/// The Winograd tile `winograd` and `auto` use. F(2×2, 3×3): its error is at or below direct
+/// convolution's (its sums run over channels, not channels × 9 taps), where F(4×4, 3×3)'s is 8×
+/// larger (5–9·10⁻⁶ of the largest output per ResNet-18 layer; tests/conv_kernels.rs), enough to
+/// spend the 10⁻⁴ a 16-layer network may drift; and F(4×4)'s speed gain was inconsistent, from
+/// +20% on 7×7 maps at batch 8 to 2.5× slower there at batch 1 (README, Performance).
+const WINOGRAD_TILE: TileSize = TileSize::F2;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Algorithm {
+    Direct,
+    Gemm,
+    Winograd,
+}
+
+/// The fast kernel: the chosen algorithm with its packed filters.
 #[derive(Debug)]
 struct Conv2d {
     g: ConvGeometry,
-    weights: ConvWeights,
+    kernel: ConvKernel,
     /// One per filter; zeros for `bias: false`, so every path starts its sums the same way.
     bias: Vec<f32>,
+    /// ReLU happens as the kernel writes; other activations after.
+    relu_fused: bool,
 }
 
 #[derive(Debug)]
-enum ConvWeights {
-    /// Stride 1 on AVX2: direct convolution from a padded copy of the image, no im2col.
-    Direct(Vec<f32>),
-    /// Each group's `[F/g, K]` slice, packed for the dense kernel, which reads im2col in place.
-    Packed(Vec<DenseWeights>),
-    /// `[filters, channels/groups, kh, kw]` as loaded: each group's rows are one `[F/g, K]` matrix.
-    Plain(Vec<f32>),
+enum ConvKernel {
+    /// One image at a time from its padded, phase-split copy; filters packed per group.
+    Direct(DirectConv, Vec<PackedFilters>),
+    /// Several images' patch matrix at a time; filters packed per group.
+    Gemm(Im2col, Vec<PackedFilters>),
+    /// F(2×2, 3×3) tiles; the transformed filters live inside.
+    Winograd(Winograd),
 }
 
 impl Conv2d {
-    fn new(g: ConvGeometry, weight: Vec<f32>, bias: Vec<f32>) -> Self {
-        let (fg, k, _) = g.dims();
-        let weights = if g.op.stride == [1, 1] && isa() == Isa::Avx2Fma {
-            ConvWeights::Direct(weight)
-        } else if k >= PACKED_MIN_DEPTH {
-            ConvWeights::Packed(
-                weight
-                    .chunks_exact(fg * k)
-                    .map(|wg| DenseWeights::new(wg.to_vec(), fg, k))
-                    .collect(),
-            )
-        } else {
-            ConvWeights::Plain(weight)
+    fn new(g: ConvGeometry, weight: Vec<f32>, bias: Vec<f32>, isa: Isa) -> Self {
+        let c = &g.op;
+        let shape = ConvShape {
+            input: g.input,
+            groups: c.groups,
+            kernel: c.kernel,
+            stride: c.stride,
+            padding: c.padding,
+            dilation: c.dilation,
         };
-        Conv2d { g, weights, bias }
-    }
-
-    /// Fill `cols` (`[Cg·kh·kw, oh·ow]`) with the patches of group `group` of one image.
-    fn im2col(&self, image: &[f32], group: usize, cols: &mut [f32]) {
-        let [ch, h, w] = self.g.input;
-        let [_, oh, ow] = self.g.output;
-        let c = &self.g.op;
-        let cg = ch / c.groups;
-        let [kh, kw] = c.kernel;
-        let [sh, sw] = c.stride;
-        let [ph, pw] = c.padding;
-        let [dh, dw] = c.dilation;
-        let mut row = 0;
-        for ci in group * cg..(group + 1) * cg {
-            let plane = &image[ci * h * w..(ci + 1) * h * w];
-            for ki in 0..kh {
-                for kj in 0..kw {
-                    let dst = &mut cols[row * oh * ow..(row + 1) * oh * ow];
-                    for oy in 0..oh {
-                        let y = (oy * sh + ki * dh) as isize - ph as isize;
-                        let line = &mut dst[oy * ow..(oy + 1) * ow];
-                        if y < 0 || y >= h as isize {
-                            line.fill(0.0);
-                            continue;
-                        }
-                        let src = &plane[y as usize * w..(y as usize + 1) * w];
-                        let x0 = (kj * dw) as isize - pw as isize;
-                        if sw == 1 {
-                            // Output columns whose input column is inside the image: one copy;
-                            // the padding either side is zeros.
-                            let lo = (-x0).clamp(0, ow as isize) as usize;
-                            let hi = (w as isize - x0).clamp(lo as isize, ow as isize) as usize;
-                            line[..lo].fill(0.0);
-                            line[lo..hi].copy_from_slice(
-                                &src[(lo as isize + x0) as usize..(hi as isize + x0) as usize],
-                            );
-                            line[hi..].fill(0.0);
-                            continue;
-                        }
-                        for (ox, v) in line.iter_mut().enumerate() {
-                            let x = x0 + (ox * sw) as isize;
-                            *v = if x >= 0 && x < w as isize {
-                                src[x as usize]
-                            } else {
-                                0.0
-                            };
-                        }
-                    }
-                    row += 1;
-                }
-            }
+        let (fg, k, _) = g.dims();
+        let pack = || -> Vec<PackedFilters> {
+            weight
+                .chunks_exact(fg * k)
+                .map(|wg| PackedFilters::new(wg, fg, k, isa))
+                .collect()
+        };
+        let checked = "conv2d geometry checked when the plan was built";
+        let kernel = match choose(c, &shape) {
+            Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
+            Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
+            Algorithm::Winograd => ConvKernel::Winograd(
+                Winograd::new(shape, c.filters, &weight, WINOGRAD_TILE, isa).expect(checked),
+            ),
+        };
+        Conv2d {
+            g,
+            kernel,
+            bias,
+            relu_fused: c.activation == Activation::Relu,
         }
     }
 }
@@ -381,116 +433,70 @@ impl Layer for Conv2d {
         let n = inputs[0].shape()[0];
         let [ch, h, w] = self.g.input;
         let [f, oh, ow] = self.g.output;
-        let c = &self.g.op;
-        let (fg, k, spatial) = self.g.dims();
         let (slot_a, slot_b) = scratch.slots(self.scratch(n));
-        let images = x.chunks_exact(ch * h * w);
-        let mut out = match &self.weights {
-            ConvWeights::Direct(weight) => {
-                // Written once by the kernel: bias, sum and (for relu) the activation fused.
-                let mut out = vec![0.0f32; n * f * spatial];
-                let relu = c.activation == Activation::Relu;
-                let geometry = direct_conv::Geometry {
-                    cg: ch / c.groups,
-                    kernel: c.kernel,
-                    dilation: c.dilation,
-                    out: [oh, ow],
-                };
-                for (image, record) in images.zip(out.chunks_exact_mut(f * spatial)) {
-                    let padded = direct_conv::pad(image, self.g.input, c.padding, slot_a);
-                    for g in 0..c.groups {
-                        direct_conv::conv_group(
-                            geometry,
-                            &padded,
-                            g * geometry.cg,
-                            &weight[g * fg * k..(g + 1) * fg * k],
-                            &self.bias[g * fg..(g + 1) * fg],
-                            relu,
-                            &mut record[g * fg * spatial..(g + 1) * fg * spatial],
-                        );
-                    }
+        // Every output value is written by the kernel exactly once (bias, sum and a fused ReLU).
+        let mut out = vec![0.0f32; n * f * oh * ow];
+        let relu = self.relu_fused;
+        match &self.kernel {
+            ConvKernel::Direct(direct, filters) => {
+                for (image, record) in x
+                    .chunks_exact(ch * h * w)
+                    .zip(out.chunks_exact_mut(f * oh * ow))
+                {
+                    direct.run(image, filters, &self.bias, relu, slot_a, record);
                 }
-                out
             }
-            ConvWeights::Plain(weight) => {
-                // Start from the bias (the GEMM accumulates onto it), written once.
-                let mut out = Vec::with_capacity(n * f * spatial);
-                for _ in 0..n {
-                    for b in &self.bias {
-                        out.extend(std::iter::repeat_n(*b, spatial));
-                    }
-                }
-                for (image, record) in images.zip(out.chunks_exact_mut(f * spatial)) {
-                    for g in 0..c.groups {
-                        self.im2col(image, g, slot_a);
-                        let wg = &weight[g * fg * k..(g + 1) * fg * k];
-                        let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
-                        matmul_acc(fg, spatial, k, wg, slot_a, false, og);
-                    }
-                }
-                out
+            ConvKernel::Gemm(im2col, filters) => {
+                im2col.run(&x, filters, &self.bias, relu, slot_a, &mut out);
             }
-            ConvWeights::Packed(weights) => {
-                let mut out = vec![0.0f32; n * f * spatial];
-                for (image, record) in images.zip(out.chunks_exact_mut(f * spatial)) {
-                    for (g, wg) in weights.iter().enumerate() {
-                        self.im2col(image, g, slot_a);
-                        // product[pixel][filter] = bias + Σ cols[·][pixel] · W[filter][·]: the
-                        // dense kernel reads the im2col matrix in place, transposed.
-                        let product = &mut *slot_b;
-                        for row in product.chunks_exact_mut(fg) {
-                            row.copy_from_slice(&self.bias[g * fg..(g + 1) * fg]);
-                        }
-                        wg.matmul_acc_strided(
-                            spatial,
-                            slot_a,
-                            XLayout {
-                                row: 1,
-                                depth: spatial,
-                            },
-                            product,
-                            fg,
-                        );
-                        // Back to channels-first.
-                        let og = &mut record[g * fg * spatial..(g + 1) * fg * spatial];
-                        for (pixel, row) in product.chunks_exact(fg).enumerate() {
-                            for (filter, v) in row.iter().enumerate() {
-                                og[filter * spatial + pixel] = *v;
-                            }
-                        }
-                    }
-                }
-                out
+            ConvKernel::Winograd(wino) => {
+                wino.run(&x, &self.bias, relu, slot_a, slot_b, &mut out);
             }
-        };
-        let fused =
-            matches!(self.weights, ConvWeights::Direct(_)) && c.activation == Activation::Relu;
-        if !fused {
+        }
+        if !self.relu_fused {
             // Activations here are elementwise; softmax would act over the last (width) axis.
-            apply_activation(c.activation, &mut out, ow);
+            apply_activation(self.g.op.activation, &mut out, ow);
         }
         tensor(batched(n, &self.g.output), out)
     }
 
-    fn scratch(&self, _rows: usize) -> ScratchNeed {
-        let (fg, k, spatial) = self.g.dims();
-        match self.weights {
-            ConvWeights::Direct(_) => [
-                direct_conv::padded_len(self.g.input, self.g.op.padding)
-                    .expect("checked when the plan was built"),
+    fn scratch(&self, rows: usize) -> ScratchNeed {
+        let checked = "conv2d scratch sizes checked when the kernel was built";
+        match &self.kernel {
+            ConvKernel::Direct(direct, _) => [direct.buffer_len(), 0],
+            ConvKernel::Gemm(im2col, _) => [
+                im2col
+                    .buffer_len(im2col.images().min(rows.max(1)))
+                    .expect(checked),
                 0,
             ],
-            ConvWeights::Plain(_) => [k * spatial, 0],
-            ConvWeights::Packed(_) => [k * spatial, spatial * fg],
+            ConvKernel::Winograd(wino) => wino.scratch(rows.max(1)).expect(checked),
         }
     }
 
     fn param_bytes(&self) -> u64 {
-        let weights = match &self.weights {
-            ConvWeights::Direct(w) | ConvWeights::Plain(w) => w.len() as u64 * 4,
-            ConvWeights::Packed(ws) => ws.iter().map(DenseWeights::bytes).sum(),
+        let weights = match &self.kernel {
+            ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => {
+                fs.iter().map(PackedFilters::bytes).sum()
+            }
+            ConvKernel::Winograd(wino) => wino.bytes(),
         };
         weights + self.bias.len() as u64 * 4
+    }
+
+    fn describe(&self) -> Option<String> {
+        let isa = match &self.kernel {
+            ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => fs[0].isa(),
+            ConvKernel::Winograd(wino) => wino.isa(),
+        };
+        let algorithm = match &self.kernel {
+            ConvKernel::Direct(..) => "direct".to_string(),
+            ConvKernel::Gemm(im2col, _) => {
+                format!("gemm (im2col, {} images a pass)", im2col.images())
+            }
+            ConvKernel::Winograd(wino) => format!("winograd {}", wino.tile().name()),
+        };
+        Some(format!("{algorithm}, {}", isa.name()))
     }
 }
 

@@ -79,7 +79,7 @@ impl Op for LayerNormOp {
 /// CPU has.
 fn normalize(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa() == crate::kernels::Isa::Avx2Fma {
+    if crate::kernels::isa().has_avx2_fma() {
         // SAFETY: `isa()` reports AVX2+FMA only when the CPU has both.
         unsafe { normalize_avx2(data, weight, bias, eps) };
         return;

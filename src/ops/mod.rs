@@ -429,6 +429,11 @@ pub trait Layer: Send + Sync + Debug {
     fn param_bytes(&self) -> u64 {
         0
     }
+    /// Which algorithm and instruction set the kernel runs, for layers that choose among
+    /// several (`validate` prints it); `None` for the others.
+    fn describe(&self) -> Option<String> {
+        None
+    }
 }
 
 /// [`Op::rows`] for ops that act row by row: the output has the rows of the inputs, which must
@@ -462,6 +467,27 @@ pub fn markdown_table() -> String {
             attrs.join(", "),
             f.doc()
         ));
+    }
+    out
+}
+
+/// The kernel each layer runs, for the layers that choose among several (convolutions: the
+/// algorithm and instruction set): what `validate` prints after the plan. Empty if no layer
+/// chooses.
+pub fn kernel_table<'a>(layers: impl IntoIterator<Item = (&'a str, &'a dyn Layer)>) -> String {
+    let rows: Vec<(&str, String)> = layers
+        .into_iter()
+        .filter_map(|(name, layer)| Some((name, layer.describe()?)))
+        .collect();
+    let Some(width) = rows.iter().map(|(n, _)| n.len()).max() else {
+        return String::new();
+    };
+    let mut out = format!(
+        "\nkernels (instruction set {}; `SUBPASS_KERNELS=avx2` or `portable` caps it, `algorithm:` on a layer forces one):\n",
+        crate::kernels::isa().name()
+    );
+    for (name, kernel) in rows {
+        out.push_str(&format!("  {name:width$}  {kernel}\n"));
     }
     out
 }

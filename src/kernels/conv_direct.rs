@@ -1,0 +1,369 @@
+//! Direct convolution: the image, zero-padded and split by stride phase, read in place by the
+//! [`super::conv_block`] kernel. No patch matrix is built.
+//!
+//! A stride-`s` convolution reads, for output column `ox` and tap column `kj`, padded column
+//! `ox·s + kj·d`. Split the padded image into `s × s` phase planes (plane `(py, px)` holding the
+//! padded rows `≡ py` and columns `≡ px` mod `s`) and that column is `ox + (kj·d)/s` of plane
+//! `(kj·d) mod s`: consecutive outputs read consecutive floats, so stride 2 costs no more per
+//! FLOP than stride 1 and reads no column it does not use. Only the phases some tap reads are
+//! kept (a 1×1 stride-2 convolution keeps one quarter of the image).
+//!
+//! The kernel's pixels are the positions of a phase plane's rows, `cols` wide: position
+//! `oy·cols + ox` reads every tap at one fixed offset from there. Positions with `ox ≥ out_w`
+//! (at most `(kw-1)·d/s` a row) are computed and never written.
+
+use super::conv_block::{self, Epilogue, Grid, GridShape, PackedFilters, Taps};
+use super::span;
+
+/// Padded images split into stride phases: for each channel, one plane per phase used, each
+/// plane holding `images` images' `rows × cols` one below the other, zeros where the padding
+/// (or the planes' extra size) is.
+#[derive(Debug, Clone)]
+pub struct PhaseLayout {
+    /// `[channels, height, width]` of one image.
+    input: [usize; 3],
+    padding: [usize; 2],
+    stride: [usize; 2],
+    /// Phase `(py, px)` → its plane's index among the kept ones.
+    slot_of: Vec<Option<usize>>,
+    /// The kept phases, in plane order.
+    phases: Vec<[usize; 2]>,
+    images: usize,
+    rows: usize,
+    cols: usize,
+    /// Floats per plane: images × rows × cols.
+    plane_len: usize,
+    /// Floats per channel: kept phases × plane.
+    channel_stride: usize,
+}
+
+impl PhaseLayout {
+    /// The layout of `images` images of `input` (`[c, h, w]`) padded by `padding` and split
+    /// by `stride`, keeping the phases in `keep`, with each image's planes at least
+    /// `min_rows × min_cols` (never smaller than the padded image needs). `None` if a size
+    /// overflows `usize` or a phase is out of range.
+    pub fn new(
+        input: [usize; 3],
+        padding: [usize; 2],
+        stride: [usize; 2],
+        keep: &[[usize; 2]],
+        [min_rows, min_cols]: [usize; 2],
+        images: usize,
+    ) -> Option<PhaseLayout> {
+        let [c, h, w] = input;
+        let [sh, sw] = stride;
+        if sh == 0 || sw == 0 {
+            return None;
+        }
+        let rows = span(2, padding[0], h)?.div_ceil(sh).max(min_rows);
+        let cols = span(2, padding[1], w)?.div_ceil(sw).max(min_cols);
+        let mut slot_of = vec![None; sh.checked_mul(sw)?];
+        let mut phases = Vec::new();
+        for &[py, px] in keep {
+            if py >= sh || px >= sw {
+                return None;
+            }
+            if slot_of[py * sw + px].is_none() {
+                slot_of[py * sw + px] = Some(phases.len());
+                phases.push([py, px]);
+            }
+        }
+        let plane_len = images.checked_mul(rows)?.checked_mul(cols)?;
+        let channel_stride = phases.len().checked_mul(plane_len)?;
+        c.checked_mul(channel_stride)?;
+        Some(PhaseLayout {
+            input,
+            padding,
+            stride,
+            slot_of,
+            phases,
+            images,
+            rows,
+            cols,
+            plane_len,
+            channel_stride,
+        })
+    }
+
+    /// Rows and columns of each image's part of a phase plane.
+    pub fn plane(&self) -> [usize; 2] {
+        [self.rows, self.cols]
+    }
+
+    /// Floats between one channel's planes and the next's.
+    pub fn channel_stride(&self) -> usize {
+        self.channel_stride
+    }
+
+    /// Where padded row `r`, column `c` of image 0 of a channel lives, if its phase is kept and
+    /// it falls inside the plane: `slot·plane + (r/s)·cols + c/s`.
+    pub fn offset(&self, r: usize, c: usize) -> Option<usize> {
+        let [sh, sw] = self.stride;
+        let slot = self.slot_of[(r % sh) * sw + c % sw]?;
+        let (pr, pc) = (r / sh, c / sw);
+        (pr < self.rows && pc < self.cols).then(|| slot * self.plane_len + pr * self.cols + pc)
+    }
+
+    /// Floats of every image's planes (without any margin a kernel needs past them).
+    pub fn len(&self) -> usize {
+        self.input[0] * self.channel_stride
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Write `images` (`[n, c, h, w]`, n ≤ the layout's images) into `buf` in this layout:
+    /// every float of `buf` is written once, pixels where their phase plane has them, zeros
+    /// everywhere else (padding, planes of absent images, and `buf` past the planes, a
+    /// kernel's margin). Panics if `images` is not n whole images or `buf` is shorter than the
+    /// planes.
+    pub fn fill(&self, images: &[f32], buf: &mut [f32]) {
+        let [c, h, w] = self.input;
+        let image_len = c * h * w;
+        assert!(
+            image_len > 0
+                && images.len().is_multiple_of(image_len)
+                && images.len() / image_len <= self.images
+                && buf.len() >= self.len(),
+            "phase layout: {} floats for images of {:?} (at most {}), buffer of {} for {}",
+            images.len(),
+            self.input,
+            self.images,
+            buf.len(),
+            self.len()
+        );
+        let given = images.len() / image_len;
+        let [sh, _] = self.stride;
+        let ph = self.padding[0];
+        let (planes, margin) = buf.split_at_mut(self.len());
+        margin.fill(0.0);
+        for (ci, channel) in planes.chunks_exact_mut(self.channel_stride).enumerate() {
+            for (&[py, px], plane) in self
+                .phases
+                .iter()
+                .zip(channel.chunks_exact_mut(self.plane_len))
+            {
+                for (n, image_rows) in plane.chunks_exact_mut(self.rows * self.cols).enumerate() {
+                    if n >= given {
+                        image_rows.fill(0.0);
+                        continue;
+                    }
+                    let src = &images[(n * c + ci) * h * w..][..h * w];
+                    for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
+                        match (pr * sh + py).checked_sub(ph).filter(|y| *y < h) {
+                            Some(y) => self.fill_row(&src[y * w..][..w], dst, px),
+                            None => dst.fill(0.0),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// One plane row of column phase `px`: `dst[j]` is padded column `j·s + px` of `src`'s row.
+    fn fill_row(&self, src: &[f32], dst: &mut [f32], px: usize) {
+        let (sw, pw) = (self.stride[1], self.padding[1]);
+        // Plane columns lo..hi fall inside the image; those around are padding.
+        let lo = pw.saturating_sub(px).div_ceil(sw).min(dst.len());
+        let hi = (src.len() + pw)
+            .saturating_sub(px)
+            .div_ceil(sw)
+            .clamp(lo, dst.len());
+        dst[..lo].fill(0.0);
+        dst[hi..].fill(0.0);
+        if hi > lo {
+            let x0 = lo * sw + px - pw;
+            let dst = &mut dst[lo..hi];
+            match sw {
+                1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
+                2 => strided::<2>(&src[x0..], dst),
+                4 => strided::<4>(&src[x0..], dst),
+                _ => {
+                    for (d, s) in dst.iter_mut().zip(src[x0..].iter().step_by(sw)) {
+                        *d = *s;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `dst[j] = src[j·S]`, in groups of `S` the compiler can turn into shuffles.
+#[inline]
+fn strided<const S: usize>(src: &[f32], dst: &mut [f32]) {
+    let whole = (src.len() / S).min(dst.len());
+    let (head, tail) = dst.split_at_mut(whole);
+    for (d, group) in head.iter_mut().zip(src.chunks_exact(S)) {
+        *d = group[0];
+    }
+    for (j, d) in tail.iter_mut().enumerate() {
+        *d = src[(whole + j) * S];
+    }
+}
+
+/// A direct convolution of one geometry: the phase layout, the taps into it and the grid of
+/// output pixels. Built once per layer.
+#[derive(Debug, Clone)]
+pub struct DirectConv {
+    layout: PhaseLayout,
+    /// Input channels per group.
+    cg: usize,
+    groups: usize,
+    out: [usize; 2],
+    taps: Taps,
+    grid: Grid,
+    buffer_len: usize,
+}
+
+/// A convolution's geometry, as PyTorch defines it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConvShape {
+    /// `[channels, height, width]` of one image.
+    pub input: [usize; 3],
+    pub groups: usize,
+    pub kernel: [usize; 2],
+    pub stride: [usize; 2],
+    pub padding: [usize; 2],
+    pub dilation: [usize; 2],
+}
+
+impl ConvShape {
+    /// `[out_h, out_w]`, or `None` if the kernel is larger than the padded input or a size
+    /// overflows.
+    pub fn out(&self) -> Option<[usize; 2]> {
+        let one = |i: usize| -> Option<usize> {
+            let reach = self.dilation[i].checked_mul(self.kernel[i].checked_sub(1)?)? + 1;
+            let padded = span(2, self.padding[i], self.input[i + 1])?;
+            (padded >= reach && self.stride[i] > 0).then(|| (padded - reach) / self.stride[i] + 1)
+        };
+        Some([one(0)?, one(1)?])
+    }
+
+    /// Input channels per group.
+    pub fn cg(&self) -> usize {
+        self.input[0] / self.groups.max(1)
+    }
+
+    /// Taps per filter: `cg · kh · kw`.
+    pub fn taps(&self) -> usize {
+        self.cg() * self.kernel[0] * self.kernel[1]
+    }
+}
+
+impl DirectConv {
+    /// `None` if the geometry is inconsistent (channels not divisible by groups, an empty
+    /// kernel or output) or a size overflows `usize`.
+    pub fn new(shape: ConvShape) -> Option<DirectConv> {
+        let [c, _, _] = shape.input;
+        let [kh, kw] = shape.kernel;
+        let [sh, sw] = shape.stride;
+        let [dh, dw] = shape.dilation;
+        if shape.groups == 0 || !c.is_multiple_of(shape.groups) || kh == 0 || kw == 0 {
+            return None;
+        }
+        let cg = c / shape.groups;
+        let [oh, ow] = shape.out()?;
+        if cg == 0 || oh == 0 || ow == 0 {
+            return None;
+        }
+        let mut keep = Vec::new();
+        for ki in 0..kh {
+            for kj in 0..kw {
+                keep.push([ki.checked_mul(dh)? % sh, kj.checked_mul(dw)? % sw]);
+            }
+        }
+        let layout = PhaseLayout::new(shape.input, shape.padding, shape.stride, &keep, [0, 0], 1)?;
+        let cols = layout.cols;
+        let mut offsets = Vec::with_capacity(kh * kw);
+        for ki in 0..kh {
+            for kj in 0..kw {
+                // Tap (ki, kj) of output (0, 0) reads padded (ki·dh, kj·dw); output (oy, ox)
+                // reads oy·cols + ox further on in the same plane.
+                offsets.push(layout.offset(ki * dh, kj * dw)?);
+            }
+        }
+        let taps = Taps::new(cg, layout.channel_stride, offsets);
+        let len = span(oh - 1, cols, ow)?;
+        let grid = Grid::new(GridShape {
+            len,
+            width: cols,
+            cols: ow,
+            rows: oh,
+            valid_rows: oh,
+            row_stride: ow,
+            image_stride: 0,
+        });
+        // The last group's source starts (c - cg) channels in and reads its taps' reach past
+        // the last grid vector.
+        let buffer_len =
+            span(c - cg, layout.channel_stride, taps.source_len(len)?)?.max(layout.len());
+        Some(DirectConv {
+            layout,
+            cg,
+            groups: shape.groups,
+            out: [oh, ow],
+            taps,
+            grid,
+            buffer_len,
+        })
+    }
+
+    /// Floats of scratch one image needs.
+    pub fn buffer_len(&self) -> usize {
+        self.buffer_len
+    }
+
+    /// Taps per filter.
+    pub fn taps(&self) -> usize {
+        self.taps.count()
+    }
+
+    /// Grid positions computed per image per filter (real outputs and the padding columns).
+    pub fn positions(&self) -> usize {
+        self.grid.len()
+    }
+
+    /// `out = act(bias + conv(image))` for one image: `image` is `[c, h, w]`, `filters` one
+    /// per group (each `[F/groups, cg·kh·kw]`), `bias` one per filter, `out` `[F, oh, ow]`;
+    /// `buf` is scratch of at least [`DirectConv::buffer_len`]. Panics if a size disagrees.
+    pub fn run(
+        &self,
+        image: &[f32],
+        filters: &[PackedFilters],
+        bias: &[f32],
+        relu: bool,
+        buf: &mut [f32],
+        out: &mut [f32],
+    ) {
+        assert!(
+            filters.len() == self.groups && buf.len() >= self.buffer_len,
+            "direct conv: {} filter groups for {}, scratch of {} for {}",
+            filters.len(),
+            self.groups,
+            buf.len(),
+            self.buffer_len
+        );
+        let buf = &mut buf[..self.buffer_len];
+        self.layout.fill(image, buf);
+        let plane = self.out[0] * self.out[1];
+        let mut f0 = 0;
+        for (g, fg) in filters.iter().enumerate() {
+            let n = fg.filters();
+            let src = &buf[g * self.cg * self.layout.channel_stride..];
+            conv_block::run(
+                fg,
+                &self.taps,
+                src,
+                &self.grid,
+                Epilogue {
+                    bias: &bias[f0..f0 + n],
+                    relu,
+                },
+                &mut out[f0 * plane..(f0 + n) * plane],
+                plane,
+            );
+            f0 += n;
+        }
+    }
+}
