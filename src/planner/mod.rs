@@ -198,7 +198,10 @@ fn measure(plan: &Plan, stages: Vec<StageConfig>, predicted: f64) -> Option<f64>
     let len = candidate.input_len() * candidate.batch.size;
     let mut next = crate::weights::seeded_stream(5, "plan-check");
     let inputs = vec![(0..len).map(|_| next()).collect::<Vec<f32>>()];
-    let records = ((predicted * CHECK_SECONDS) as usize).clamp(candidate.batch.size, 1 << 22);
+    // Sized from the prediction, but at least 4 chunks and at most 64, so that a prediction far
+    // off (tiny models, whose hand-offs the model underrates) cannot make the check run long.
+    let batch = candidate.batch.size;
+    let records = ((predicted * CHECK_SECONDS) as usize).clamp(4 * batch, 64 * batch);
     // Warm: a tenth of the run, not counted.
     crate::runtime::run_bench_pipeline(
         candidate.clone(),
