@@ -114,6 +114,17 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         let replicas: Vec<usize> = plan.stages.iter().map(|s| s.replicas).collect();
         predict_stages(&costs, &replicas, &machine)
     });
+    let as_written = || -> Vec<PlannedStage> {
+        plan.stages
+            .iter()
+            .map(|s| PlannedStage {
+                name: s.name.clone(),
+                layers: s.layers.iter().map(|&l| names[l].clone()).collect(),
+                replicas: s.replicas,
+                seconds_per_record: stage_cost(&s.layers),
+            })
+            .collect()
+    };
     let mut kept = false;
     if let Some(w) = &written {
         if w.seconds_per_record <= best.seconds_per_record * (1.0 + TIE)
@@ -121,16 +132,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         {
             kept = true;
             best = w.clone();
-            stages = plan
-                .stages
-                .iter()
-                .map(|s| PlannedStage {
-                    name: s.name.clone(),
-                    layers: s.layers.iter().map(|&l| names[l].clone()).collect(),
-                    replicas: s.replicas,
-                    seconds_per_record: stage_cost(&s.layers),
-                })
-                .collect();
+            stages = as_written();
         }
     }
     // When the model prefers its own stages to the file's, a short run of each, fed from memory,
@@ -150,16 +152,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
             if theirs > ours {
                 kept = true;
                 best = w.clone();
-                stages = plan
-                    .stages
-                    .iter()
-                    .map(|s| PlannedStage {
-                        name: s.name.clone(),
-                        layers: s.layers.iter().map(|&l| names[l].clone()).collect(),
-                        replicas: s.replicas,
-                        seconds_per_record: stage_cost(&s.layers),
-                    })
-                    .collect();
+                stages = as_written();
             }
         }
     }
