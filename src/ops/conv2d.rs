@@ -439,9 +439,10 @@ impl Layer for Conv2d {
         };
         let algorithm = match &self.kernel {
             ConvKernel::Direct(..) => "direct".to_string(),
-            ConvKernel::Gemm(im2col, _) => {
-                format!("gemm (im2col, {} images a pass)", im2col.images())
-            }
+            ConvKernel::Gemm(im2col, _) => match im2col.images() {
+                1 => "gemm (im2col, 1 image a pass)".to_string(),
+                n => format!("gemm (im2col, {n} images a pass)"),
+            },
             ConvKernel::Winograd(wino) => format!("winograd {}", wino.tile().name()),
         };
         Some(format!("{algorithm}, {}", isa.name()))
