@@ -373,8 +373,7 @@ fn winograd_fits(case: &Case) -> bool {
 
 /// The op as a pipeline file configures it (`algorithm:` each value, fused ReLU or an activation
 /// applied after, several groups) on the kernels this process runs (`SUBPASS_KERNELS` caps
-/// them): every algorithm within the summation bound (Winograd F(2×2), which the op uses, is
-/// held to it too).
+/// them): every algorithm within its bound.
 #[test]
 fn conv2d_op_is_within_the_bound_with_every_algorithm() {
     let mut cases = general_cases();
@@ -428,7 +427,8 @@ fn validate_shows_each_convolutions_algorithm() {
          - {name: down, op: conv2d, filters: 128, kernel: 1, stride: 2}\n\
          - {name: forced_direct, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: direct}\n\
          - {name: forced_gemm, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: gemm}\n\
-         - {name: forced_winograd, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd}\n",
+         - {name: forced_winograd, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd}\n\
+         - {name: forced_f4, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd_f4}\n",
     )
     .unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_subpass"))
@@ -453,6 +453,7 @@ fn validate_shows_each_convolutions_algorithm() {
         ("forced_direct", "direct, "),
         ("forced_gemm", "gemm (im2col"),
         ("forced_winograd", "winograd F(2x2,3x3), "),
+        ("forced_f4", "winograd F(4x4,3x3), "),
     ] {
         let line = kernels
             .lines()

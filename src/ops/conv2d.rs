@@ -3,10 +3,10 @@
 //! Three algorithms, all on the register-blocked kernel of [`crate::kernels::conv_block`] with
 //! filters packed at load for the instruction set this CPU runs (AVX-512, AVX2+FMA or portable):
 //! `direct` reads a padded, stride-phase-split copy of the image in place; `gemm` builds an im2col
-//! matrix over several images (no padding columns: best on small feature maps); `winograd` runs
-//! 3×3 stride-1 convolutions as F(2×2, 3×3) tiles, 2.25× fewer multiplications. `algorithm: auto`
-//! picks per layer from the shape (see [`choose`]); `validate` prints the choice. Bias and ReLU
-//! are applied as the output is written.
+//! matrix over several images (no padding columns); `winograd` runs 3×3 stride-1 convolutions as
+//! F(2×2, 3×3) tiles, 2.25× fewer multiplications (`winograd_f4`: F(4×4, 3×3), 4× fewer, more
+//! rounding error). `algorithm: auto` picks per layer from the shape (see [`choose`]); `validate`
+//! prints the choice. Bias and ReLU are applied as the output is written.
 
 use std::sync::Arc;
 
@@ -92,7 +92,11 @@ impl OpFamily for Conv2dFamily {
             activation: a.activation("activation"),
             algorithm: AlgorithmChoice::from_name(a.choice("algorithm")),
         };
-        if c.algorithm == AlgorithmChoice::Winograd && !c.winograd_fits() {
+        let winograd = matches!(
+            c.algorithm,
+            AlgorithmChoice::Winograd | AlgorithmChoice::WinogradF4
+        );
+        if winograd && !c.winograd_fits() {
             return Err(ShapeError::at(
                 "algorithm",
                 format!(
@@ -133,17 +137,21 @@ enum AlgorithmChoice {
     Auto,
     Direct,
     Gemm,
+    /// F(2×2, 3×3).
     Winograd,
+    /// F(4×4, 3×3): faster on most 3×3 layers, 8× the rounding error.
+    WinogradF4,
 }
 
 impl AlgorithmChoice {
-    const NAMES: &'static [&'static str] = &["auto", "direct", "gemm", "winograd"];
+    const NAMES: &'static [&'static str] = &["auto", "direct", "gemm", "winograd", "winograd_f4"];
 
     fn from_name(name: &str) -> AlgorithmChoice {
         match name {
             "direct" => AlgorithmChoice::Direct,
             "gemm" => AlgorithmChoice::Gemm,
             "winograd" => AlgorithmChoice::Winograd,
+            "winograd_f4" => AlgorithmChoice::WinogradF4,
             _ => AlgorithmChoice::Auto,
         }
     }
@@ -292,10 +300,11 @@ fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
     match op.algorithm {
         AlgorithmChoice::Direct => Algorithm::Direct,
         AlgorithmChoice::Gemm => Algorithm::Gemm,
-        AlgorithmChoice::Winograd => Algorithm::Winograd,
+        AlgorithmChoice::Winograd => Algorithm::Winograd(TileSize::F2),
+        AlgorithmChoice::WinogradF4 => Algorithm::Winograd(TileSize::F4),
         AlgorithmChoice::Auto => {
             if op.winograd_fits() && cg >= 32 && fg >= 32 {
-                Algorithm::Winograd
+                Algorithm::Winograd(WINOGRAD_TILE)
             } else if op.kernel == [1, 1] {
                 Algorithm::Gemm
             } else {
@@ -305,18 +314,18 @@ fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
     }
 }
 
-/// The Winograd tile `winograd` and `auto` use. F(2×2, 3×3): its error is at or below direct
-/// convolution's (its sums run over channels, not channels × 9 taps), where F(4×4, 3×3)'s is 8×
-/// larger (5–9·10⁻⁶ of the largest output per ResNet-18 layer; tests/conv_kernels.rs), enough to
-/// spend the 10⁻⁴ a 16-layer network may drift; and F(4×4)'s speed gain was inconsistent, from
-/// +20% on 7×7 maps at batch 8 to 2.5× slower there at batch 1 (README, Performance).
+/// The Winograd tile `auto` uses. F(2×2, 3×3): its error is at or below direct convolution's
+/// (its sums run over channels, not channels × 9 taps), where F(4×4, 3×3)'s is 8× larger
+/// (5–9·10⁻⁶ of the largest output per ResNet-18 layer; tests/conv_kernels.rs), a sizeable share
+/// of the 10⁻⁴ a 16-layer network may drift from PyTorch; F(4×4) is 10–25% faster on ResNet's
+/// 3×3 layers, but 3× slower than F(2×2) on a 7×7 map at batch 1. `winograd_f4` forces it.
 const WINOGRAD_TILE: TileSize = TileSize::F2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
     Direct,
     Gemm,
-    Winograd,
+    Winograd(TileSize),
 }
 
 /// The fast kernel: the chosen algorithm with its packed filters.
@@ -362,8 +371,8 @@ impl Conv2d {
         let kernel = match choose(c, &shape) {
             Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
             Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
-            Algorithm::Winograd => ConvKernel::Winograd(
-                Winograd::new(shape, c.filters, &weight, WINOGRAD_TILE, isa).expect(checked),
+            Algorithm::Winograd(tile) => ConvKernel::Winograd(
+                Winograd::new(shape, c.filters, &weight, tile, isa).expect(checked),
             ),
         };
         Conv2d {
