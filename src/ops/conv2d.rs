@@ -4,9 +4,9 @@
 //! filters packed at load for the instruction set this CPU runs (AVX-512, AVX2+FMA or portable):
 //! `direct` reads a padded, stride-phase-split copy of the image in place; `gemm` builds an im2col
 //! matrix over several images (no padding columns); `winograd` runs 3×3 stride-1 convolutions as
-//! F(2×2, 3×3) tiles, 2.25× fewer multiplications (`winograd_f4`: F(4×4, 3×3), 4× fewer, more
-//! rounding error). `algorithm: auto` picks per layer from the shape (see [`choose`]); `validate`
-//! prints the choice. Bias and ReLU are applied as the output is written.
+//! F(2×2, 3×3) tiles, 2.25× fewer multiplications, and `winograd_f4` as F(4×4, 3×3), 4× fewer
+//! with more rounding error. `algorithm: auto` picks per layer from the shape (see [`choose`]);
+//! `validate` prints the choice. Bias and ReLU are applied as the output is written.
 
 use std::sync::Arc;
 
@@ -288,13 +288,18 @@ impl ConvGeometry {
 }
 
 /// The algorithm `auto` takes for a convolution of this shape, a fixed rule from the
-/// measurements of `benches/conv.rs` (README, Performance): Winograd for 3×3 stride-1 layers with
-/// at least 32 input and 32 output channels per group (1.3–1.5× direct on ResNet-18's, even at
-/// 7×7 with 8 images; with 16 channels the transforms cost more than the products they save,
-/// 0.6–0.7× on the small CNN's 16→32 layer); im2col for 1×1 kernels, where the patch matrix is
-/// the image (or its stride-2 subsample) and several images side by side fill the vectors (up to
-/// 1.2× direct); direct otherwise (2× im2col on ResNet's 7×7 stride-2 stem).
-fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
+/// measurements of `benches/conv.rs` (README, Performance):
+/// - Winograd for 3×3 stride-1 layers with at least 32 input and 32 output channels per group
+///   (1.3–1.6× direct on ResNet-18's; with 16 channels the transforms cost more than the products
+///   they save, 0.6–0.7× on the small CNN's 16→32 layer). F(4×4, 3×3) where an image has at
+///   least 16 of its tiles (maps of 13×13 and up: 10–25% faster than F(2×2) on ResNet's 56², 28²
+///   and 14² layers), F(2×2, 3×3) below (a 7×7 map has 4 F(4×4) tiles, and at batch 1 runs at a
+///   third of F(2×2)'s speed). F(4×4)'s rounding error is 8× F(2×2)'s per layer, but through a
+///   chain of twelve layers it stays within 3× direct convolution's (tests/conv_kernels.rs).
+/// - im2col for 1×1 kernels, where the patch matrix is the image (or its stride-2 subsample) and
+///   several images side by side fill the vectors (up to 1.2× direct).
+/// - direct otherwise (2× im2col on ResNet's 7×7 stride-2 stem).
+fn choose(op: &Conv2dOp, shape: &ConvShape, out: [usize; 2]) -> Algorithm {
     let fg = op.filters / op.groups;
     let cg = shape.cg();
     match op.algorithm {
@@ -304,7 +309,12 @@ fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
         AlgorithmChoice::WinogradF4 => Algorithm::Winograd(TileSize::F4),
         AlgorithmChoice::Auto => {
             if op.winograd_fits() && cg >= 32 && fg >= 32 {
-                Algorithm::Winograd(WINOGRAD_TILE)
+                let f4_tiles = out[0].div_ceil(4) * out[1].div_ceil(4);
+                Algorithm::Winograd(if f4_tiles >= 16 {
+                    TileSize::F4
+                } else {
+                    TileSize::F2
+                })
             } else if op.kernel == [1, 1] {
                 Algorithm::Gemm
             } else {
@@ -313,13 +323,6 @@ fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
         }
     }
 }
-
-/// The Winograd tile `auto` uses. F(2×2, 3×3): its error is at or below direct convolution's
-/// (its sums run over channels, not channels × 9 taps), where F(4×4, 3×3)'s is 8× larger
-/// (5–9·10⁻⁶ of the largest output per ResNet-18 layer; tests/conv_kernels.rs), a sizeable share
-/// of the 10⁻⁴ a 16-layer network may drift from PyTorch; F(4×4) is 10–25% faster on ResNet's
-/// 3×3 layers, but 3× slower than F(2×2) on a 7×7 map at batch 1. `winograd_f4` forces it.
-const WINOGRAD_TILE: TileSize = TileSize::F2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
@@ -368,7 +371,7 @@ impl Conv2d {
                 .collect()
         };
         let checked = "conv2d geometry checked when the plan was built";
-        let kernel = match choose(c, &shape) {
+        let kernel = match choose(c, &shape, [g.output[1], g.output[2]]) {
             Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
             Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
             Algorithm::Winograd(tile) => ConvKernel::Winograd(
