@@ -290,11 +290,11 @@ impl ConvGeometry {
 /// The algorithm `auto` takes for a convolution of this shape, a fixed rule from the
 /// measurements of `benches/conv.rs` (README, Performance):
 /// - Winograd for 3×3 stride-1 layers with at least 32 input and 32 output channels per group
-///   (1.3–1.6× direct on ResNet-18's; with 16 channels the transforms cost more than the products
+///   (1.1–1.8× direct on ResNet-18's; with 16 channels the transforms cost more than the products
 ///   they save, 0.6–0.7× on the small CNN's 16→32 layer). F(4×4, 3×3) where an image has at
-///   least 16 of its tiles (maps of 13×13 and up: 10–25% faster than F(2×2) on ResNet's 56², 28²
-///   and 14² layers), F(2×2, 3×3) below (a 7×7 map has 4 F(4×4) tiles, and at batch 1 runs at a
-///   third of F(2×2)'s speed). F(4×4)'s rounding error is 8× F(2×2)'s per layer, but through a
+///   least 16 of its tiles (maps of 13×13 and up: 0–25% faster than F(2×2) on ResNet's 56², 28²
+///   and 14² layers), F(2×2, 3×3) below (a 7×7 map has 4 F(4×4) tiles, and at batch 1 runs at
+///   0.4× F(2×2)'s speed). F(4×4)'s rounding error is 8× F(2×2)'s per layer, but through a
 ///   chain of twelve layers it stays within 3× direct convolution's (tests/conv_kernels.rs).
 /// - im2col for 1×1 kernels, where the patch matrix is the image (or its stride-2 subsample) and
 ///   several images side by side fill the vectors (up to 1.2× direct).
