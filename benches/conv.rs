@@ -201,6 +201,27 @@ fn bench_shapes(c: &mut Criterion<ThreadCpuTime>, shapes: &[Shape], batches: &[u
     }
 }
 
+/// The FMA peak on 256-bit and 512-bit vectors, measured the same way as the convolutions.
+fn fma_peak(c: &mut Criterion<ThreadCpuTime>) {
+    use subpass::kernels::peak::{burst_flops_per_round, fma_burst};
+    use subpass::kernels::Isa;
+    let mut group = c.benchmark_group("fma_peak");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_millis(1500))
+        .warm_up_time(Duration::from_millis(300));
+    let rounds = 1 << 16;
+    for isa in [Isa::Avx2Fma, Isa::Avx512] {
+        if !isa.available() {
+            eprintln!("fma_peak: this CPU lacks {}, skipped", isa.name());
+            continue;
+        }
+        group.throughput(Throughput::Elements(burst_flops_per_round(isa) * rounds));
+        group.bench_function(isa.name(), |b| b.iter(|| black_box(fma_burst(isa, rounds))));
+    }
+    group.finish();
+}
+
 fn resnet(c: &mut Criterion<ThreadCpuTime>) {
     bench_shapes(c, RESNET, &[1, 8]);
 }
@@ -212,6 +233,6 @@ fn cnn(c: &mut Criterion<ThreadCpuTime>) {
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = resnet, cnn
+    targets = fma_peak, resnet, cnn
 }
 criterion_main!(benches);

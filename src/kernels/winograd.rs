@@ -193,11 +193,6 @@ impl Winograd {
             .sum()
     }
 
-    /// Images per pass.
-    pub fn images(&self) -> usize {
-        self.images
-    }
-
     fn layout(&self, images: usize) -> Option<PhaseLayout> {
         let m = self.tile.m();
         let mut keep = Vec::with_capacity(m * m);

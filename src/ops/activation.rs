@@ -100,7 +100,8 @@ pub fn apply_activation(act: Activation, data: &mut [f32], last_axis: usize) {
 fn gelu(data: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::isa().has_avx2_fma() {
-        // SAFETY: `isa()` reports AVX2+FMA only when the CPU has both.
+        // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when the CPU has
+        // them.
         unsafe { gelu_avx2(data) };
         return;
     }

@@ -205,7 +205,8 @@ fn attend(
 ) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::isa().has_avx2_fma() {
-        // SAFETY: `isa()` reports AVX2+FMA only when the CPU has both.
+        // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when the CPU has
+        // them.
         unsafe { attend_avx2(shape, qkv, context, scores, seqs, records) };
         return;
     }

@@ -3,10 +3,10 @@
 //! Three algorithms, all on the register-blocked kernel of [`crate::kernels::conv_block`] with
 //! filters packed at load for the instruction set this CPU runs (AVX-512, AVX2+FMA or portable):
 //! `direct` reads a padded, stride-phase-split copy of the image in place; `gemm` builds an im2col
-//! matrix over several images (no padding columns: best on small feature maps); `winograd` runs
-//! 3×3 stride-1 convolutions as F(2×2, 3×3) tiles, 2.25× fewer multiplications. `algorithm: auto`
-//! picks per layer from the shape (see [`choose`]); `validate` prints the choice. Bias and ReLU
-//! are applied as the output is written.
+//! matrix over several images (no padding columns); `winograd` runs 3×3 stride-1 convolutions as
+//! F(2×2, 3×3) tiles, 2.25× fewer multiplications, and `winograd_f4` as F(4×4, 3×3), 4× fewer
+//! with more rounding error. `algorithm: auto` picks per layer from the shape (see [`choose`]);
+//! `validate` prints the choice. Bias and ReLU are applied as the output is written.
 
 use std::sync::Arc;
 
@@ -92,7 +92,11 @@ impl OpFamily for Conv2dFamily {
             activation: a.activation("activation"),
             algorithm: AlgorithmChoice::from_name(a.choice("algorithm")),
         };
-        if c.algorithm == AlgorithmChoice::Winograd && !c.winograd_fits() {
+        let winograd = matches!(
+            c.algorithm,
+            AlgorithmChoice::Winograd | AlgorithmChoice::WinogradF4
+        );
+        if winograd && !c.winograd_fits() {
             return Err(ShapeError::at(
                 "algorithm",
                 format!(
@@ -133,17 +137,21 @@ enum AlgorithmChoice {
     Auto,
     Direct,
     Gemm,
+    /// F(2×2, 3×3).
     Winograd,
+    /// F(4×4, 3×3): faster on most 3×3 layers, 8× the rounding error.
+    WinogradF4,
 }
 
 impl AlgorithmChoice {
-    const NAMES: &'static [&'static str] = &["auto", "direct", "gemm", "winograd"];
+    const NAMES: &'static [&'static str] = &["auto", "direct", "gemm", "winograd", "winograd_f4"];
 
     fn from_name(name: &str) -> AlgorithmChoice {
         match name {
             "direct" => AlgorithmChoice::Direct,
             "gemm" => AlgorithmChoice::Gemm,
             "winograd" => AlgorithmChoice::Winograd,
+            "winograd_f4" => AlgorithmChoice::WinogradF4,
             _ => AlgorithmChoice::Auto,
         }
     }
@@ -332,22 +340,33 @@ impl ConvGeometry {
 }
 
 /// The algorithm `auto` takes for a convolution of this shape, a fixed rule from the
-/// measurements of `benches/conv.rs` (README, Performance): Winograd for 3×3 stride-1 layers with
-/// at least 32 input and 32 output channels per group (1.3–1.5× direct on ResNet-18's, even at
-/// 7×7 with 8 images; with 16 channels the transforms cost more than the products they save,
-/// 0.6–0.7× on the small CNN's 16→32 layer); im2col for 1×1 kernels, where the patch matrix is
-/// the image (or its stride-2 subsample) and several images side by side fill the vectors (up to
-/// 1.2× direct); direct otherwise (2× im2col on ResNet's 7×7 stride-2 stem).
-fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
+/// measurements of `benches/conv.rs` (README, Performance):
+/// - Winograd for 3×3 stride-1 layers with at least 32 input and 32 output channels per group
+///   (1.1–1.8× direct on ResNet-18's; with 16 channels the transforms cost more than the products
+///   they save, 0.6–0.7× on the small CNN's 16→32 layer). F(4×4, 3×3) where an image has at
+///   least 16 of its tiles (maps of 13×13 and up: 0–25% faster than F(2×2) on ResNet's 56², 28²
+///   and 14² layers), F(2×2, 3×3) below (a 7×7 map has 4 F(4×4) tiles, and at batch 1 runs at
+///   0.4× F(2×2)'s speed). F(4×4)'s rounding error is 8× F(2×2)'s per layer, but through a
+///   chain of twelve layers it stays within 3× direct convolution's (tests/conv_kernels.rs).
+/// - im2col for 1×1 kernels, where the patch matrix is the image (or its stride-2 subsample) and
+///   several images side by side fill the vectors (up to 1.2× direct).
+/// - direct otherwise (2× im2col on ResNet's 7×7 stride-2 stem).
+fn choose(op: &Conv2dOp, shape: &ConvShape, out: [usize; 2]) -> Algorithm {
     let fg = op.filters / op.groups;
     let cg = shape.cg();
     match op.algorithm {
         AlgorithmChoice::Direct => Algorithm::Direct,
         AlgorithmChoice::Gemm => Algorithm::Gemm,
-        AlgorithmChoice::Winograd => Algorithm::Winograd,
+        AlgorithmChoice::Winograd => Algorithm::Winograd(TileSize::F2),
+        AlgorithmChoice::WinogradF4 => Algorithm::Winograd(TileSize::F4),
         AlgorithmChoice::Auto => {
             if op.winograd_fits() && cg >= 32 && fg >= 32 {
-                Algorithm::Winograd
+                let f4_tiles = out[0].div_ceil(4) * out[1].div_ceil(4);
+                Algorithm::Winograd(if f4_tiles >= 16 {
+                    TileSize::F4
+                } else {
+                    TileSize::F2
+                })
             } else if op.kernel == [1, 1] {
                 Algorithm::Gemm
             } else {
@@ -357,18 +376,11 @@ fn choose(op: &Conv2dOp, shape: &ConvShape) -> Algorithm {
     }
 }
 
-/// The Winograd tile `winograd` and `auto` use. F(2×2, 3×3): its error is at or below direct
-/// convolution's (its sums run over channels, not channels × 9 taps), where F(4×4, 3×3)'s is 8×
-/// larger (5–9·10⁻⁶ of the largest output per ResNet-18 layer; tests/conv_kernels.rs), enough to
-/// spend the 10⁻⁴ a 16-layer network may drift; and F(4×4)'s speed gain was inconsistent, from
-/// +20% on 7×7 maps at batch 8 to 2.5× slower there at batch 1 (README, Performance).
-const WINOGRAD_TILE: TileSize = TileSize::F2;
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Algorithm {
     Direct,
     Gemm,
-    Winograd,
+    Winograd(TileSize),
 }
 
 /// The fast kernel: the chosen algorithm with its packed filters.
@@ -411,11 +423,11 @@ impl Conv2d {
                 .collect()
         };
         let checked = "conv2d geometry checked when the plan was built";
-        let kernel = match choose(c, &shape) {
+        let kernel = match choose(c, &shape, [g.output[1], g.output[2]]) {
             Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
             Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
-            Algorithm::Winograd => ConvKernel::Winograd(
-                Winograd::new(shape, c.filters, &weight, WINOGRAD_TILE, isa).expect(checked),
+            Algorithm::Winograd(tile) => ConvKernel::Winograd(
+                Winograd::new(shape, c.filters, &weight, tile, isa).expect(checked),
             ),
         };
         Conv2d {
@@ -491,9 +503,10 @@ impl Layer for Conv2d {
         };
         let algorithm = match &self.kernel {
             ConvKernel::Direct(..) => "direct".to_string(),
-            ConvKernel::Gemm(im2col, _) => {
-                format!("gemm (im2col, {} images a pass)", im2col.images())
-            }
+            ConvKernel::Gemm(im2col, _) => match im2col.images() {
+                1 => "gemm (im2col, 1 image a pass)".to_string(),
+                n => format!("gemm (im2col, {n} images a pass)"),
+            },
             ConvKernel::Winograd(wino) => format!("winograd {}", wino.tile().name()),
         };
         Some(format!("{algorithm}, {}", isa.name()))

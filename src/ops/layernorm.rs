@@ -80,7 +80,8 @@ impl Op for LayerNormOp {
 fn normalize(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::isa().has_avx2_fma() {
-        // SAFETY: `isa()` reports AVX2+FMA only when the CPU has both.
+        // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when the CPU has
+        // them.
         unsafe { normalize_avx2(data, weight, bias, eps) };
         return;
     }
