@@ -12,7 +12,7 @@
 //! | --- | --- | --- |
 //! | YAML text → parsed, checked values with located errors | [`config::PipelineConfig`] | [`config`] |
 //! | names resolved, shapes inferred, weights loaded | [`graph::Graph`] | [`graph`] |
-//! | plan-time rewrites of the fast graph (batch norms folded into convolutions) | [`graph::fold::Fold`] | [`graph::fold`] |
+//! | plan-time rewrites of the fast graph (batch norms and activations folded into convolutions) | [`graph::fold::Fold`] | [`graph::fold`] |
 //! | stages, routes, the in-flight memory bound | [`graph::Plan`] | [`graph::plan`] |
 //! | each op: attributes, shapes, tensors, FLOPs, fast and reference kernels; the registry | [`ops::Op`], [`ops::FAMILIES`] | [`ops`] |
 //! | the shared fast kernels (packed GEMM, direct convolution), chosen per CPU | [`kernels::isa`] | [`kernels`] |

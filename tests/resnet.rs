@@ -158,8 +158,9 @@ fn export_writes_exactly_torchvisions_state_dict_keys() {
     assert_eq!(counter.data(), &0i64.to_le_bytes());
 }
 
-/// Every batch norm of ResNet-18 folds into its convolution in the fast graph, and the folded
-/// pipeline computes what the unfolded reference graph computes.
+/// Every batch norm of ResNet-18 folds into its convolution in the fast graph, and so does the
+/// ReLU after each first convolution of a block and after the stem (the others follow a
+/// residual add); the folded pipeline computes what the unfolded reference graph computes.
 #[test]
 fn resnet18_folded_equals_unfolded_reference() {
     let plan = Plan::load(&root().join("configs/resnet18.yaml")).unwrap();
@@ -170,7 +171,9 @@ fn resnet18_folded_equals_unfolded_reference() {
         .filter(|n| n.folded_into.is_some())
         .map(|n| n.name.as_str())
         .collect();
-    assert_eq!(folded.len(), 20, "{folded:?}");
+    let relus = folded.iter().filter(|n| !n.contains("bn") && !n.contains("downsample"));
+    assert_eq!(folded.len(), 29, "{folded:?}");
+    assert_eq!(relus.count(), 9, "{folded:?}");
     assert!(plan
         .describe()
         .contains("layer2.0.downsample.1 folded into layer2.0.downsample.0"));
@@ -184,7 +187,7 @@ fn resnet18_folded_equals_unfolded_reference() {
 
 /// A ResNet in miniature (padded max pool, strided 1x1 shortcut with its batch norm, residual
 /// adds, global average pool, dense head) against the numpy forward pass, on the fast kernels
-/// (batch norms folded) and on the reference ones; its weights file carries int64
+/// (batch norms and ReLUs folded) and on the reference ones; its weights file carries int64
 /// `num_batches_tracked` counters, which load without a complaint.
 #[test]
 fn small_resnet_matches_numpy() {
@@ -205,7 +208,8 @@ fn small_resnet_matches_numpy() {
             .iter()
             .filter(|n| n.folded_into.is_some())
             .count();
-        assert_eq!(folds, if kernels == KernelKind::Fast { 6 } else { 0 });
+        // Six batch norms, and the three ReLUs that read one of them alone.
+        assert_eq!(folds, if kernels == KernelKind::Fast { 9 } else { 0 });
         let got = &graph.forward(input.clone(), None)[0];
         assert_eq!(got.shape(), expected.shape());
         let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));

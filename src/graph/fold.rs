@@ -1,4 +1,5 @@
-//! Plan-time rewrites of the fast graph: batch norms folded into the convolution before them.
+//! Plan-time rewrites of the fast graph: batch norms, then elementwise activations, folded into
+//! the convolution before them.
 //!
 //! At inference a batch norm is `y = x · scale[c] + shift[c]` per channel. After a convolution
 //! whose output nothing else reads, that map folds into the convolution's own tensors: each
@@ -6,7 +7,11 @@
 //! instead of two and one pass over the activations fewer, with the same numbers up to float
 //! rounding (the product `w · scale` is rounded to f32 once).
 //!
-//! The rewrite is made while the kernels are built, and only for the fast kernels: the graph
+//! An activation (`relu`) that alone reads such a convolution, or the batch norm folded into
+//! it, becomes the convolution's own `activation`: ReLU is applied as the kernel writes its
+//! output, which saves another pass over the activations (ResNet's conv, bn, relu is one op).
+//!
+//! The rewrites are made while the kernels are built, and only for the fast kernels: the graph
 //! keeps both nodes (stages, routes and `export` still see the file's layers and tensors), the
 //! convolution's kernel is built from the folded tensors and the batch norm passes its input
 //! through. `verify` runs the reference kernels on the unfolded graph, so it checks every fold;
@@ -20,8 +25,12 @@ use crate::ops::{ChannelAffine, Chunk, KernelKind, Layer, Op, Rows, Scratch, Ten
 /// A batch norm folded into the convolution that feeds it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Fold {
-    /// Node index of the convolution, which absorbs the map.
+    /// Node index of the convolution, or of the layer that joins a sharded convolution's
+    /// shards (`shards: k`), whose output the batch norm reads.
     pub conv: usize,
+    /// The nodes that absorb the map, each with the channels of it that are its own: the
+    /// convolution with all of them, or each shard with its filters' part.
+    pub parts: Vec<(usize, std::ops::Range<usize>)>,
     /// Node index of the batch norm, which then passes its input through.
     pub batchnorm: usize,
     /// The batch norm's map, from its tensors.
@@ -30,7 +39,9 @@ pub struct Fold {
 
 /// The folds to make: every per-channel affine node (a batch norm) that reads, alone, the
 /// output of an op that can absorb it (a convolution without an activation), where that output
-/// is read by no other layer and is not a pipeline output. `tensors` holds each node's tensors.
+/// is read by no other layer and is not a pipeline output. A convolution split into shards
+/// absorbs it too: each shard takes the map of its own filters, as long as nothing but the
+/// joining layer reads the shards. `tensors` holds each node's tensors.
 pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> Vec<Fold> {
     let mut readers = vec![0usize; nodes.len() + 1];
     for node in nodes {
@@ -38,6 +49,7 @@ pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> V
             readers[v.0] += 1;
         }
     }
+    let alone = |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v);
     let mut folds = Vec::new();
     for (b, node) in nodes.iter().enumerate() {
         let [input] = node.inputs[..] else {
@@ -46,20 +58,38 @@ pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> V
         let Some(c) = input.layer() else {
             continue;
         };
-        let conv = &nodes[c];
-        if readers[input.0] != 1
-            || outputs.contains(&input)
-            || node.rows != Rows::Records
-            || !conv.op.folds_channel_affine()
-        {
+        if !alone(input) || node.rows != Rows::Records {
             continue;
         }
         let Some(affine) = node.op.channel_affine(&tensors[b]) else {
             continue;
         };
-        if conv.shape.first() == Some(&affine.scale.len()) {
+        let conv = &nodes[c];
+        // The convolution itself, or the shards a sharded one is joined from.
+        let sources: Vec<usize> = if conv.op.folds_channel_affine() {
+            vec![c]
+        } else if !conv.inputs.is_empty()
+            && conv.inputs.iter().all(|v| {
+                v.layer().is_some_and(|s| {
+                    nodes[s].whole.is_some() && nodes[s].op.folds_channel_affine() && alone(*v)
+                })
+            })
+        {
+            conv.inputs.iter().filter_map(|v| v.layer()).collect()
+        } else {
+            continue;
+        };
+        let mut parts = Vec::with_capacity(sources.len());
+        let mut start = 0;
+        for s in sources {
+            let channels = nodes[s].shape.first().copied().unwrap_or(0);
+            parts.push((s, start..start + channels));
+            start += channels;
+        }
+        if conv.shape.first() == Some(&affine.scale.len()) && start == affine.scale.len() {
             folds.push(Fold {
                 conv: c,
+                parts,
                 batchnorm: b,
                 affine,
             });
@@ -84,13 +114,32 @@ pub(super) fn build_layers(
     let mut ops: Vec<Arc<dyn Op>> = nodes.iter().map(|n| n.op.clone()).collect();
     let mut tensors: Vec<Option<Vec<Vec<f32>>>> = tensors.into_iter().map(Some).collect();
     for fold in folds {
-        let conv_tensors = tensors[fold.conv].take().expect("a node folds once");
-        let (op, folded) = ops[fold.conv].fold_channel_affine(conv_tensors, &fold.affine);
-        ops[fold.conv] = op;
-        tensors[fold.conv] = Some(folded);
+        for (part, channels) in fold.parts {
+            let affine = ChannelAffine {
+                scale: fold.affine.scale[channels.clone()].to_vec(),
+                shift: fold.affine.shift[channels].to_vec(),
+            };
+            let conv_tensors = tensors[part].take().expect("a node folds once");
+            let (op, folded) = ops[part].fold_channel_affine(conv_tensors, &affine);
+            ops[part] = op;
+            tensors[part] = Some(folded);
+        }
         let bn = &mut nodes[fold.batchnorm];
         bn.folded_into = Some(fold.conv);
         bn.flops_per_record = 0;
+    }
+    if kernels == KernelKind::Fast {
+        for (act, parts, into) in activations(nodes, outputs, &ops) {
+            for p in parts {
+                let a = nodes[act]
+                    .op
+                    .elementwise_activation()
+                    .expect("found as one");
+                ops[p] = ops[p].with_activation(a).expect("found to take it");
+            }
+            nodes[act].folded_into = Some(into);
+            nodes[act].flops_per_record = 0;
+        }
     }
     let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
@@ -110,6 +159,60 @@ pub(super) fn build_layers(
         layers.push(ops[i].build(kernels, &shapes, &node.shape, values));
     }
     layers
+}
+
+/// The activations to fuse into the op before them: an elementwise activation node that alone
+/// reads a convolution's output (directly or through a batch norm folded into it), where the
+/// convolution has no activation of its own and nothing else sees its output. Returns, per
+/// fusion, the activation node, the nodes whose ops take the activation (the convolution, or
+/// each shard of a sharded one: an elementwise map commutes with their concatenation) and the
+/// node the activation is folded into. Runs after the batch norm folds, on their `ops`.
+fn activations(
+    nodes: &[Node],
+    outputs: &[ValueId],
+    ops: &[Arc<dyn Op>],
+) -> Vec<(usize, Vec<usize>, usize)> {
+    let mut readers = vec![0usize; nodes.len() + 1];
+    for node in nodes {
+        for v in &node.inputs {
+            readers[v.0] += 1;
+        }
+    }
+    let alone = |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v);
+    let mut found = Vec::new();
+    for (a, node) in nodes.iter().enumerate() {
+        let (Some(activation), [input]) = (node.op.elementwise_activation(), &node.inputs[..])
+        else {
+            continue;
+        };
+        let Some(mut c) = input.layer() else {
+            continue;
+        };
+        if !alone(*input) || node.rows != Rows::Records {
+            continue;
+        }
+        // Through a batch norm folded into the convolution (which only it reads).
+        if let Some(conv) = nodes[c].folded_into {
+            c = conv;
+        }
+        let takes = |n: usize| ops[n].with_activation(activation).is_some();
+        let parts: Vec<usize> = if takes(c) {
+            vec![c]
+        } else if !nodes[c].inputs.is_empty()
+            && nodes[c].inputs.iter().all(|v| {
+                v.layer()
+                    .is_some_and(|s| nodes[s].whole.is_some() && takes(s) && alone(*v))
+            })
+        {
+            nodes[c].inputs.iter().filter_map(|v| v.layer()).collect()
+        } else {
+            continue;
+        };
+        // Nothing else sees the convolution's output: the activation reads it alone, or reads
+        // alone the batch norm that alone read it (the fold's own condition).
+        found.push((a, parts, c));
+    }
+    found
 }
 
 /// The kernel of a folded batch norm. The graph shares the input instead of running it
@@ -147,8 +250,15 @@ mod tests {
     #[test]
     fn a_batch_norm_after_a_convolution_folds_in_the_fast_graph_only() {
         let fast = graph(CONV_BN_RELU, KernelKind::Fast);
-        assert_eq!(folded(&fast), [("bn".to_string(), "conv".to_string())]);
+        assert_eq!(
+            folded(&fast),
+            [
+                ("bn".to_string(), "conv".to_string()),
+                ("act".to_string(), "conv".to_string())
+            ]
+        );
         assert_eq!(fast.nodes[1].flops_per_record, 0);
+        assert_eq!(fast.nodes[2].flops_per_record, 0);
         let reference = graph(CONV_BN_RELU, KernelKind::Reference);
         assert!(folded(&reference).is_empty());
     }
@@ -191,5 +301,82 @@ mod tests {
         // A batch norm after something that is not a convolution.
         let dense = "  - {name: flat, op: flatten}\n  - {name: fc, op: dense, units: 4}\n  - {name: bn, op: batchnorm}\n";
         assert!(folded(&graph(dense, KernelKind::Fast)).is_empty());
+    }
+
+    #[test]
+    fn a_sharded_convolution_folds_shard_by_shard() {
+        let sharded = "  - {name: conv, op: conv2d, filters: 5, kernel: 3, padding: 1, shards: 2}\n  - {name: bn, op: batchnorm}\n  - {name: act, op: relu}\n";
+        let fast = graph(sharded, KernelKind::Fast);
+        assert_eq!(
+            folded(&fast),
+            [
+                ("bn".to_string(), "conv".to_string()),
+                ("act".to_string(), "conv".to_string())
+            ]
+        );
+        let reference = graph(sharded, KernelKind::Reference);
+        let mut next = crate::weights::seeded_stream(9, "fold-input");
+        let values: Vec<f32> = (0..4 * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
+        let input = Tensor::from_shape_vec(ndarray::IxDyn(&[4, 3, 6, 5]), values).unwrap();
+        let a = &fast.forward(input.clone(), None)[0];
+        let b = &reference.forward(input, None)[0];
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(scale > 0.1, "the test needs outputs that are not all zero");
+        assert!(
+            diff <= 1e-6 * scale,
+            "folded shards vs unfolded: {diff} at {scale}"
+        );
+    }
+
+    #[test]
+    fn activations_fuse_only_where_nothing_else_sees_the_convolution() {
+        // Straight after a convolution without a batch norm: fused.
+        let direct =
+            "  - {name: conv, op: conv2d, filters: 3, kernel: 3}\n  - {name: act, op: tanh}\n";
+        assert_eq!(
+            folded(&graph(direct, KernelKind::Fast)),
+            [("act".to_string(), "conv".to_string())]
+        );
+        // The convolution has an activation of its own: the second one stays.
+        let twice = "  - {name: conv, op: conv2d, filters: 3, kernel: 3, activation: relu}\n  - {name: act, op: relu}\n";
+        assert!(folded(&graph(twice, KernelKind::Fast)).is_empty());
+        // Softmax is not elementwise.
+        let softmax =
+            "  - {name: conv, op: conv2d, filters: 3, kernel: 3}\n  - {name: act, op: softmax}\n";
+        assert!(folded(&graph(softmax, KernelKind::Fast)).is_empty());
+        // The convolution's output is also added to the activation's: no fusion (the batch norm
+        // is not folded either, as the convolution is read twice).
+        let residual = "  - {name: conv, op: conv2d, filters: 3, kernel: 3, padding: 1}\n  - {name: bn, op: batchnorm}\n  - {name: act, op: relu}\n  - {name: sum, op: add, inputs: [act, conv]}\n";
+        assert!(folded(&graph(residual, KernelKind::Fast)).is_empty());
+        // The batch norm's output is read twice: the batch norm folds, the activation does not.
+        let shared = "  - {name: conv, op: conv2d, filters: 3, kernel: 3, padding: 1}\n  - {name: bn, op: batchnorm}\n  - {name: act, op: relu}\n  - {name: sum, op: add, inputs: [act, bn]}\n";
+        assert_eq!(
+            folded(&graph(shared, KernelKind::Fast)),
+            [("bn".to_string(), "conv".to_string())]
+        );
+        // Whatever fuses, the fast graph computes what the reference graph does.
+        for layers in [direct, twice, residual, shared, CONV_BN_RELU] {
+            let fast = graph(layers, KernelKind::Fast);
+            let reference = graph(layers, KernelKind::Reference);
+            let mut next = crate::weights::seeded_stream(3, "fuse-input");
+            let values: Vec<f32> = (0..2 * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
+            let input = Tensor::from_shape_vec(ndarray::IxDyn(&[2, 3, 6, 5]), values).unwrap();
+            let a = fast.forward(input.clone(), None);
+            let b = reference.forward(input, None);
+            for (a, b) in a.iter().zip(&b) {
+                let diff = a
+                    .iter()
+                    .zip(b)
+                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+                assert!(
+                    diff <= 1e-5,
+                    "{layers}: fused vs reference differ by {diff}"
+                );
+            }
+        }
     }
 }

@@ -67,6 +67,8 @@ pub struct StagePlan {
     pub isolation_bytes: u64,
     /// Restarts per minute allowed before the run gives up; `None`: the run's default.
     pub max_restarts: Option<u32>,
+    /// The core its threads run on, if pinned (`core: N`).
+    pub core: Option<usize>,
 }
 
 /// The single bound on work in flight: chunks are admitted only while fewer than `chunks` are
@@ -210,6 +212,7 @@ impl Plan {
                 queue: DEFAULT_QUEUE,
                 replicas: 1,
                 max_restarts: None,
+                core: None,
                 path: "stages".into(),
             }],
         };
@@ -296,6 +299,7 @@ impl Plan {
                 scratch_bytes: scratch,
                 isolation_bytes: isolation,
                 max_restarts: sc.max_restarts,
+                core: sc.core,
                 layers,
                 inputs,
                 producers,
@@ -477,7 +481,7 @@ impl Plan {
         if !folds.is_empty() {
             let _ = writeln!(
                 out,
-                "\nbatch norms folded into the convolution before them (fast kernels; `verify` compares with the unfolded graph):\n{}",
+                "\nbatch norms and activations folded into the convolution before them (fast kernels; `verify` compares with the unfolded graph):\n{}",
                 folds.join("\n")
             );
         }

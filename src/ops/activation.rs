@@ -203,6 +203,9 @@ impl Op for ActivationOp {
     fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         inputs[0].iter().product::<usize>() as u64
     }
+    fn elementwise_activation(&self) -> Option<Activation> {
+        (self.0 != Activation::Softmax).then_some(self.0)
+    }
     fn build(
         &self,
         kind: KernelKind,

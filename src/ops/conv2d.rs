@@ -286,6 +286,14 @@ impl Op for Conv2dOp {
             }),
         }
     }
+    fn with_activation(&self, activation: Activation) -> Option<Arc<dyn Op>> {
+        (self.activation == Activation::Identity).then(|| {
+            Arc::new(Conv2dOp {
+                activation,
+                ..*self
+            }) as Arc<dyn Op>
+        })
+    }
     /// Each output channel is one filter's sum plus its bias; an activation would come between
     /// the sum and the map.
     fn folds_channel_affine(&self) -> bool {

@@ -292,6 +292,16 @@ pub trait Op: Debug + Send + Sync {
     fn channel_affine(&self, _tensors: &[Vec<f32>]) -> Option<ChannelAffine> {
         None
     }
+    /// For an activation op applied element by element (`relu`, `tanh`, ...; not `softmax`):
+    /// which one, so that the graph can fuse it into the op before it ([`Self::with_activation`]).
+    fn elementwise_activation(&self) -> Option<Activation> {
+        None
+    }
+    /// This op with `activation` applied to its output as part of it, when it has none of its
+    /// own (a convolution: ReLU as its kernel writes the output); `None` where it cannot.
+    fn with_activation(&self, _activation: Activation) -> Option<Arc<dyn Op>> {
+        None
+    }
     /// Whether a per-channel affine map applied to this op's output can be folded into the op
     /// itself ([`Self::fold_channel_affine`]): true for a convolution with no activation,
     /// whose output channels are its filters.
