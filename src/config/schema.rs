@@ -161,6 +161,9 @@ pub struct StageConfig {
     /// Restarts of this stage's replicas allowed within any minute before the run gives up;
     /// `None` takes the run's default (`run --max-restarts`).
     pub max_restarts: Option<u32>,
+    /// The core this stage's threads run on (`core: N`, Linux), as `plan --objective latency`
+    /// writes; `None`: wherever the OS puts them.
+    pub core: Option<usize>,
     pub path: String,
 }
 

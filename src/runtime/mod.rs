@@ -30,6 +30,7 @@ pub mod budget;
 mod fault;
 mod label;
 pub mod metrics;
+pub mod pin;
 pub mod reload;
 mod run;
 pub mod shutdown;
@@ -158,9 +159,36 @@ impl Emitter {
         &self,
         tags: &ChunkTags,
         env: &Env,
-        mut meta: Option<Box<ChunkMeta>>,
+        meta: Option<Box<ChunkMeta>>,
     ) -> Result<(), Closed> {
-        for (tx, values, to) in &self.routes {
+        self.emit_some(tags, env, meta, |_| true)
+    }
+
+    /// For each route, the position in `layers` (a stage's nodes, in order) of the last layer
+    /// whose output it carries: the route can be sent once that layer has run (`None`: it
+    /// carries only values the stage received).
+    pub fn ready_after(&self, layers: &[usize]) -> Vec<Option<usize>> {
+        self.routes
+            .iter()
+            .map(|(_, values, _)| {
+                values
+                    .iter()
+                    .filter_map(|v| v.layer())
+                    .filter_map(|n| layers.iter().position(|&l| l == n))
+                    .max()
+            })
+            .collect()
+    }
+
+    /// [`Self::emit`] for the routes `pick` (by index) selects.
+    pub fn emit_some(
+        &self,
+        tags: &ChunkTags,
+        env: &Env,
+        mut meta: Option<Box<ChunkMeta>>,
+        pick: impl Fn(usize) -> bool,
+    ) -> Result<(), Closed> {
+        for (_, (tx, values, to)) in self.routes.iter().enumerate().filter(|(i, _)| pick(*i)) {
             let values = values.iter().map(|v| (*v, env.get(*v).clone())).collect();
             let meta = if *to == Destination::Sink {
                 meta.take()

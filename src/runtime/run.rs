@@ -139,6 +139,16 @@ pub fn quiet_stage_panics() {
     }));
 }
 
+/// `core: N` on a stage: pin the calling thread, or say once per thread why not and run
+/// unpinned.
+fn pin_stage(stage: &str, core: Option<usize>) {
+    if let Some(core) = core {
+        if let Err(e) = super::pin::current_thread_to(core) {
+            tracing::warn!(stage, core, "not pinned: {e}");
+        }
+    }
+}
+
 fn spawn_named(name: String, f: impl FnOnce() + Send + 'static) -> JoinHandle<()> {
     std::thread::Builder::new()
         .name(name)
@@ -184,9 +194,13 @@ fn spawn_stages(
                 tracer: tracer.clone(),
                 supervisor: supervisor.clone(),
             };
+            let (core, name) = (stage.core, stage.name.clone());
             threads.push(spawn_named(
                 format!("{STAGE_THREAD}{}-{replica}", stage.name),
-                move || worker.run(),
+                move || {
+                    pin_stage(&name, core);
+                    worker.run()
+                },
             ));
         }
         if let Some((join_rx, work_tx)) = ch.join {

@@ -46,6 +46,12 @@ impl StageWorker {
         let stage = &self.plan.stages[self.stage];
         let counters: &StageCounters = &self.counters.stages[self.stage + 1].2;
         let mut scratch = Scratch::default();
+        // A route leaves as soon as its last value is computed, not when the whole stage is
+        // done: a stage that feeds a concurrent stage (a shard) and then works on (another
+        // shard) lets it start at once. What a later panic changes reaches the sink through the
+        // stage's later routes (poisoned records are merged there).
+        let ready = self.emitter.ready_after(&stage.layers);
+        let mut sent = vec![false; ready.len()];
         loop {
             let t0 = Instant::now();
             let Ok(part) = super::recv_patiently(&self.rx) else {
@@ -68,9 +74,24 @@ impl StageWorker {
                 zeroed: &[],
             };
             let mut done = 0;
+            sent.iter_mut().for_each(|s| *s = false);
+            let mut closed = false;
             let computed = catch_unwind(AssertUnwindSafe(|| {
-                self.compute(&mut env, &whole, &tags, &mut scratch, &mut done)
+                let mut early = |after: Option<usize>, env: &Env| {
+                    let due = |r: usize| !sent[r] && ready[r] == after;
+                    if (0..ready.len()).any(due) && ready[..].iter().any(|r| *r > after) {
+                        closed |= self.emitter.emit_some(&tags, env, None, due).is_err();
+                        for (r, s) in sent.iter_mut().enumerate() {
+                            *s |= ready[r] == after;
+                        }
+                    }
+                };
+                early(None, &env);
+                self.compute(&mut env, &whole, &tags, &mut scratch, &mut done, &mut early)
             }));
+            if closed {
+                return; // downstream is gone: the pipeline is stopping
+            }
             if let Err(payload) = computed {
                 // The restart: the layers are shared and immutable; only the scratch buffers a
                 // panicking kernel may have left half written are the replica's own.
@@ -88,7 +109,11 @@ impl StageWorker {
                 }
             }
             let t2 = Instant::now();
-            if self.emitter.emit(&tags, &env, None).is_err() {
+            if self
+                .emitter
+                .emit_some(&tags, &env, None, |r| !sent[r])
+                .is_err()
+            {
                 return; // downstream is gone: the pipeline is stopping
             }
             let t3 = Instant::now();
@@ -108,6 +133,7 @@ impl StageWorker {
         tags: &ChunkTags,
         scratch: &mut Scratch,
         done: &mut usize,
+        after: &mut dyn FnMut(Option<usize>, &Env),
     ) {
         let stage = &self.plan.stages[self.stage];
         *done = run.from;
@@ -131,6 +157,7 @@ impl StageWorker {
                 .graph
                 .eval(&stage.layers[j..=j], env, &stage.frees[j..=j], scratch);
             *done = j + 1;
+            after(Some(j), env);
         }
     }
 
@@ -258,7 +285,7 @@ impl StageWorker {
                         zeroed: &[],
                     };
                     let mut done = from;
-                    self.compute(&mut sub, &run, tags, scratch, &mut done);
+                    self.compute(&mut sub, &run, tags, scratch, &mut done, &mut |_, _| {});
                     for (v, full) in &mut assembled {
                         let r = rows_of(*v, &part);
                         full.slice_axis_mut(Axis(0), Slice::from(r))
@@ -285,7 +312,7 @@ impl StageWorker {
             let mut done = from;
             runs += 1;
             in_place = catch_unwind(AssertUnwindSafe(|| {
-                self.compute(env, &run, tags, scratch, &mut done)
+                self.compute(env, &run, tags, scratch, &mut done, &mut |_, _| {})
             }))
             .is_ok();
             if !in_place {
