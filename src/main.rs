@@ -148,7 +148,18 @@ enum Command {
         /// Write the pipeline file with the planned stages here, everything else as written.
         #[arg(long, value_name = "OUT.yaml")]
         write: Option<PathBuf>,
+        /// throughput: records per second (stages and replicas); latency: one chunk's time
+        /// (layers split into shards that run at once).
+        #[arg(long, value_enum, default_value = "throughput")]
+        objective: Objective,
     },
+}
+
+/// `subpass plan --objective`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum Objective {
+    Throughput,
+    Latency,
 }
 
 impl Format {
@@ -303,7 +314,8 @@ fn main() -> ExitCode {
             sample,
             format,
             write,
-        } => plan_command(&pipeline, cores, batch, sample, format, write),
+            objective,
+        } => plan_command(&pipeline, cores, batch, sample, format, write, objective),
         Command::Export { pipeline, out } => {
             let Some(plan) = load_plan(&pipeline) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -331,6 +343,7 @@ fn plan_command(
     sample: Option<PathBuf>,
     format: Format,
     write: Option<PathBuf>,
+    objective: Objective,
 ) -> ExitCode {
     let Some(plan) = load_plan_with(pipeline, batch) else {
         return ExitCode::from(EXIT_CONFIG);
@@ -345,6 +358,10 @@ fn plan_command(
     let options = subpass::planner::PlanOptions {
         cores: cores.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         sample,
+        objective: match objective {
+            Objective::Throughput => subpass::planner::Objective::Throughput,
+            Objective::Latency => subpass::planner::Objective::Latency,
+        },
     };
     let planned = match subpass::planner::plan(&plan, &options) {
         Ok(p) => p,

@@ -171,3 +171,58 @@ fn plan_reports_a_bad_sample_with_its_line() {
     assert!(!out.status.success());
     assert!(err.contains("line 1"), "{err}");
 }
+
+/// `plan --objective latency` splits the layers that dominate one record's time into shards on
+/// stages pinned to each core; the written file loads, runs and computes what the unsplit
+/// pipeline does.
+#[test]
+fn a_latency_plan_shards_the_big_layers_and_verifies() {
+    let dir = tempdir();
+    // Two 1536-unit dense layers dominate by far (about 2.4 M multiply-adds each, a millisecond
+    // or so a record on one core): splitting them pays on any machine with two cores.
+    let config = dir.path().join("wide.yaml");
+    std::fs::write(
+        &config,
+        "input: {shape: [256]}\ninit: {seed: 3}\nlayers:\n  - {name: fc1, op: dense, units: 1536, activation: relu}\n  - {name: fc2, op: dense, units: 1536, activation: relu}\n  - {name: fc3, op: dense, units: 1536}\n  - {name: out, op: dense, units: 10}\nbatch: {size: 1, max_delay_ms: 1}\n",
+    )
+    .unwrap();
+    let out = dir.path().join("latency.yaml");
+    let mut child = subpass()
+        .args([
+            "plan",
+            config.to_str().unwrap(),
+            "--cores",
+            "2",
+            "--objective",
+            "latency",
+        ])
+        .args(["--write", out.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = common::wait_with_timeout(&mut child, Duration::from_secs(300));
+    let mut shown = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut shown).unwrap();
+    assert!(status.success(), "{shown}");
+    assert!(shown.contains("latency: "), "{shown}");
+    let text = std::fs::read_to_string(&out).unwrap();
+    // fc2 and fc3 (1536 inputs each) are split; each shard has a stage on its core.
+    for expected in [
+        "shards:\n",
+        "\"fc2\": 2",
+        "\"fc3\": 2",
+        "fc2.shard1\"], replicas: 1, core: 1",
+    ] {
+        assert!(text.contains(expected), "{expected} in:\n{text}");
+    }
+    let validated = subpass()
+        .args(["validate", out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        validated.status.success(),
+        "{}",
+        String::from_utf8_lossy(&validated.stderr)
+    );
+    common::assert_verifies(&[out.to_str().unwrap(), "--records", "8"]);
+}

@@ -172,3 +172,53 @@ fn layers_that_cannot_be_sharded_are_located_errors() {
         );
     }
 }
+
+/// The top-level `shards:` section (what `plan --objective latency` writes, and the way to split
+/// layers a `repeat` block makes) splits a layer exactly as `shards: k` on the layer does.
+#[test]
+fn the_shards_section_splits_as_the_layer_key_does() {
+    let x = input(&[3, 13, 11], 4);
+    let on_layer = graph(&with(CNN, 3, 2), KernelKind::Fast);
+    let section = format!("{}shards: {{c1: 3, c2: 2}}\n", with(CNN, 1, 1));
+    let by_name = graph(&section, KernelKind::Fast);
+    let names = |g: &Graph| g.nodes.iter().map(|n| n.name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(&by_name), names(&on_layer));
+    let (a, b) = (by_name.forward(x.clone(), None), on_layer.forward(x, None));
+    assert_eq!(normwise(&a[0], &b[0]), 0.0);
+}
+
+#[test]
+fn the_shards_section_names_its_errors() {
+    let cases = [
+        (
+            "shards: {c3: 2}",
+            "shards.c3",
+            "no layer is named `c3` (did you mean `c1`?)",
+        ),
+        ("shards: {flat: 2}", "shards.flat", "cannot be sharded"),
+        ("shards: {c1: 0}", "shards.c1", "at least 1"),
+        (
+            "shards: [c1]",
+            "shards",
+            "expected a mapping from layer names to shard counts",
+        ),
+        (
+            "shards: {c1.shard0: 2}",
+            "shards.c1.shard0",
+            "is a shard or is split already",
+        ),
+    ];
+    for (section, path, message) in cases {
+        // The last case needs c1 split on the layer already.
+        let shards = if section.contains("shard0") { 2 } else { 1 };
+        let text = format!("{}{section}\n", with(CNN, shards, 1));
+        let err = PipelineConfig::parse(&text, &common::root())
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(path) && err.contains(message),
+            "{section}: {err}"
+        );
+    }
+}

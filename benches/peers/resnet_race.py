@@ -2,6 +2,7 @@
 """ResNet-18: subpass against ONNX Runtime (CPU, 2 threads), the same weights, in memory.
 
     resnet_race.py [--rounds 3] [--images 64] [--latency-images 24] [--check] [--quick]
+                   [--no-latency-plan]
                    [--subpass target/release/subpass] [--pipeline configs/resnet18.yaml]
 
 1. Same model. `subpass export configs/resnet18.yaml W.safetensors` writes the weights subpass
@@ -22,6 +23,9 @@
      `--batch-size 1 --records LATENCY_IMAGES` for `idle_latency_p50_ms` (one chunk at a time
      through the idle pipeline: the latency of one image). bench also times its monolithic
      pass, which is reported in the JSON only.
+   - subpass, batch 1, planned for latency: `subpass plan PIPELINE --batch 1 --objective
+     latency --write` (layers split into shards, one stage each, so one image uses every
+     core), then the same `idle_latency_p50_ms` (skip with `--no-latency-plan`).
 4. FLOPs: direct-convolution FLOPs (2 per multiply-add) of every Conv2d and Linear of
    torchvision's model, from its layer shapes: 3.63 GFLOP per image. Beside it the FLOP count
    subpass's own plan gives (which also counts relu, add and the pools, and not the batch norms
@@ -162,8 +166,14 @@ def check(subpass, pipeline, session, tmp):
     path = Path(tmp) / "check.jsonl"
     # float32 values as float64 decimals: each parses back to the same float32.
     path.write_text("".join(json.dumps(r.ravel().tolist()) + "\n" for r in x))
-    out = subprocess.run([subpass, "run", str(pipeline), "--input", str(path)],
+    # The logits, not the top-k the pipeline writes: its `output:` line dropped, in a copy next
+    # to it (so that its relative paths still hold).
+    text = Path(pipeline).read_text()
+    logits = Path(pipeline).with_name(f".{Path(pipeline).stem}-logits.yaml")
+    logits.write_text("\n".join(l for l in text.splitlines() if not l.startswith("output:")) + "\n")
+    out = subprocess.run([subpass, "run", str(logits), "--input", str(path)],
                          capture_output=True, text=True, check=True)
+    logits.unlink()
     got = np.array([json.loads(l)["y"] for l in out.stdout.splitlines()], dtype=np.float32)
     want = session.run(None, {"image": x})[0]
     scale = float(np.abs(want).max())
@@ -208,7 +218,7 @@ def subpass_bench(subpass, pipeline, batch, records):
     return json.loads(out.stdout)
 
 
-def race(args, subpass, pipeline, session):
+def race(args, subpass, pipeline, session, latency_pipeline=None):
     rng = np.random.default_rng(7)
     pool = [rng.standard_normal([BATCH] + SHAPE).astype(np.float32) for _ in range(4)]
     singles = [p[:1].copy() for p in pool]
@@ -234,6 +244,12 @@ def race(args, subpass, pipeline, session):
         entry["subpass_p50_ms"] = b1["idle_latency_p50_ms"]
         entry["subpass_bench_batch1"] = b1
         log(f"  subpass batch 1: p50 {entry['subpass_p50_ms']:.1f} ms")
+        if latency_pipeline is not None:
+            time.sleep(PAUSE_S)
+            bl = subpass_bench(subpass, latency_pipeline, 1, args.latency_images)
+            entry["subpass_latency_plan_p50_ms"] = bl["idle_latency_p50_ms"]
+            entry["subpass_bench_latency_plan"] = bl
+            log(f"  subpass batch 1, latency plan: p50 {bl['idle_latency_p50_ms']:.1f} ms")
         entry["loadavg_1min_at_end"] = os.getloadavg()[0]
         rounds.append(entry)
     return rounds
@@ -267,6 +283,10 @@ def table(report):
         lines.append(f"| {name} | {rate:.1f} | {rate * gflop:.1f} | "
                      f"{100 * rate * gflop / peak:.0f}% | {rate / ort_rate:.2f}× | {p50:.1f} | "
                      f"{ort_p50 / p50:.2f}× |")
+    if "subpass_latency_plan_p50_ms" in med:
+        p50 = med["subpass_latency_plan_p50_ms"]
+        lines.append(f"| subpass, `plan --objective latency` ({report['latency_plan']}) | | | | | "
+                     f"{p50:.1f} | {ort_p50 / p50:.2f}× |")
     lines += ["", "ratios: subpass over ONNX Runtime for images/s, ONNX Runtime over subpass for "
               "latency (above 1 is subpass ahead).", "",
               f"check: {report['check']['images']} images, max |diff| "
@@ -302,6 +322,8 @@ def main():
     ap.add_argument("--latency-images", type=int, default=24,
                     help="single images timed for the batch-1 latency (each contender)")
     ap.add_argument("--quick", action="store_true", help="1 round, 16 and 4 images")
+    ap.add_argument("--no-latency-plan", action="store_true",
+                    help="skip the batch-1 run of `subpass plan --objective latency`'s pipeline")
     ap.add_argument("--check", action="store_true", help="only the correctness check")
     ap.add_argument("--peak", type=float, default=233.0,
                     help="machine FMA peak in GFLOP/s (default: 2 Zen 4 cores)")
@@ -355,8 +377,22 @@ def main():
     if args.check:
         return
 
-    report["rounds_raw"] = race(args, str(subpass), pipeline, session)
+    latency_pipeline = None
+    if not args.no_latency_plan:
+        # The batch-1 pipeline subpass plans for latency on this machine: layers split into
+        # shards so that one image uses both cores.
+        latency_pipeline = workdir / "resnet18-latency.yaml"
+        planned = subprocess.run([str(subpass), "plan", str(pipeline), "--batch", "1",
+                                  "--objective", "latency", "--write", str(latency_pipeline)],
+                                 capture_output=True, text=True, check=True).stdout
+        log(planned.strip().splitlines()[-2])
+        plan_yaml = yaml.safe_load(latency_pipeline.read_text())
+        report["latency_plan"] = (f"{len(plan_yaml.get('shards') or {})} layers in shards, "
+                                  f"{len(plan_yaml['stages'])} stages")
+    report["rounds_raw"] = race(args, str(subpass), pipeline, session, latency_pipeline)
     keys = ["ort_images_per_s", "ort_p50_ms", "subpass_images_per_s", "subpass_p50_ms"]
+    if latency_pipeline is not None:
+        keys.append("subpass_latency_plan_p50_ms")
     report["medians"] = {k: statistics.median(r[k] for r in report["rounds_raw"]) for k in keys}
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     out_path.parent.mkdir(parents=True, exist_ok=True)

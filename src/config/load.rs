@@ -73,8 +73,9 @@ impl PipelineConfig {
     }
 }
 
-const TOP_KEYS: [&str; 10] = [
-    "name", "input", "weights", "init", "layers", "outputs", "stages", "batch", "output", "planned",
+const TOP_KEYS: [&str; 11] = [
+    "name", "input", "weights", "init", "layers", "outputs", "shards", "stages", "batch", "output",
+    "planned",
 ];
 
 fn parse_document(
@@ -96,9 +97,12 @@ fn parse_document(
         .require(r, "input", "the per-record input, e.g. {shape: [784]}")
         .and_then(|v| parse_input(r, v, base));
     let weights = parse_weights(r, &top, base);
-    let layers = top
+    let mut layers = top
         .require(r, "layers", "the list of layers")
         .and_then(|v| parse_layers(r, v));
+    if let (Some(v), Some((l, _))) = (top.get("shards"), &mut layers) {
+        shard_by_name(r, v, l);
+    }
     let outputs = top.get("outputs").map(|v| located_strings(r, v, "outputs"));
     let layer_names: Vec<String> = match &layers {
         Some((l, _)) => l.iter().map(|l| l.name.clone()).collect(),
@@ -645,6 +649,55 @@ fn parse_layer(r: &mut Reader, v: &Value, path: &str, previous: &str) -> Option<
     }
 }
 
+/// The top-level `shards: {LAYER: k, ...}` section: each named layer split as if it had
+/// `shards: k`. It exists for layers that have no entry of their own to carry the key (those a
+/// `repeat` block makes, `layer1.0.conv1`), and it is what `subpass plan --objective latency`
+/// writes, leaving the `layers` section as the user wrote it.
+fn shard_by_name(r: &mut Reader, v: &Value, layers: &mut Vec<LayerConfig>) {
+    let Value::Mapping(m) = v else {
+        r.error(
+            "shards",
+            "expected a mapping from layer names to shard counts, e.g. {fc2: 2}",
+        );
+        return;
+    };
+    for (key, count) in m {
+        let Some(name) = key.as_str() else {
+            r.error("shards", "layer names are strings");
+            continue;
+        };
+        let path = format!("shards.{name}");
+        let Some(count) = r.integer_in(count, &path, 1, MAX_SHARDS) else {
+            continue;
+        };
+        let Some(at) = layers.iter().position(|l| l.name == name) else {
+            let names: Vec<&str> = layers.iter().map(|l| l.name.as_str()).collect();
+            let hint = suggest(name, &names)
+                .map(|s| format!(" (did you mean `{s}`?)"))
+                .unwrap_or_default();
+            r.error(&path, format!("no layer is named `{name}`{hint}"));
+            continue;
+        };
+        let shard0 = format!("{name}.shard0");
+        if layers[at].shard.is_some() || layers.iter().any(|l| l.name == shard0) {
+            r.error(
+                &path,
+                format!("layer `{name}` is a shard or is split already"),
+            );
+            continue;
+        }
+        if count == 1 {
+            continue;
+        }
+        match shard_layer(&layers[at], count as usize) {
+            Ok(parts) => {
+                layers.splice(at..=at, parts);
+            }
+            Err(e) => r.error(&path, format!("layer `{name}`: {e}")),
+        }
+    }
+}
+
 /// `layer` split into `count` shards named `NAME.shard0`, `NAME.shard1`, ..., which read its
 /// inputs and its tensors (each its part), followed by the layer that combines their outputs
 /// and keeps the name `NAME`, so the rest of the file reads the layer as if whole. The shards
@@ -816,7 +869,14 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
         let Some(m) = r.map(
             item,
             &path,
-            &["name", "layers", "queue", "replicas", "max_restarts"],
+            &[
+                "name",
+                "layers",
+                "queue",
+                "replicas",
+                "max_restarts",
+                "core",
+            ],
         ) else {
             ok = false;
             continue;
@@ -840,6 +900,10 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
             r.integer_in(v, &m.key_path("max_restarts"), 0, MAX_RESTARTS)
                 .map(|n| n as u32)
         });
+        let core = m
+            .get("core")
+            .and_then(|v| r.integer_in(v, &m.key_path("core"), 0, MAX_WORKERS - 1))
+            .map(|n| n as usize);
         // A bad queue or replica count is reported; the stage is still checked with the default.
         match (name, layers) {
             (Some(name), Some(layers)) => stages.push(StageConfig {
@@ -848,6 +912,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
                 queue: queue.unwrap_or(DEFAULT_QUEUE),
                 replicas: replicas.unwrap_or(1),
                 max_restarts,
+                core,
                 path,
             }),
             _ => ok = false,

@@ -11,6 +11,7 @@ mod load;
 mod schema;
 mod yaml;
 
+pub use load::shard_layer;
 pub use schema::*;
 pub use yaml::{suggest, ConfigError, Document, Spans, MAX_ALIAS_VALUES, MAX_DEPTH};
 

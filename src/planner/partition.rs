@@ -127,26 +127,40 @@ pub fn predict_stages(stage: &[f64], replicas: &[usize], m: &Machine) -> Choice 
 
 /// The best split of `costs` on `machine`: for every stage count up to the cores, the least
 /// bottleneck split, then each spare core to the stage slowest per replica. Of choices within
-/// `tie` (relative) of the fastest, the one with the fewest stages wins: fewer hand-offs, fewer
-/// chunks in flight, less memory.
+/// `tie` (relative) of the fastest end to end, those within `tie` of the fastest fed from memory
+/// (no parser) stay: when the parser bounds the stream, the stages' own speed still decides how
+/// much headroom the plan leaves and what `bench` measures. Of those, the one with the fewest
+/// stages wins: fewer hand-offs, fewer chunks in flight, less memory.
 pub fn choose(costs: &[f64], machine: &Machine, tie: f64) -> Choice {
     let most = machine.cores.min(costs.len()).max(1);
-    let mut choices: Vec<Choice> = (1..=most)
+    let choices: Vec<Choice> = (1..=most)
         .map(|parts| {
             let segments = min_bottleneck(costs, parts);
             let replicas = spread(costs, &segments, machine);
             predict(costs, &segments, &replicas, machine)
         })
         .collect();
+    let fed = Machine {
+        parse: 0.0,
+        ..*machine
+    };
+    let fed_time = |c: &Choice| predict(costs, &c.segments, &c.replicas, &fed).seconds_per_record;
     let fastest = choices
         .iter()
         .map(|c| c.seconds_per_record)
         .fold(f64::INFINITY, f64::min);
-    let first_good = choices
+    let good: Vec<&Choice> = choices
         .iter()
-        .position(|c| c.seconds_per_record <= fastest * (1.0 + tie))
-        .expect("the fastest is within the tie of itself");
-    choices.swap_remove(first_good)
+        .filter(|c| c.seconds_per_record <= fastest * (1.0 + tie))
+        .collect();
+    let fastest_fed = good
+        .iter()
+        .map(|c| fed_time(c))
+        .fold(f64::INFINITY, f64::min);
+    good.into_iter()
+        .find(|c| fed_time(c) <= fastest_fed * (1.0 + tie))
+        .expect("the fastest is within the tie of itself")
+        .clone()
 }
 
 /// Replicas for `segments`: one each, then every spare core to the stage that is slowest per
@@ -307,5 +321,23 @@ mod tests {
         let c = choose(&costs, &m, 0.0);
         assert!((c.seconds_per_record - 4.0).abs() < 1e-12, "{c:?}");
         assert_eq!(c.bottleneck, None);
+    }
+
+    #[test]
+    fn a_parser_bound_tie_goes_to_the_faster_stages() {
+        // The parser bounds the stream at 4.0 whatever the stages, so end to end every split
+        // ties; fed from memory, two replicas of one stage (1.0) beat two stages (1.5): the
+        // MLP's case, whose JSON parser costs about as much as its layers.
+        let costs = [0.5, 1.5];
+        let m = Machine {
+            cores: 2,
+            parse: 4.0,
+            parsers: 1,
+            contention: 1.0,
+            hop: 0.0,
+        };
+        let c = choose(&costs, &m, 0.02);
+        assert_eq!(c.segments, vec![0..2]);
+        assert_eq!(c.replicas, vec![2]);
     }
 }
