@@ -590,7 +590,11 @@ fn ancestors(stages: &[StagePlan], stage: usize) -> BTreeSet<usize> {
 /// For each of `layers` (in order), the values to drop after it runs: those no later layer of
 /// the stage reads and that do not leave the stage. A value no layer reads goes right after it
 /// is made (unless it leaves).
-fn liveness(graph: &Graph, layers: &[usize], keep: &BTreeSet<ValueId>) -> Vec<Vec<ValueId>> {
+pub(crate) fn liveness(
+    graph: &Graph,
+    layers: &[usize],
+    keep: &BTreeSet<ValueId>,
+) -> Vec<Vec<ValueId>> {
     let mut last_use: BTreeMap<ValueId, usize> = BTreeMap::new();
     for (j, &l) in layers.iter().enumerate() {
         last_use.insert(ValueId::of_layer(l), j);

@@ -76,6 +76,9 @@ pub struct Machine {
     /// Seconds a chunk's hand-off between two threads costs, per stage, spread over the
     /// chunk's records by the caller.
     pub hop: f64,
+    /// Seconds of CPU per record outside every stage: the chunk's feeding, its sink, the
+    /// wake-ups between them (per chunk, spread over its records by the caller).
+    pub outside: f64,
 }
 
 /// The model's time per record of a contiguous split.
@@ -114,7 +117,7 @@ pub fn predict_stages(stage: &[f64], replicas: &[usize], m: &Machine) -> Choice 
                 }
             },
         );
-    let machine = (stage.iter().sum::<f64>() + m.parse) / m.cores as f64;
+    let machine = (stage.iter().sum::<f64>() + m.parse + m.outside) / m.cores as f64;
     let parsers = m.parse / m.parsers.max(1) as f64;
     let t = per_stage.max(machine).max(parsers);
     Choice {
@@ -278,6 +281,7 @@ mod tests {
             parsers: 1,
             contention: 1.0,
             hop: 0.0,
+            outside: 0.0,
         };
         let c = choose(&costs, &m, 0.0);
         let heavy = c.segments.iter().position(|s| s.contains(&1)).unwrap();
@@ -296,6 +300,7 @@ mod tests {
             parsers: 1,
             contention: 1.0,
             hop: 0.0,
+            outside: 0.0,
         };
         // One stage with two replicas and two stages of one each both pass a record per 1.0.
         let c = choose(&costs, &m, 0.01);
@@ -316,6 +321,7 @@ mod tests {
             parsers: 1,
             contention: 1.0,
             hop: 0.0,
+            outside: 0.0,
         };
         // A parser at 4.0 per record on its own thread is the bottleneck, whatever the stages.
         let c = choose(&costs, &m, 0.0);
@@ -335,6 +341,7 @@ mod tests {
             parsers: 1,
             contention: 1.0,
             hop: 0.0,
+            outside: 0.0,
         };
         let c = choose(&costs, &m, 0.02);
         assert_eq!(c.segments, vec![0..2]);

@@ -1,0 +1,73 @@
+#!/usr/bin/env python3
+"""The planner against `bench`: for each pipeline in configs/, plan it for 2 cores, then bench the
+planned file and the hand-written one, alternated, and report medians:
+
+    python3 tools/plan_accuracy.py [--rounds 3] [--subpass target/release/subpass] [CONFIG ...]
+
+Per file: planning time, the predicted records/s (fed from memory, the `planned:` line), the
+measured records/s of the planned and of the hand-written stages, the prediction's error and
+planned over hand-written. MiniLM is left out by default (it needs a sample of its sentences and
+minutes of benching); name it to include it.
+"""
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT = ["mlp", "cnn", "residual", "digits-mlp", "digits-cnn", "resnet18"]
+RECORDS = {"resnet18": 64}
+
+
+def bench(subpass, path, records):
+    out = subprocess.run([subpass, "bench", str(path), "--json", "--records", str(records)],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)["pipeline_records_per_s"]
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("configs", nargs="*", default=DEFAULT)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--subpass", default=str(REPO / "target/release/subpass"))
+    args = ap.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.configs:
+            config = REPO / "configs" / f"{name}.yaml"
+            planned = Path(tmp) / f"{name}.yaml"
+            t = time.perf_counter()
+            shown = subprocess.run([args.subpass, "plan", str(config), "--cores", "2",
+                                    "--write", str(planned)],
+                                   capture_output=True, text=True, check=True).stdout
+            seconds = time.perf_counter() - t
+            line = next(l for l in planned.read_text().splitlines() if l.startswith("planned:"))
+            predicted = float(line.split("records_per_s:")[1].strip(" }"))
+            stages = [l.strip() for l in shown.splitlines() if l.strip().startswith(("all:", "stage", "front", "back", "s0"))]
+            kept = "kept)" in shown
+            records = RECORDS.get(name, 20000)
+            ours, theirs = [], []
+            for _ in range(args.rounds):
+                ours.append(bench(args.subpass, planned, records))
+                theirs.append(bench(args.subpass, config, records))
+            m_ours, m_theirs = statistics.median(ours), statistics.median(theirs)
+            rows.append((name, seconds, predicted, m_ours, m_theirs, kept))
+            print(f"{name}: planned in {seconds:.1f} s; predicted {predicted:.0f}/s, planned "
+                  f"{m_ours:.0f}/s, hand-written {m_theirs:.0f}/s; {'file kept' if kept else 'new stages'}",
+                  file=sys.stderr)
+    print("| pipeline | planning s | predicted rec/s | planned, measured | error | "
+          "hand-written, measured | planned / hand-written |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, seconds, predicted, ours, theirs, kept in rows:
+        print(f"| {name} | {seconds:.1f} | {predicted:,.0f} | {ours:,.0f} | "
+              f"{100 * (predicted - ours) / ours:+.0f}% | {theirs:,.0f} | {ours / theirs:.2f}×"
+              f"{' (file kept)' if kept else ''} |")
+
+
+if __name__ == "__main__":
+    main()
