@@ -171,7 +171,9 @@ fn resnet18_folded_equals_unfolded_reference() {
         .filter(|n| n.folded_into.is_some())
         .map(|n| n.name.as_str())
         .collect();
-    let relus = folded.iter().filter(|n| !n.contains("bn") && !n.contains("downsample"));
+    let relus = folded
+        .iter()
+        .filter(|n| !n.contains("bn") && !n.contains("downsample"));
     assert_eq!(folded.len(), 29, "{folded:?}");
     assert_eq!(relus.count(), 9, "{folded:?}");
     assert!(plan
