@@ -178,12 +178,13 @@ fn plan_reports_a_bad_sample_with_its_line() {
 #[test]
 fn a_latency_plan_shards_the_big_layers_and_verifies() {
     let dir = tempdir();
-    // Two 1536-unit dense layers dominate by far (about 2.4 M multiply-adds each, a millisecond
-    // or so a record on one core): splitting them pays on any machine with two cores.
+    // Two 2048-unit dense layers dominate by far (4.2 M multiply-adds and 16 MiB of weights
+    // each, hundreds of µs a record on one core, against the planner's 40 µs of hand-offs):
+    // splitting them pays on any machine with two cores, however loaded.
     let config = dir.path().join("wide.yaml");
     std::fs::write(
         &config,
-        "input: {shape: [256]}\ninit: {seed: 3}\nlayers:\n  - {name: fc1, op: dense, units: 1536, activation: relu}\n  - {name: fc2, op: dense, units: 1536, activation: relu}\n  - {name: fc3, op: dense, units: 1536}\n  - {name: out, op: dense, units: 10}\nbatch: {size: 1, max_delay_ms: 1}\n",
+        "input: {shape: [256]}\ninit: {seed: 3}\nlayers:\n  - {name: fc1, op: dense, units: 2048, activation: relu}\n  - {name: fc2, op: dense, units: 2048, activation: relu}\n  - {name: fc3, op: dense, units: 2048}\n  - {name: out, op: dense, units: 10}\nbatch: {size: 1, max_delay_ms: 1}\n",
     )
     .unwrap();
     let out = dir.path().join("latency.yaml");
@@ -206,7 +207,7 @@ fn a_latency_plan_shards_the_big_layers_and_verifies() {
     assert!(status.success(), "{shown}");
     assert!(shown.contains("latency: "), "{shown}");
     let text = std::fs::read_to_string(&out).unwrap();
-    // fc2 and fc3 (1536 inputs each) are split; each shard has a stage on its core.
+    // fc2 and fc3 (2048 inputs each) are split; each shard has a stage on its core.
     for expected in [
         "shards:\n",
         "\"fc2\": 2",

@@ -119,6 +119,9 @@ class Pipeline:
         self.path = Path(path)
         doc = yaml.safe_load(self.path.read_text())
         self.name = doc.get("name") or self.path.stem
+        # Results are keyed by file: two files of one model (hand-written and planned stages)
+        # share a name.
+        self.key = str(self.path)
         self.input_shape = [int(d) for d in doc["input"]["shape"]]
         self.record_len = int(np.prod(self.input_shape))
         self.batch_size = int((doc.get("batch") or {}).get("size", 32))
@@ -400,14 +403,14 @@ def main():
     results = {}
     for pipe in pipes:
         model = build(pipe, subpass, workdir)
-        results[pipe.name] = {"pipeline": str(pipe.path), "onnx": str(model),
+        results[pipe.key] = {"pipeline": str(pipe.path), "onnx": str(model),
                               "check": check(pipe, subpass, model, workdir)}
     if args.check:
         return
 
     with tempfile.TemporaryDirectory() as tmp:
         for pipe in pipes:
-            res = results[pipe.name]
+            res = results[pipe.key]
             model = Path(res["onnx"])
             records = args.records or DEFAULT_RECORDS.get(pipe.name, FALLBACK_RECORDS)
             if args.quick:
@@ -421,13 +424,13 @@ def main():
             if not args.no_stdin:
                 log(f"{pipe.name}: stdin→stdout race, {records} records × {SUBPASS_RUNS}")
                 res["stdin"] = stdin_race(pipe, subpass, model, records, tmp)
-            report["pipelines"][pipe.name] = res
+            report["pipelines"][pipe.key] = res
 
     report["machine"]["loadavg_at_end"] = os.getloadavg()
     out_path.write_text(json.dumps(report, indent=2) + "\n")
     print(header)
     for pipe in pipes:
-        print(table(pipe, report["pipelines"][pipe.name]))
+        print(table(pipe, report["pipelines"][pipe.key]))
     print(f"raw figures: {out_path}")
 
 
