@@ -205,9 +205,15 @@ fn spawn_stages(
         }
         if let Some((join_rx, work_tx)) = ch.join {
             let producers = stage.producers.len();
+            let (core, name) = (stage.core, stage.name.clone());
             threads.push(spawn_named(
                 format!("subpass-join-{}", stage.name),
-                move || run_join(join_rx, work_tx, producers),
+                move || {
+                    // A pinned stage's join runs on its core and parks at once, as its workers.
+                    pin_stage(&name, core);
+                    let patience = if core.is_some() { 0 } else { super::PATIENCE };
+                    run_join(join_rx, work_tx, producers, patience)
+                },
             ));
         }
     }

@@ -51,10 +51,15 @@ impl StageWorker {
         // shard) lets it start at once. What a later panic changes reaches the sink through the
         // stage's later routes (poisoned records are merged there).
         let ready = self.emitter.ready_after(&stage.layers);
+        let patience = if stage.core.is_some() {
+            0
+        } else {
+            super::PATIENCE
+        };
         let mut sent = vec![false; ready.len()];
         loop {
             let t0 = Instant::now();
-            let Ok(part) = super::recv_patiently(&self.rx) else {
+            let Ok(part) = super::recv_with_patience(&self.rx, patience) else {
                 break;
             };
             let t1 = Instant::now();
@@ -411,9 +416,14 @@ pub(super) fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
 /// Gathers each chunk's parts from `producers` senders and hands complete chunks to the workers.
 /// It drains its inbox whatever arrives first, so no producer waits on another: joins cannot
 /// deadlock, and what they hold is bounded by the in-flight budget.
-pub(super) fn run_join(inbox: Receiver<Part>, out: Sender<Part>, producers: usize) {
+pub(super) fn run_join(
+    inbox: Receiver<Part>,
+    out: Sender<Part>,
+    producers: usize,
+    patience: usize,
+) {
     let mut pending: HashMap<u64, (usize, Part)> = HashMap::new();
-    while let Ok(part) = super::recv_patiently(&inbox) {
+    while let Ok(part) = super::recv_with_patience(&inbox, patience) {
         let chunk = part.chunk;
         let complete = match pending.remove(&chunk) {
             None => (1, part),
