@@ -218,14 +218,22 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
         "[2/3] decomposed pipeline, one chunk at a time",
         idle_records as u64,
     );
+    // Traced too, beside the full-load trace: a latency plan is read on the idle run, where
+    // a chunk's path through the stages is not hidden by the chunks queued behind it.
+    let idle_tracer = options.trace.as_ref().map(|_| Tracer::new(Instant::now()));
     let idle = run_bench_pipeline(
         plan.clone(),
         chunks,
         idle_records,
-        None,
+        idle_tracer.clone(),
         Some(1),
         progress.counter(),
     )?;
+    if let (Some(tracer), Some(path)) = (&idle_tracer, &options.trace) {
+        tracer
+            .write(&idle_trace_path(path))
+            .map_err(RunError::Output)?;
+    }
     let mut idle_lat = idle.latencies.clone();
     idle_lat.sort();
 
@@ -338,4 +346,19 @@ impl BenchReport {
         s += &format!("  bottleneck: {}\n", self.bottleneck);
         s
     }
+}
+
+/// Where `bench --trace PATH` writes the trace of its one-chunk-at-a-time run: `PATH` with
+/// `.idle` before its extension (`trace.json` → `trace.idle.json`).
+pub fn idle_trace_path(path: &std::path::Path) -> std::path::PathBuf {
+    let stem = path
+        .file_stem()
+        .map_or_else(Default::default, |s| s.to_os_string());
+    let mut name = stem;
+    name.push(".idle");
+    if let Some(ext) = path.extension() {
+        name.push(".");
+        name.push(ext);
+    }
+    path.with_file_name(name)
 }

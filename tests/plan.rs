@@ -226,4 +226,38 @@ fn a_latency_plan_shards_the_big_layers_and_verifies() {
         String::from_utf8_lossy(&validated.stderr)
     );
     common::assert_verifies(&[out.to_str().unwrap(), "--records", "8"]);
+    // `bench --trace` writes the one-chunk-at-a-time run beside the full-load one, where a
+    // latency plan is read: every stage has a span for every chunk there.
+    let trace = dir.path().join("t.json");
+    let benched = subpass()
+        .args([
+            "bench",
+            out.to_str().unwrap(),
+            "--records",
+            "6",
+            "--json",
+            "--trace",
+        ])
+        .arg(&trace)
+        .output()
+        .unwrap();
+    assert!(
+        benched.status.success(),
+        "{}",
+        String::from_utf8_lossy(&benched.stderr)
+    );
+    let idle = common::read_json(&dir.path().join("t.idle.json"));
+    let spans: Vec<&serde_json::Value> = idle["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "X")
+        .collect();
+    let stages = text.matches("- {name: s").count();
+    assert!(stages >= 5, "{text}");
+    for s in 0..stages {
+        let name = format!("s{s}");
+        let n = spans.iter().filter(|e| e["name"] == name.as_str()).count();
+        assert_eq!(n, 6, "stage {name}: one span per chunk in the idle trace");
+    }
 }
