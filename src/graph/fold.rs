@@ -37,19 +37,47 @@ pub struct Fold {
     pub affine: ChannelAffine,
 }
 
-/// The folds to make: every per-channel affine node (a batch norm) that reads, alone, the
-/// output of an op that can absorb it (a convolution without an activation), where that output
-/// is read by no other layer and is not a pipeline output. A convolution split into shards
-/// absorbs it too: each shard takes the map of its own filters, as long as nothing but the
-/// joining layer reads the shards. `tensors` holds each node's tensors.
-pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> Vec<Fold> {
+/// Whether a value has one reader and is not a pipeline output: folding its producer into that
+/// reader changes nothing anyone else sees.
+fn sole_reader(nodes: &[Node], outputs: &[ValueId]) -> impl Fn(ValueId) -> bool {
     let mut readers = vec![0usize; nodes.len() + 1];
     for node in nodes {
         for v in &node.inputs {
             readers[v.0] += 1;
         }
     }
-    let alone = |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v);
+    let outputs = outputs.to_vec();
+    move |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v)
+}
+
+/// The nodes that take what follows node `c` into themselves: `c` itself when `takes(c)`, or,
+/// when `c` joins the shards of a split layer (`shards: k`), every shard, if each takes it and
+/// nothing but the join reads them. `None` when neither.
+fn absorbers(
+    nodes: &[Node],
+    c: usize,
+    takes: impl Fn(usize) -> bool,
+    alone: &impl Fn(ValueId) -> bool,
+) -> Option<Vec<usize>> {
+    if takes(c) {
+        return Some(vec![c]);
+    }
+    let inputs = &nodes[c].inputs;
+    let shards = !inputs.is_empty()
+        && inputs.iter().all(|v| {
+            v.layer()
+                .is_some_and(|s| nodes[s].whole.is_some() && takes(s) && alone(*v))
+        });
+    shards.then(|| inputs.iter().filter_map(|v| v.layer()).collect())
+}
+
+/// The folds to make: every per-channel affine node (a batch norm) that reads, alone, the
+/// output of an op that can absorb it (a convolution without an activation), where that output
+/// is read by no other layer and is not a pipeline output. A convolution split into shards
+/// absorbs it too: each shard takes the map of its own filters, as long as nothing but the
+/// joining layer reads the shards. `tensors` holds each node's tensors.
+pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> Vec<Fold> {
+    let alone = sole_reader(nodes, outputs);
     let mut folds = Vec::new();
     for (b, node) in nodes.iter().enumerate() {
         let [input] = node.inputs[..] else {
@@ -66,17 +94,8 @@ pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> V
         };
         let conv = &nodes[c];
         // The convolution itself, or the shards a sharded one is joined from.
-        let sources: Vec<usize> = if conv.op.folds_channel_affine() {
-            vec![c]
-        } else if !conv.inputs.is_empty()
-            && conv.inputs.iter().all(|v| {
-                v.layer().is_some_and(|s| {
-                    nodes[s].whole.is_some() && nodes[s].op.folds_channel_affine() && alone(*v)
-                })
-            })
-        {
-            conv.inputs.iter().filter_map(|v| v.layer()).collect()
-        } else {
+        let takes = |n: usize| nodes[n].op.folds_channel_affine();
+        let Some(sources) = absorbers(nodes, c, takes, &alone) else {
             continue;
         };
         let mut parts = Vec::with_capacity(sources.len());
@@ -172,13 +191,7 @@ fn activations(
     outputs: &[ValueId],
     ops: &[Arc<dyn Op>],
 ) -> Vec<(usize, Vec<usize>, usize)> {
-    let mut readers = vec![0usize; nodes.len() + 1];
-    for node in nodes {
-        for v in &node.inputs {
-            readers[v.0] += 1;
-        }
-    }
-    let alone = |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v);
+    let alone = sole_reader(nodes, outputs);
     let mut found = Vec::new();
     for (a, node) in nodes.iter().enumerate() {
         let (Some(activation), [input]) = (node.op.elementwise_activation(), &node.inputs[..])
@@ -196,16 +209,7 @@ fn activations(
             c = conv;
         }
         let takes = |n: usize| ops[n].with_activation(activation).is_some();
-        let parts: Vec<usize> = if takes(c) {
-            vec![c]
-        } else if !nodes[c].inputs.is_empty()
-            && nodes[c].inputs.iter().all(|v| {
-                v.layer()
-                    .is_some_and(|s| nodes[s].whole.is_some() && takes(s) && alone(*v))
-            })
-        {
-            nodes[c].inputs.iter().filter_map(|v| v.layer()).collect()
-        } else {
+        let Some(parts) = absorbers(nodes, c, takes, &alone) else {
             continue;
         };
         // Nothing else sees the convolution's output: the activation reads it alone, or reads
@@ -245,6 +249,24 @@ mod tests {
             .collect()
     }
 
+    /// The fast graph of `layers` (folds made) against the reference graph (none) on the same
+    /// seeded input: the largest difference of the output, and the output's largest magnitude.
+    fn fast_vs_reference(layers: &str) -> (f32, f32) {
+        let fast = graph(layers, KernelKind::Fast);
+        let reference = graph(layers, KernelKind::Reference);
+        let mut next = crate::weights::seeded_stream(9, "fold-input");
+        let values: Vec<f32> = (0..4 * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
+        let input = Tensor::from_shape_vec(ndarray::IxDyn(&[4, 3, 6, 5]), values).unwrap();
+        let a = &fast.forward(input.clone(), None)[0];
+        let b = &reference.forward(input, None)[0];
+        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        let diff = a
+            .iter()
+            .zip(b)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        (diff, scale)
+    }
+
     const CONV_BN_RELU: &str = "  - {name: conv, op: conv2d, filters: 4, kernel: 3, padding: 1, bias: false}\n  - {name: bn, op: batchnorm}\n  - {name: act, op: relu}\n";
 
     #[test]
@@ -265,18 +287,7 @@ mod tests {
 
     #[test]
     fn folded_equals_unfolded() {
-        let fast = graph(CONV_BN_RELU, KernelKind::Fast);
-        let reference = graph(CONV_BN_RELU, KernelKind::Reference);
-        let mut next = crate::weights::seeded_stream(9, "fold-input");
-        let values: Vec<f32> = (0..4 * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
-        let input = Tensor::from_shape_vec(ndarray::IxDyn(&[4, 3, 6, 5]), values).unwrap();
-        let a = &fast.forward(input.clone(), None)[0];
-        let b = &reference.forward(input, None)[0];
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff = a
-            .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        let (diff, scale) = fast_vs_reference(CONV_BN_RELU);
         assert!(scale > 0.1, "the test needs outputs that are not all zero");
         assert!(
             diff <= 1e-6 * scale,
@@ -314,17 +325,7 @@ mod tests {
                 ("act".to_string(), "conv".to_string())
             ]
         );
-        let reference = graph(sharded, KernelKind::Reference);
-        let mut next = crate::weights::seeded_stream(9, "fold-input");
-        let values: Vec<f32> = (0..4 * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
-        let input = Tensor::from_shape_vec(ndarray::IxDyn(&[4, 3, 6, 5]), values).unwrap();
-        let a = &fast.forward(input.clone(), None)[0];
-        let b = &reference.forward(input, None)[0];
-        let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
-        let diff = a
-            .iter()
-            .zip(b)
-            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        let (diff, scale) = fast_vs_reference(sharded);
         assert!(scale > 0.1, "the test needs outputs that are not all zero");
         assert!(
             diff <= 1e-6 * scale,
@@ -360,23 +361,11 @@ mod tests {
         );
         // Whatever fuses, the fast graph computes what the reference graph does.
         for layers in [direct, twice, residual, shared, CONV_BN_RELU] {
-            let fast = graph(layers, KernelKind::Fast);
-            let reference = graph(layers, KernelKind::Reference);
-            let mut next = crate::weights::seeded_stream(3, "fuse-input");
-            let values: Vec<f32> = (0..2 * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
-            let input = Tensor::from_shape_vec(ndarray::IxDyn(&[2, 3, 6, 5]), values).unwrap();
-            let a = fast.forward(input.clone(), None);
-            let b = reference.forward(input, None);
-            for (a, b) in a.iter().zip(&b) {
-                let diff = a
-                    .iter()
-                    .zip(b)
-                    .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
-                assert!(
-                    diff <= 1e-5,
-                    "{layers}: fused vs reference differ by {diff}"
-                );
-            }
+            let (diff, _) = fast_vs_reference(layers);
+            assert!(
+                diff <= 1e-5,
+                "{layers}: fused vs reference differ by {diff}"
+            );
         }
     }
 }

@@ -141,12 +141,20 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         })
         .collect();
     let mut best: Choice = chosen;
-    // The stages as written, rated by the same model: kept unless the plan beats them.
-    let written = (plan.config.stages.is_some() && !plan.config.auto_stages).then(|| {
+    let fed = machine.fed();
+    let costs_of = |stages: &[PlannedStage]| -> Vec<f64> {
+        stages.iter().map(|s| s.seconds_per_record).collect()
+    };
+    // The stages as written (their costs and replicas), rated by the same model: kept unless
+    // the plan beats them.
+    let written_stages = (plan.config.stages.is_some() && !plan.config.auto_stages).then(|| {
         let costs: Vec<f64> = plan.stages.iter().map(|s| stage_cost(&s.layers)).collect();
         let replicas: Vec<usize> = plan.stages.iter().map(|s| s.replicas).collect();
-        predict_stages(&costs, &replicas, &machine)
+        (costs, replicas)
     });
+    let written = written_stages
+        .as_ref()
+        .map(|(costs, replicas)| predict_stages(costs, replicas, &machine));
     let as_written = || -> Vec<PlannedStage> {
         plan.stages
             .iter()
@@ -160,24 +168,11 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
             .collect()
     };
     let mut kept = false;
-    if let Some(w) = &written {
+    if let (Some(w), Some((costs, replicas))) = (&written, &written_stages) {
         // Kept when as good end to end and fed from memory (the tie-break `choose` applies).
-        let fed = Machine {
-            parse: 0.0,
-            ..machine
-        };
-        let costs: Vec<f64> = plan.stages.iter().map(|s| stage_cost(&s.layers)).collect();
-        let replicas: Vec<usize> = plan.stages.iter().map(|s| s.replicas).collect();
-        let written_fed = predict_stages(&costs, &replicas, &fed).seconds_per_record;
-        let chosen_fed = predict_stages(
-            &stages
-                .iter()
-                .map(|s| s.seconds_per_record)
-                .collect::<Vec<_>>(),
-            &best.replicas,
-            &fed,
-        )
-        .seconds_per_record;
+        let written_fed = predict_stages(costs, replicas, &fed).seconds_per_record;
+        let chosen_fed =
+            predict_stages(&costs_of(&stages), &best.replicas, &fed).seconds_per_record;
         if w.seconds_per_record <= best.seconds_per_record * (1.0 + TIE)
             && written_fed <= chosen_fed * (1.0 + TIE)
             && replicas.iter().sum::<usize>() <= cores
@@ -215,15 +210,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         }
     }
     // The same stages fed from memory: no parser at work.
-    let stage_costs: Vec<f64> = stages.iter().map(|s| s.seconds_per_record).collect();
-    let in_memory = predict_stages(
-        &stage_costs,
-        &best.replicas,
-        &Machine {
-            parse: 0.0,
-            ..machine
-        },
-    );
+    let in_memory = predict_stages(&costs_of(&stages), &best.replicas, &fed);
     Ok(Planned {
         bottleneck: best.bottleneck.map(|b| stages[b].name.clone()),
         stages,
@@ -258,10 +245,7 @@ fn plan_latency(
             .seconds_per_record
             .max(1e-12)
     };
-    let fed = Machine {
-        parse: 0.0,
-        ..machine
-    };
+    let fed = machine.fed();
     Ok(Planned {
         cores: machine.cores,
         batch: plan.batch.size,

@@ -81,6 +81,16 @@ pub struct Machine {
     pub outside: f64,
 }
 
+impl Machine {
+    /// The same machine fed from memory, as `subpass bench` measures: no parser at work.
+    pub fn fed(&self) -> Machine {
+        Machine {
+            parse: 0.0,
+            ..*self
+        }
+    }
+}
+
 /// The model's time per record of a contiguous split.
 pub fn predict(
     costs: &[f64],
@@ -143,10 +153,7 @@ pub fn choose(costs: &[f64], machine: &Machine, tie: f64) -> Choice {
             predict(costs, &segments, &replicas, machine)
         })
         .collect();
-    let fed = Machine {
-        parse: 0.0,
-        ..*machine
-    };
+    let fed = machine.fed();
     let fed_time = |c: &Choice| predict(costs, &c.segments, &c.replicas, &fed).seconds_per_record;
     let fastest = choices
         .iter()
@@ -188,6 +195,18 @@ fn spread(costs: &[f64], segments: &[Range<usize>], machine: &Machine) -> Vec<us
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `cores` with a parser of `parse` seconds a record, and nothing else in the way.
+    fn machine(cores: usize, parse: f64) -> Machine {
+        Machine {
+            cores,
+            parse,
+            parsers: 1,
+            contention: 1.0,
+            hop: 0.0,
+            outside: 0.0,
+        }
+    }
 
     /// Every split of `n` costs into `parts` segments, by their cut points.
     fn all_splits(n: usize, parts: usize) -> Vec<Vec<Range<usize>>> {
@@ -275,14 +294,7 @@ mod tests {
     fn a_dominant_layer_gets_the_spare_cores() {
         // One layer is 80% of the work: on 4 cores it stands alone with the spare replicas.
         let costs = [1.0, 8.0, 1.0];
-        let m = Machine {
-            cores: 4,
-            parse: 0.0,
-            parsers: 1,
-            contention: 1.0,
-            hop: 0.0,
-            outside: 0.0,
-        };
+        let m = machine(4, 0.0);
         let c = choose(&costs, &m, 0.0);
         let heavy = c.segments.iter().position(|s| s.contains(&1)).unwrap();
         assert!(c.replicas[heavy] >= 2, "{c:?}");
@@ -294,14 +306,7 @@ mod tests {
     #[test]
     fn ties_go_to_fewer_stages_and_hops_break_them() {
         let costs = [1.0, 1.0];
-        let mut m = Machine {
-            cores: 2,
-            parse: 0.0,
-            parsers: 1,
-            contention: 1.0,
-            hop: 0.0,
-            outside: 0.0,
-        };
+        let mut m = machine(2, 0.0);
         // One stage with two replicas and two stages of one each both pass a record per 1.0.
         let c = choose(&costs, &m, 0.01);
         assert_eq!(c.segments, vec![0..2]);
@@ -315,14 +320,7 @@ mod tests {
     #[test]
     fn the_parser_and_the_cores_bound_the_prediction() {
         let costs = [1.0, 1.0];
-        let m = Machine {
-            cores: 2,
-            parse: 4.0,
-            parsers: 1,
-            contention: 1.0,
-            hop: 0.0,
-            outside: 0.0,
-        };
+        let m = machine(2, 4.0);
         // A parser at 4.0 per record on its own thread is the bottleneck, whatever the stages.
         let c = choose(&costs, &m, 0.0);
         assert!((c.seconds_per_record - 4.0).abs() < 1e-12, "{c:?}");
@@ -335,14 +333,7 @@ mod tests {
         // ties; fed from memory, two replicas of one stage (1.0) beat two stages (1.5): the
         // MLP's case, whose JSON parser costs about as much as its layers.
         let costs = [0.5, 1.5];
-        let m = Machine {
-            cores: 2,
-            parse: 4.0,
-            parsers: 1,
-            contention: 1.0,
-            hop: 0.0,
-            outside: 0.0,
-        };
+        let m = machine(2, 4.0);
         let c = choose(&costs, &m, 0.02);
         assert_eq!(c.segments, vec![0..2]);
         assert_eq!(c.replicas, vec![2]);

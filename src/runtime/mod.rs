@@ -125,6 +125,16 @@ pub fn recv_patiently<T>(rx: &Receiver<T>) -> Result<T, crossbeam_channel::RecvE
     recv_with_patience(rx, PATIENCE)
 }
 
+/// How many times a stage's threads yield before parking: [`PATIENCE`], or none for a stage
+/// pinned to a core (see [`recv_with_patience`]).
+pub fn patience(core: Option<usize>) -> usize {
+    if core.is_some() {
+        0
+    } else {
+        PATIENCE
+    }
+}
+
 /// [`recv_patiently`] with `patience` yields before parking. A thread pinned to a core parks at
 /// once (`patience` 0): while it yields, it takes turns on its core with the stage computing
 /// there (a latency plan pins dozens of stages to two cores; measured, their yields doubled

@@ -211,8 +211,7 @@ fn spawn_stages(
                 move || {
                     // A pinned stage's join runs on its core and parks at once, as its workers.
                     pin_stage(&name, core);
-                    let patience = if core.is_some() { 0 } else { super::PATIENCE };
-                    run_join(join_rx, work_tx, producers, patience)
+                    run_join(join_rx, work_tx, producers, super::patience(core))
                 },
             ));
         }

@@ -51,11 +51,9 @@ impl StageWorker {
         // shard) lets it start at once. What a later panic changes reaches the sink through the
         // stage's later routes (poisoned records are merged there).
         let ready = self.emitter.ready_after(&stage.layers);
-        let patience = if stage.core.is_some() {
-            0
-        } else {
-            super::PATIENCE
-        };
+        // Routes ready only after the last layer leave with the final emit, below.
+        let last = ready.iter().copied().max().flatten();
+        let patience = super::patience(stage.core);
         let mut sent = vec![false; ready.len()];
         loop {
             let t0 = Instant::now();
@@ -83,11 +81,11 @@ impl StageWorker {
             let mut closed = false;
             let computed = catch_unwind(AssertUnwindSafe(|| {
                 let mut early = |after: Option<usize>, env: &Env| {
-                    let due = |r: usize| !sent[r] && ready[r] == after;
-                    if (0..ready.len()).any(due) && ready[..].iter().any(|r| *r > after) {
+                    let due = |r: usize| ready[r] == after;
+                    if after < last && (0..ready.len()).any(due) {
                         closed |= self.emitter.emit_some(&tags, env, None, due).is_err();
                         for (r, s) in sent.iter_mut().enumerate() {
-                            *s |= ready[r] == after;
+                            *s |= due(r);
                         }
                     }
                 };
