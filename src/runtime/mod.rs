@@ -125,7 +125,7 @@ pub fn recv_patiently<T>(rx: &Receiver<T>) -> Result<T, crossbeam_channel::RecvE
     recv_with_patience(rx, PATIENCE)
 }
 
-/// How many times a stage's threads yield before parking: [`PATIENCE`], or none for a stage
+/// How many times a stage's threads yield before parking: `PATIENCE` (256), or none for a stage
 /// pinned to a core (see [`recv_with_patience`]).
 pub fn patience(core: Option<usize>) -> usize {
     if core.is_some() {
