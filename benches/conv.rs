@@ -193,7 +193,7 @@ fn bench_shapes(c: &mut Criterion<ThreadCpuTime>, shapes: &[Shape], batches: &[u
                 let [sa, sb] = wino.scratch(n).unwrap();
                 let (mut sa, mut sb) = (vec![0.0f32; sa], vec![0.0f32; sb]);
                 group.bench_with_input(BenchmarkId::new(*wname, n), &n, |b, _| {
-                    b.iter(|| wino.run(&x, &bias, true, &mut sa, &mut sb, &mut out))
+                    b.iter(|| wino.run(&x, &bias, None, true, &mut sa, &mut sb, &mut out))
                 });
             }
         }

@@ -235,7 +235,7 @@ fn run_winograd(case: &Case, d: &Data, tile: TileSize, isa: Isa) -> Vec<f32> {
     let mut out = vec![f32::NAN; case.batch * case.filters * oh * ow];
     let [a, b] = wino.scratch(case.batch).unwrap();
     let (mut sa, mut sb) = (vec![f32::NAN; a], vec![f32::NAN; b]);
-    wino.run(&d.x, &d.b, case.relu, &mut sa, &mut sb, &mut out);
+    wino.run(&d.x, &d.b, None, case.relu, &mut sa, &mut sb, &mut out);
     out
 }
 
@@ -367,6 +367,44 @@ fn winograd_kernels_are_within_their_bound() {
     }
 }
 
+/// A residual connection's sum taken in the output transform, `act(conv(x) + b + r)`, on every
+/// instruction set and tile size, with ReLU after the sum: the reference sum (relu off) plus
+/// `r` in f64, held to the Winograd bound with one more term (`|r|` in the scale).
+#[test]
+fn winograd_adds_a_residual_as_it_writes() {
+    for isa in isas() {
+        for tile in [TileSize::F2, TileSize::F4] {
+            for (i, case) in winograd_cases().iter().enumerate() {
+                let mut d = data(
+                    &Case {
+                        relu: false,
+                        ..*case
+                    },
+                    i as u64 + 70,
+                );
+                let r = values(d.want.len(), i as u64 + 90);
+                let wino = Winograd::new(case.shape(), case.filters, &d.w, tile, isa).unwrap();
+                let mut out = vec![f32::NAN; d.want.len()];
+                let [a, b] = wino.scratch(case.batch).unwrap();
+                let (mut sa, mut sb) = (vec![f32::NAN; a], vec![f32::NAN; b]);
+                wino.run(&d.x, &d.b, Some(&r), case.relu, &mut sa, &mut sb, &mut out);
+                for ((want, scale), r) in d.want.iter_mut().zip(&mut d.scale).zip(&r) {
+                    let sum = *want as f64 + *r as f64;
+                    *want = if case.relu { sum.max(0.0) } else { sum } as f32;
+                    *scale += r.abs();
+                }
+                let ratio = bound_ratio(case, &d, &out);
+                assert!(
+                    ratio <= winograd_allowance(tile),
+                    "winograd {} {} with a residual, {case:?}: {ratio:.3} of the bound",
+                    tile.name(),
+                    isa.name()
+                );
+            }
+        }
+    }
+}
+
 fn winograd_fits(case: &Case) -> bool {
     case.kernel == [3, 3] && case.stride == [1, 1] && case.dilation == [1, 1]
 }
@@ -413,57 +451,61 @@ fn conv2d_op_is_within_the_bound_with_every_algorithm() {
 }
 
 /// `validate` prints the algorithm and instruction set of every convolution: forced ones as
-/// forced, `auto` as chosen (Winograd F(4×4) for a 3×3 64-channel layer on 16×16, F(2×2) on
-/// 8×8, im2col for a 1×1, direct for a 7×7 or 3×3 stride 2).
+/// forced, `auto` as chosen (Winograd F(4×4) for a 3×3 64-channel layer on 16×16, on 4×4 F(2×2)
+/// at batch 1 and F(4×4) at batch 16, im2col for a 1×1, direct for a 7×7 or 3×3 stride 2).
 #[test]
 fn validate_shows_each_convolutions_algorithm() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("convs.yaml");
-    std::fs::write(
-        &path,
-        "input: {shape: [3, 32, 32]}\ninit: {seed: 1}\nlayers:\n\
-         - {name: stem, op: conv2d, filters: 64, kernel: 7, stride: 2, padding: 3, activation: relu}\n\
-         - {name: body, op: conv2d, filters: 64, kernel: 3, padding: 1}\n\
-         - {name: down, op: conv2d, filters: 128, kernel: 1, stride: 2}\n\
-         - {name: forced_direct, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: direct}\n\
-         - {name: forced_gemm, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: gemm}\n\
-         - {name: forced_winograd, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd}\n\
-         - {name: forced_f4, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd_f4}\n\
-         - {name: small, op: conv2d, filters: 64, kernel: 3, stride: 2, padding: 1}\n\
-         - {name: small_w, op: conv2d, filters: 64, kernel: 3, padding: 1}\n",
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_subpass"))
-        .arg("validate")
-        .arg(&path)
-        .output()
+    // small_w's 4×4 map is one F(4×4) tile an image: F(2×2) at batch 1, F(4×4) at batch 16,
+    // where a chunk has 16 tiles.
+    for (batch, small_w) in [(1, "winograd F(2x2,3x3), "), (16, "winograd F(4x4,3x3), ")] {
+        let path = dir.path().join(format!("convs-{batch}.yaml"));
+        std::fs::write(
+            &path,
+            format!("input: {{shape: [3, 32, 32]}}\ninit: {{seed: 1}}\nbatch: {{size: {batch}}}\nlayers:\n\
+             - {{name: stem, op: conv2d, filters: 64, kernel: 7, stride: 2, padding: 3, activation: relu}}\n\
+             - {{name: body, op: conv2d, filters: 64, kernel: 3, padding: 1}}\n\
+             - {{name: down, op: conv2d, filters: 128, kernel: 1, stride: 2}}\n\
+             - {{name: forced_direct, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: direct}}\n\
+             - {{name: forced_gemm, op: conv2d, filters: 64, kernel: 3, padding: 1, algorithm: gemm}}\n\
+             - {{name: forced_winograd, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd}}\n\
+             - {{name: forced_f4, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd_f4}}\n\
+             - {{name: small, op: conv2d, filters: 64, kernel: 3, stride: 2, padding: 1}}\n\
+             - {{name: small_w, op: conv2d, filters: 64, kernel: 3, padding: 1}}\n"),
+        )
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let kernels = stdout
-        .split("\nkernels (")
-        .nth(1)
-        .unwrap_or_else(|| panic!("no kernels section in:\n{stdout}"));
-    for (layer, algorithm) in [
-        ("stem", "direct, "),
-        ("body", "winograd F(4x4,3x3), "),
-        ("small", "direct, "),
-        ("small_w", "winograd F(2x2,3x3), "),
-        ("down", "gemm (im2col"),
-        ("forced_direct", "direct, "),
-        ("forced_gemm", "gemm (im2col"),
-        ("forced_winograd", "winograd F(2x2,3x3), "),
-        ("forced_f4", "winograd F(4x4,3x3), "),
-    ] {
-        let line = kernels
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(layer))
-            .unwrap_or_else(|| panic!("no line for {layer} in:\n{kernels}"));
-        assert!(line.contains(algorithm), "{layer}: {line}");
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_subpass"))
+            .arg("validate")
+            .arg(&path)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kernels = stdout
+            .split("\nkernels (")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no kernels section in:\n{stdout}"));
+        for (layer, algorithm) in [
+            ("stem", "direct, "),
+            ("body", "winograd F(4x4,3x3), "),
+            ("small", "direct, "),
+            ("small_w", small_w),
+            ("down", "gemm (im2col"),
+            ("forced_direct", "direct, "),
+            ("forced_gemm", "gemm (im2col"),
+            ("forced_winograd", "winograd F(2x2,3x3), "),
+            ("forced_f4", "winograd F(4x4,3x3), "),
+        ] {
+            let line = kernels
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(layer))
+                .unwrap_or_else(|| panic!("no line for {layer} in:\n{kernels}"));
+            assert!(line.contains(algorithm), "batch {batch}, {layer}: {line}");
+        }
     }
 }
 

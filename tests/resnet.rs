@@ -159,8 +159,9 @@ fn export_writes_exactly_torchvisions_state_dict_keys() {
 }
 
 /// Every batch norm of ResNet-18 folds into its convolution in the fast graph, and so does the
-/// ReLU after each first convolution of a block and after the stem (the others follow a
-/// residual add); the folded pipeline computes what the unfolded reference graph computes.
+/// ReLU after each first convolution of a block and after the stem; each block's second
+/// convolution folds into its residual add, with the ReLU after that; the folded pipeline
+/// computes what the unfolded reference graph computes.
 #[test]
 fn resnet18_folded_equals_unfolded_reference() {
     let plan = Plan::load(&root().join("configs/resnet18.yaml")).unwrap();
@@ -171,14 +172,19 @@ fn resnet18_folded_equals_unfolded_reference() {
         .filter(|n| n.folded_into.is_some())
         .map(|n| n.name.as_str())
         .collect();
-    let relus = folded
-        .iter()
-        .filter(|n| !n.contains("bn") && !n.contains("downsample"));
-    assert_eq!(folded.len(), 29, "{folded:?}");
-    assert_eq!(relus.count(), 9, "{folded:?}");
-    assert!(plan
-        .describe()
-        .contains("layer2.0.downsample.1 folded into layer2.0.downsample.0"));
+    let count = |kind: &dyn Fn(&str) -> bool| folded.iter().filter(|n| kind(n)).count();
+    let batch_norms = count(&|n| n.contains("bn") || n.ends_with("downsample.1"));
+    let convs = count(&|n| n.ends_with(".conv2"));
+    assert_eq!(folded.len(), 45, "{folded:?}");
+    assert_eq!((batch_norms, convs), (20, 8), "{folded:?}");
+    let describe = plan.describe();
+    for fold in [
+        "layer2.0.downsample.1 folded into layer2.0.downsample.0",
+        "layer2.0.conv2 folded into layer2.0.add",
+        "layer2.0 folded into layer2.0.add",
+    ] {
+        assert!(describe.contains(fold), "{fold}");
+    }
     let plan = Arc::new(plan);
     // One record: the reference kernels take seconds per image.
     let input = subpass::verify::synthetic_records(&plan, 1, 7);
@@ -210,8 +216,9 @@ fn small_resnet_matches_numpy() {
             .iter()
             .filter(|n| n.folded_into.is_some())
             .count();
-        // Six batch norms, and the three ReLUs that read one of them alone.
-        assert_eq!(folds, if kernels == KernelKind::Fast { 9 } else { 0 });
+        // Six batch norms, the three ReLUs that read one of them alone, each block's second
+        // convolution into its residual add and the ReLU after the add.
+        assert_eq!(folds, if kernels == KernelKind::Fast { 13 } else { 0 });
         let got = &graph.forward(input.clone(), None)[0];
         assert_eq!(got.shape(), expected.shape());
         let scale = expected.iter().fold(0.0f32, |m, v| m.max(v.abs()));
@@ -231,6 +238,23 @@ fn small_resnet_matches_numpy() {
         let values: Vec<String> = record.iter().map(|v| v.to_string()).collect();
         records.extend_from_slice(format!("[{}]\n", values.join(",")).as_bytes());
     }
+    let report = subpass::verify::verify(plan, records.clone()).unwrap();
+    assert!(report.passes(1e-5), "{report:?}");
+    // Stages cut between a convolution and the residual add it folds into: the convolution's
+    // input crosses in its place, and the add's stage runs it.
+    let text = std::fs::read_to_string(dir.join("pipeline.yaml")).unwrap();
+    let weights = dir.join("weights.safetensors");
+    let text = text
+        .replace("[conv1..block2.relu1]", "[conv1..block1.bn2]")
+        .replace("[block2.conv2..fc]", "[block1.add..fc]")
+        .replace("weights.safetensors", &weights.display().to_string());
+    let tmp = tempfile::tempdir().unwrap();
+    let cut = tmp.path().join("cut-at-the-add.yaml");
+    std::fs::write(&cut, text).unwrap();
+    let plan = Arc::new(Plan::load(&cut).unwrap());
+    assert!(plan
+        .describe()
+        .contains("block1.conv2 folded into block1.add"));
     let report = subpass::verify::verify(plan, records).unwrap();
     assert!(report.passes(1e-5), "{report:?}");
 }

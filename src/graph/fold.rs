@@ -11,6 +11,11 @@
 //! it, becomes the convolution's own `activation`: ReLU is applied as the kernel writes its
 //! output, which saves another pass over the activations (ResNet's conv, bn, relu is one op).
 //!
+//! A convolution whose output (after its folded batch norm) only a residual `add` reads is
+//! folded into that add: the add's node runs the convolution, and the kernel adds the other
+//! value as it writes, then the activation that alone reads the sum (ResNet's conv, bn, add,
+//! relu is one op, and two passes over the activations fewer).
+//!
 //! The rewrites are made while the kernels are built, and only for the fast kernels: the graph
 //! keeps both nodes (stages, routes and `export` still see the file's layers and tensors), the
 //! convolution's kernel is built from the folded tensors and the batch norm passes its input
@@ -117,20 +122,25 @@ pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> V
     folds
 }
 
-/// Build every node's kernel of the kind asked from its tensors, folding batch norms first when
-/// the kernels are the fast ones (and marking the folded nodes in `nodes`).
+/// Build every node's kernel of the kind asked from its tensors, for chunks of `batch` records,
+/// folding batch norms first when the kernels are the fast ones (and marking the folded nodes in
+/// `nodes`).
 pub(super) fn build_layers(
     nodes: &mut [Node],
     outputs: &[ValueId],
     input_shape: &[usize],
     tensors: Vec<Vec<Vec<f32>>>,
     kernels: KernelKind,
+    batch: usize,
 ) -> Vec<Box<dyn Layer>> {
     let folds = match kernels {
         KernelKind::Fast => find(nodes, outputs, &tensors),
         KernelKind::Reference => Vec::new(),
     };
-    let mut ops: Vec<Arc<dyn Op>> = nodes.iter().map(|n| n.op.clone()).collect();
+    let mut ops: Vec<Arc<dyn Op>> = nodes
+        .iter()
+        .map(|n| n.op.for_batch(batch).unwrap_or_else(|| n.op.clone()))
+        .collect();
     let mut tensors: Vec<Option<Vec<Vec<f32>>>> = tensors.into_iter().map(Some).collect();
     for fold in folds {
         for (part, channels) in fold.parts {
@@ -148,6 +158,13 @@ pub(super) fn build_layers(
         bn.flops_per_record = 0;
     }
     if kernels == KernelKind::Fast {
+        for r in residuals(nodes, outputs, input_shape, &ops) {
+            ops[r.add] = ops[r.conv].with_residual(r.at).expect("found to take it");
+            tensors[r.add] = tensors[r.conv].replace(Vec::new());
+            nodes[r.conv].folded_into = Some(r.add);
+            nodes[r.add].flops_per_record += nodes[r.conv].flops_per_record;
+            nodes[r.conv].flops_per_record = 0;
+        }
         for (act, parts, into) in activations(nodes, outputs, &ops) {
             for p in parts {
                 let a = nodes[act]
@@ -178,6 +195,64 @@ pub(super) fn build_layers(
         layers.push(ops[i].build(kernels, &shapes, &node.shape, values));
     }
     layers
+}
+
+/// A convolution folded into the residual `add` that alone reads it: the add's node runs the
+/// convolution and adds the other value as the kernel writes.
+#[derive(Debug, PartialEq)]
+struct Residual {
+    conv: usize,
+    add: usize,
+    /// Which of the add's two inputs is the residual (the other is the convolution's output).
+    at: usize,
+}
+
+/// The residual sums to fold: an `add` of two values where one is the output of a convolution
+/// (directly or through a batch norm folded into it) that nothing else sees and that can take
+/// a residual (no activation of its own). The convolution's input must have its output's shape
+/// (ResNet's 3×3 stride-1 convolutions): the folded convolution passes its input on under its
+/// own name, to the add that runs it, so stage routes and memory budgets keep their sizes.
+/// Runs after the batch norm folds, on their `ops`.
+fn residuals(
+    nodes: &[Node],
+    outputs: &[ValueId],
+    input_shape: &[usize],
+    ops: &[Arc<dyn Op>],
+) -> Vec<Residual> {
+    let alone = sole_reader(nodes, outputs);
+    let shape_of = |v: ValueId| match v.layer() {
+        None => input_shape,
+        Some(j) => nodes[j].shape.as_slice(),
+    };
+    let mut found: Vec<Residual> = Vec::new();
+    for (add, node) in nodes.iter().enumerate() {
+        if node.op.name() != "add" || node.inputs.len() != 2 || node.rows != Rows::Records {
+            continue;
+        }
+        // The convolution's side first, then the other: a sum of two convolutions folds one.
+        for at in [1, 0] {
+            let side = node.inputs[1 - at];
+            let Some(mut c) = side.layer() else {
+                continue;
+            };
+            if !alone(side) {
+                continue;
+            }
+            if let Some(conv) = nodes[c].folded_into {
+                c = conv;
+            }
+            let conv = &nodes[c];
+            let [input] = conv.inputs[..] else {
+                continue;
+            };
+            if ops[c].with_residual(at).is_none() || shape_of(input) != conv.shape.as_slice() {
+                continue;
+            }
+            found.push(Residual { conv: c, add, at });
+            break;
+        }
+    }
+    found
 }
 
 /// The activations to fuse into the op before them: an elementwise activation node that alone
@@ -331,6 +406,73 @@ mod tests {
             diff <= 1e-6 * scale,
             "folded shards vs unfolded: {diff} at {scale}"
         );
+    }
+
+    /// ResNet's block tail: conv, bn, add with the block's input, relu.
+    const RESIDUAL_BLOCK: &str = "  - {name: conv, op: conv2d, filters: 3, kernel: 3, padding: 1, bias: false}\n  - {name: bn, op: batchnorm}\n  - {name: sum, op: add, inputs: [bn, input]}\n  - {name: act, op: relu}\n";
+
+    #[test]
+    fn a_residual_add_runs_the_convolution_and_its_relu() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let fast = graph(RESIDUAL_BLOCK, KernelKind::Fast);
+        assert_eq!(
+            folded(&fast),
+            pairs(&[("conv", "sum"), ("bn", "conv"), ("act", "sum")])
+        );
+        // The add carries the convolution's work now.
+        assert_eq!(fast.nodes[0].flops_per_record, 0);
+        assert!(fast.nodes[2].flops_per_record > 2 * 3 * 3 * 9 * 30);
+        // The residual on either side, and on every algorithm (Winograd adds it in its output
+        // transform, the others in one pass after the kernel).
+        let swapped = RESIDUAL_BLOCK.replace("[bn, input]", "[input, bn]");
+        assert_eq!(
+            folded(&graph(&swapped, KernelKind::Fast)),
+            pairs(&[("conv", "sum"), ("bn", "conv"), ("act", "sum")])
+        );
+        for layers in [
+            RESIDUAL_BLOCK.to_string(),
+            swapped,
+            RESIDUAL_BLOCK.replace("bias: false", "algorithm: winograd"),
+            RESIDUAL_BLOCK.replace("bias: false", "algorithm: direct"),
+            RESIDUAL_BLOCK.replace("bias: false", "algorithm: gemm"),
+        ] {
+            let (diff, scale) = fast_vs_reference(&layers);
+            assert!(scale > 0.1, "the test needs outputs that are not all zero");
+            assert!(
+                diff <= 1e-6 * scale,
+                "{layers}: folded vs unfolded: {diff} at scale {scale}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_residual_fold_needs_a_lone_convolution_that_keeps_its_input_shape() {
+        // Two convolutions summed (ResNet's downsampling block): one of them folds.
+        let two = "  - {name: a, op: conv2d, filters: 3, kernel: 3, padding: 1}\n  - {name: b, op: conv2d, inputs: [input], filters: 3, kernel: 1}\n  - {name: sum, op: add, inputs: [a, b]}\n";
+        assert_eq!(
+            folded(&graph(two, KernelKind::Fast)),
+            [("a".to_string(), "sum".to_string())]
+        );
+        // The convolution widens 3 channels to 4: its input could not stand in for its output
+        // on the way to the add (the other side has an activation of its own).
+        let widening = "  - {name: conv, op: conv2d, filters: 4, kernel: 1}\n  - {name: other, op: conv2d, inputs: [input], filters: 4, kernel: 1, activation: relu}\n  - {name: sum, op: add, inputs: [conv, other]}\n";
+        assert!(folded(&graph(widening, KernelKind::Fast)).is_empty());
+        // The convolution's output is also read elsewhere, or has its own activation.
+        let seen = "  - {name: conv, op: conv2d, filters: 3, kernel: 3, padding: 1}\n  - {name: sum, op: add, inputs: [conv, input]}\n  - {name: both, op: add, inputs: [sum, conv]}\n";
+        assert!(folded(&graph(seen, KernelKind::Fast)).is_empty());
+        let activated = "  - {name: conv, op: conv2d, filters: 3, kernel: 3, padding: 1, activation: tanh}\n  - {name: sum, op: add, inputs: [conv, input]}\n";
+        assert!(folded(&graph(activated, KernelKind::Fast)).is_empty());
+        for layers in [two, widening, seen, activated] {
+            let (diff, scale) = fast_vs_reference(layers);
+            assert!(
+                diff <= 1e-6 * scale.max(1.0),
+                "{layers}: fast vs reference differ by {diff}"
+            );
+        }
     }
 
     #[test]

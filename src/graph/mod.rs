@@ -438,8 +438,14 @@ impl Graph {
         // cannot be built; the graph is unusable even if nothing else is wrong with it.
         let tensors: Option<Vec<Vec<Vec<f32>>>> = loaded.into_iter().collect();
         if let (true, Some(tensors)) = (errors.is_empty(), tensors) {
-            let layers_out =
-                fold::build_layers(&mut nodes, &outputs, &config.input.shape, tensors, kernels);
+            let layers_out = fold::build_layers(
+                &mut nodes,
+                &outputs,
+                &config.input.shape,
+                tensors,
+                kernels,
+                config.batch.size,
+            );
             Ok(Graph {
                 input_shape: config.input.shape.clone(),
                 input_rows,

@@ -481,7 +481,7 @@ impl Plan {
         if !folds.is_empty() {
             let _ = writeln!(
                 out,
-                "\nbatch norms and activations folded into the convolution before them (fast kernels; `verify` compares with the unfolded graph):\n{}",
+                "\nfolded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add that reads it (the add runs it and adds as it writes):\n{}",
                 folds.join("\n")
             );
         }

@@ -224,13 +224,16 @@ impl Winograd {
         Some([planes, vm])
     }
 
-    /// `out = act(bias + conv(images))`: `images` `[n, c, h, w]`, `bias` one per filter,
-    /// `out` `[n, F, oh, ow]`, scratch slots as [`Winograd::scratch`] asks for `n`. Panics if a
-    /// size disagrees.
+    /// `out = act(bias + conv(images) + residual)`: `images` `[n, c, h, w]`, `bias` one per
+    /// filter, `residual` (when given) and `out` `[n, F, oh, ow]`, scratch slots as
+    /// [`Winograd::scratch`] asks for `n`. The residual is added, and ReLU applied, as the output
+    /// transform writes `out`. Panics if a size disagrees.
+    #[allow(clippy::too_many_arguments)]
     pub fn run(
         &self,
         images: &[f32],
         bias: &[f32],
+        residual: Option<&[f32]>,
         relu: bool,
         slot_a: &mut [f32],
         slot_b: &mut [f32],
@@ -244,23 +247,33 @@ impl Winograd {
             image_len > 0
                 && images.len().is_multiple_of(image_len)
                 && out.len() == images.len() / image_len * record
-                && bias.len() == f,
-            "winograd: {} input floats for {:?}, {} output floats, {} biases",
+                && bias.len() == f
+                && residual.is_none_or(|r| r.len() == out.len()),
+            "winograd: {} input floats for {:?}, {} output floats, {} biases, residual {:?}",
             images.len(),
             self.shape.input,
             out.len(),
-            bias.len()
+            bias.len(),
+            residual.map(<[f32]>::len)
         );
-        for (batch, out) in images
+        let step = self.images * record;
+        for (pass, (batch, out)) in images
             .chunks(self.images * image_len)
-            .zip(out.chunks_mut(self.images * record))
+            .zip(out.chunks_mut(step))
+            .enumerate()
         {
             let n = batch.len() / image_len;
             let layout = self.layout(n).expect("checked in new");
             let planes = &mut slot_a[..layout.len() + MAX_LANES];
             layout.fill(batch, planes);
+            let residual = residual.map(|r| &r[pass * step..pass * step + out.len()]);
             for g in 0..self.shape.groups {
-                self.run_group(&layout, planes, n, g, bias, relu, slot_b, out);
+                let epilogue = OutputEpilogue {
+                    bias,
+                    residual,
+                    relu,
+                };
+                self.run_group(&layout, planes, n, g, epilogue, slot_b, out);
             }
         }
     }
@@ -273,8 +286,7 @@ impl Winograd {
         planes: &[f32],
         images: usize,
         group: usize,
-        bias: &[f32],
-        relu: bool,
+        epilogue: OutputEpilogue,
         slot_b: &mut [f32],
         out: &mut [f32],
     ) {
@@ -284,8 +296,7 @@ impl Winograd {
             planes,
             images,
             group,
-            bias,
-            relu,
+            epilogue,
         };
         assert!(
             self.isa.available(),
@@ -311,6 +322,17 @@ impl Winograd {
     }
 }
 
+/// What the output transform does to each value before writing it: `act(bias + y + residual)`.
+#[derive(Clone, Copy)]
+struct OutputEpilogue<'a> {
+    /// One per filter.
+    bias: &'a [f32],
+    /// Laid out as the pass's `out`: a residual connection's other value, added as it is
+    /// written, so that no separate pass adds it.
+    residual: Option<&'a [f32]>,
+    relu: bool,
+}
+
 /// What one group of one pass works on.
 struct Pass<'a> {
     w: &'a Winograd,
@@ -318,8 +340,7 @@ struct Pass<'a> {
     planes: &'a [f32],
     images: usize,
     group: usize,
-    bias: &'a [f32],
-    relu: bool,
+    epilogue: OutputEpilogue<'a>,
 }
 
 /// A vector of tiles on one instruction set: the few operations the transforms need.
@@ -334,6 +355,14 @@ trait Lanes: Copy {
     fn store(self, d: &mut [f32]);
     /// Lanes `lane..lane + d.len()` into `d` (`d` shorter than a vector).
     fn store_part(self, lane: usize, d: &mut [f32]);
+    /// `s` into lanes `lane..lane + s.len()`, zeros elsewhere (`s` shorter than a vector): the
+    /// inverse of [`Lanes::store_part`]. Through a stack copy, which partial runs can afford.
+    #[inline(always)]
+    fn load_part(lane: usize, s: &[f32]) -> Self {
+        let mut v = [0.0f32; MAX_LANES];
+        v[lane..lane + s.len()].copy_from_slice(s);
+        Self::load(&v)
+    }
     fn add(self, o: Self) -> Self;
     fn sub(self, o: Self) -> Self;
     /// `c·x + y`.
@@ -777,25 +806,37 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
                         s[i][b] = v;
                     }
                 }
-                let bias = S::splat(p.bias[filter]);
+                let e = &p.epilogue;
+                let bias = S::splat(e.bias[filter]);
                 for (i, si) in s.iter().enumerate() {
                     let mut y = T::output(si);
                     for v in y.iter_mut() {
                         *v = v.add(bias);
-                        if p.relu {
-                            *v = v.max0();
-                        }
                     }
                     let z = S::interleave(y);
                     let base = filter * oh * ow + i * ow;
                     let (segs, starts) = (&segs[i], &starts[i]);
-                    for (v, zv) in z.iter().enumerate() {
+                    for (v, &zv) in z.iter().enumerate() {
                         for sg in &segs[starts[v]..starts[v + 1]] {
-                            let dst = &mut out[base + sg.dest..];
-                            if sg.count == n {
-                                zv.store(dst);
+                            let at = base + sg.dest;
+                            let whole = sg.count == n;
+                            let mut x = zv;
+                            if let Some(r) = e.residual {
+                                // ReLU comes after the sum: `relu(conv + residual)`.
+                                x = x.add(if whole {
+                                    S::load(&r[at..])
+                                } else {
+                                    S::load_part(sg.lane, &r[at..at + sg.count])
+                                });
+                            }
+                            if e.relu {
+                                x = x.max0();
+                            }
+                            let dst = &mut out[at..];
+                            if whole {
+                                x.store(dst);
                             } else {
-                                zv.store_part(sg.lane, &mut dst[..sg.count]);
+                                x.store_part(sg.lane, &mut dst[..sg.count]);
                             }
                         }
                     }

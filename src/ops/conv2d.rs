@@ -91,6 +91,8 @@ impl OpFamily for Conv2dFamily {
             bias: a.bool("bias"),
             activation: a.activation("activation"),
             algorithm: AlgorithmChoice::from_name(a.choice("algorithm")),
+            residual: None,
+            batch: 1,
         };
         let winograd = matches!(
             c.algorithm,
@@ -129,6 +131,13 @@ pub(super) struct Conv2dOp {
     bias: bool,
     activation: Activation,
     algorithm: AlgorithmChoice,
+    /// Set only by the graph's residual fold ([`Op::with_residual`]), never by a file: the
+    /// layer then reads two values, and adds the one at this index to its sum before the
+    /// activation; the other is the convolution's input.
+    residual: Option<usize>,
+    /// Records a chunk holds, as the pipeline's batch size says ([`Op::for_batch`]): the
+    /// Winograd tile size depends on how many tiles a pass gets. 1 until the graph sets it.
+    batch: usize,
 }
 
 /// The `algorithm` attribute.
@@ -158,6 +167,14 @@ impl AlgorithmChoice {
 }
 
 impl Conv2dOp {
+    /// Which of the layer's inputs is the image: the one that is not the residual.
+    fn input_index(&self) -> usize {
+        match self.residual {
+            Some(0) => 1,
+            _ => 0,
+        }
+    }
+
     /// Whether Winograd F(2×2, 3×3) computes this convolution.
     fn winograd_fits(&self) -> bool {
         self.kernel == [3, 3] && self.stride == [1, 1] && self.dilation == [1, 1]
@@ -181,7 +198,7 @@ impl Op for Conv2dOp {
         "conv2d"
     }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
-        let input = inputs[0];
+        let input = inputs[self.input_index()];
         let [ch, h, w] = input else {
             return Err(ShapeError::at(
                 "inputs",
@@ -223,7 +240,7 @@ impl Op for Conv2dOp {
         }
     }
     fn tensors(&self, inputs: &[&[usize]]) -> Vec<TensorSpec> {
-        let cg = inputs[0][0] / self.groups;
+        let cg = inputs[self.input_index()][0] / self.groups;
         let fan_in = cg * self.kernel[0] * self.kernel[1];
         let mut v = vec![TensorSpec::uniform(
             "weight",
@@ -236,7 +253,8 @@ impl Op for Conv2dOp {
         v
     }
     fn flops(&self, inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
-        let per_out = (inputs[0][0] / self.groups * self.kernel[0] * self.kernel[1]) as u64;
+        let per_out =
+            (inputs[self.input_index()][0] / self.groups * self.kernel[0] * self.kernel[1]) as u64;
         2 * per_out * output.iter().product::<usize>() as u64
     }
     /// A shard computes a part of the filters (rows of `weight` and `bias`, the activation
@@ -272,9 +290,10 @@ impl Op for Conv2dOp {
         let mut tensors = tensors.into_iter();
         let weight = tensors.next().expect("conv2d reads a weight");
         let bias = tensors.next().unwrap_or_else(|| vec![0.0; self.filters]);
+        let input = inputs[self.input_index()];
         let geometry = ConvGeometry {
             op: *self,
-            input: [inputs[0][0], inputs[0][1], inputs[0][2]],
+            input: [input[0], input[1], input[2]],
             output: [output[0], output[1], output[2]],
         };
         match kind {
@@ -285,6 +304,22 @@ impl Op for Conv2dOp {
                 bias,
             }),
         }
+    }
+    fn for_batch(&self, batch: usize) -> Option<Arc<dyn Op>> {
+        Some(Arc::new(Conv2dOp {
+            batch: batch.max(1),
+            ..*self
+        }))
+    }
+    /// The residual is added to the sum before the activation, so the convolution must have
+    /// none yet.
+    fn with_residual(&self, at: usize) -> Option<Arc<dyn Op>> {
+        (self.activation == Activation::Identity && self.residual.is_none() && at < 2).then(|| {
+            Arc::new(Conv2dOp {
+                residual: Some(at),
+                ..*self
+            }) as Arc<dyn Op>
+        })
     }
     fn with_activation(&self, activation: Activation) -> Option<Arc<dyn Op>> {
         (self.activation == Activation::Identity).then(|| {
@@ -297,7 +332,7 @@ impl Op for Conv2dOp {
     /// Each output channel is one filter's sum plus its bias; an activation would come between
     /// the sum and the map.
     fn folds_channel_affine(&self) -> bool {
-        self.activation == Activation::Identity
+        self.activation == Activation::Identity && self.residual.is_none()
     }
     /// `(x ⊛ w + b) · s + t = x ⊛ (w · s) + (b · s + t)` per filter: the same op with a bias.
     fn fold_channel_affine(
@@ -351,10 +386,11 @@ impl ConvGeometry {
 /// measurements of `benches/conv.rs` (README, Performance):
 /// - Winograd for 3×3 stride-1 layers with at least 32 input and 32 output channels per group
 ///   (1.1–1.8× direct on ResNet-18's; with 16 channels the transforms cost more than the products
-///   they save, 0.6–0.7× on the small CNN's 16→32 layer). F(4×4, 3×3) where an image has at
-///   least 16 of its tiles (maps of 13×13 and up: 0–25% faster than F(2×2) on ResNet's 56², 28²
-///   and 14² layers), F(2×2, 3×3) below (a 7×7 map has 4 F(4×4) tiles, and at batch 1 runs at
-///   0.4× F(2×2)'s speed). F(4×4)'s rounding error is 8× F(2×2)'s per layer, but through a
+///   they save, 0.6–0.7× on the small CNN's 16→32 layer). F(4×4, 3×3) where a chunk of the
+///   pipeline's batch size has at least 16 of its tiles (maps of 13×13 and up at any batch:
+///   0–25% faster than F(2×2) on ResNet's 56², 28² and 14² layers; a 7×7 map has 4, so from
+///   batch 4), F(2×2, 3×3) below (a 7×7 map at batch 1 runs at 0.4× F(2×2)'s speed in F(4×4),
+///   at batch 8 at BATCH8_F4). F(4×4)'s rounding error is 8× F(2×2)'s per layer, but through a
 ///   chain of twelve layers it stays within 3× direct convolution's (tests/conv_kernels.rs).
 /// - im2col for 1×1 kernels, where the patch matrix is the image (or its stride-2 subsample) and
 ///   several images side by side fill the vectors (up to 1.2× direct).
@@ -369,7 +405,7 @@ fn choose(op: &Conv2dOp, shape: &ConvShape, out: [usize; 2]) -> Algorithm {
         AlgorithmChoice::WinogradF4 => Algorithm::Winograd(TileSize::F4),
         AlgorithmChoice::Auto => {
             if op.winograd_fits() && cg >= 32 && fg >= 32 {
-                let f4_tiles = out[0].div_ceil(4) * out[1].div_ceil(4);
+                let f4_tiles = out[0].div_ceil(4) * out[1].div_ceil(4) * op.batch;
                 Algorithm::Winograd(if f4_tiles >= 16 {
                     TileSize::F4
                 } else {
@@ -449,14 +485,18 @@ impl Conv2d {
 
 impl Layer for Conv2d {
     fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
-        let x = contiguous(inputs[0]);
-        let n = inputs[0].shape()[0];
+        let x = contiguous(inputs[self.g.op.input_index()]);
+        let residual = self.g.op.residual.map(|i| contiguous(inputs[i]));
+        let n = x.len() / self.g.input.iter().product::<usize>().max(1);
         let [ch, h, w] = self.g.input;
         let [f, oh, ow] = self.g.output;
         let (slot_a, slot_b) = scratch.slots(self.scratch(n));
         // Every output value is written by the kernel exactly once (bias, sum and a fused ReLU).
         let mut out = vec![0.0f32; n * f * oh * ow];
-        let relu = self.relu_fused;
+        // The Winograd output transform adds a residual as it writes; the other kernels leave
+        // it, and so the ReLU that must follow it, to one pass after them.
+        let in_kernel = residual.is_none() || matches!(self.kernel, ConvKernel::Winograd(_));
+        let relu = self.relu_fused && in_kernel;
         match &self.kernel {
             ConvKernel::Direct(direct, filters) => {
                 for (image, record) in x
@@ -470,10 +510,21 @@ impl Layer for Conv2d {
                 im2col.run(&x, filters, &self.bias, relu, slot_a, &mut out);
             }
             ConvKernel::Winograd(wino) => {
-                wino.run(&x, &self.bias, relu, slot_a, slot_b, &mut out);
+                wino.run(
+                    &x,
+                    &self.bias,
+                    residual.as_deref(),
+                    relu,
+                    slot_a,
+                    slot_b,
+                    &mut out,
+                );
             }
         }
-        if !self.relu_fused {
+        if let (Some(r), false) = (&residual, in_kernel) {
+            out.iter_mut().zip(r.iter()).for_each(|(o, r)| *o += r);
+        }
+        if !relu {
             // Activations here are elementwise; softmax would act over the last (width) axis.
             apply_activation(self.g.op.activation, &mut out, ow);
         }
@@ -531,11 +582,12 @@ struct Conv2dReference {
 
 impl Layer for Conv2dReference {
     fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
-        let x = contiguous(inputs[0]);
-        let n = inputs[0].shape()[0];
+        let c = &self.g.op;
+        let x = contiguous(inputs[c.input_index()]);
+        let residual = c.residual.map(|i| contiguous(inputs[i]));
         let [ch, h, w] = self.g.input;
         let [f, oh, ow] = self.g.output;
-        let c = &self.g.op;
+        let n = x.len() / (ch * h * w).max(1);
         let (cg, fg) = (ch / c.groups, f / c.groups);
         let [kh, kw] = c.kernel;
         let mut out = Vec::with_capacity(n * f * oh * ow);
@@ -566,6 +618,12 @@ impl Layer for Conv2dReference {
                         }
                         record.push(sum);
                     }
+                }
+            }
+            if let Some(r) = &residual {
+                let at = out.len();
+                for (s, r) in record.iter_mut().zip(&r[at..]) {
+                    *s += *r as f64;
                 }
             }
             reference_activation(c.activation, &mut record, ow);

@@ -297,6 +297,19 @@ pub trait Op: Debug + Send + Sync {
     fn elementwise_activation(&self) -> Option<Activation> {
         None
     }
+    /// This op as it runs on chunks of `batch` records, where its kernel's choice depends on
+    /// that (a convolution's Winograd tile size); `None` where nothing changes (the default).
+    /// The graph calls it with the pipeline's batch size before it builds the kernels.
+    fn for_batch(&self, _batch: usize) -> Option<Arc<dyn Op>> {
+        None
+    }
+    /// This op followed by the sum with another value of its output's shape (a residual
+    /// connection), as one op whose layer reads two values: the residual at input `at`, this
+    /// op's own input at the other. `None` where it cannot (the default); a convolution adds it
+    /// as its kernel writes the output, before its activation, so it must have none yet.
+    fn with_residual(&self, _at: usize) -> Option<Arc<dyn Op>> {
+        None
+    }
     /// This op with `activation` applied to its output as part of it, when it has none of its
     /// own (a convolution: ReLU as its kernel writes the output); `None` where it cannot.
     fn with_activation(&self, _activation: Activation) -> Option<Arc<dyn Op>> {
