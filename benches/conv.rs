@@ -195,6 +195,14 @@ fn bench_shapes(c: &mut Criterion<ThreadCpuTime>, shapes: &[Shape], batches: &[u
                 group.bench_with_input(BenchmarkId::new(*wname, n), &n, |b, _| {
                     b.iter(|| wino.run(&x, &bias, None, true, &mut sa, &mut sb, &mut out))
                 });
+                // With a residual added as the output transform writes (ResNet's block ends).
+                let residual = values(out.len(), 10);
+                let id = BenchmarkId::new(format!("{wname}_residual"), n);
+                group.bench_with_input(id, &n, |b, _| {
+                    b.iter(|| {
+                        wino.run(&x, &bias, Some(&residual), true, &mut sa, &mut sb, &mut out)
+                    })
+                });
             }
         }
         group.finish();

@@ -355,8 +355,9 @@ trait Lanes: Copy {
     fn store(self, d: &mut [f32]);
     /// Lanes `lane..lane + d.len()` into `d` (`d` shorter than a vector).
     fn store_part(self, lane: usize, d: &mut [f32]);
-    /// `s` into lanes `lane..lane + s.len()`, zeros elsewhere (`s` shorter than a vector): the
-    /// inverse of [`Lanes::store_part`]. Through a stack copy, which partial runs can afford.
+    /// `s` into lanes `lane..lane + s.len()` (`s` shorter than a vector): the inverse of
+    /// [`Lanes::store_part`]. The other lanes hold anything; callers use these alone. Here
+    /// through a stack copy; the x86 types load only `s` under a mask.
     #[inline(always)]
     fn load_part(lane: usize, s: &[f32]) -> Self {
         let mut v = [0.0f32; MAX_LANES];
@@ -480,6 +481,14 @@ mod x86 {
             }
         }
         #[inline(always)]
+        fn load_part(lane: usize, s: &[f32]) -> Self {
+            let n = s.len();
+            assert!(lane + n <= 16);
+            // The expand-load reads exactly n floats, into the n lanes from `lane`.
+            let keep = (((1u32 << n) - 1) << lane) as u16;
+            Avx512(unsafe { _mm512_maskz_expandloadu_ps(keep, s.as_ptr()) })
+        }
+        #[inline(always)]
         fn add(self, o: Self) -> Self {
             Avx512(unsafe { _mm512_add_ps(self.0, o.0) })
         }
@@ -542,6 +551,21 @@ mod x86 {
                 let moved = _mm256_permutevar8x32_ps(self.0, idx);
                 let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
                 _mm256_maskstore_ps(d.as_mut_ptr(), mask, moved);
+            }
+        }
+        #[inline(always)]
+        fn load_part(lane: usize, s: &[f32]) -> Self {
+            let n = s.len();
+            assert!(lane + n <= 8);
+            unsafe {
+                // The masked load reads exactly the first n lanes' floats; the permutation
+                // moves lane k to lane k + `lane` (indices wrap mod 8: the lanes below `lane`
+                // get the wrapped ones, which no caller uses).
+                let lanes = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+                let mask = _mm256_cmpgt_epi32(_mm256_set1_epi32(n as i32), lanes);
+                let low = _mm256_maskload_ps(s.as_ptr(), mask);
+                let idx = _mm256_sub_epi32(lanes, _mm256_set1_epi32(lane as i32));
+                Avx2(_mm256_permutevar8x32_ps(low, idx))
             }
         }
         #[inline(always)]
