@@ -1,7 +1,8 @@
-//! Kernel benchmarks: the GEMM candidates on the MLP's shapes, and each heavy layer at batch 1,
-//! 32 and 256. Throughput is in FLOPs, so criterion's "elem/s" reads as FLOP/s.
+//! Kernel benchmarks: the GEMM candidates on the MLP's shapes, each heavy layer at batch 1, 32
+//! and 256, and pooling on ResNet-18's stem at batch 8. Throughput is in FLOPs, so criterion's
+//! "elem/s" reads as FLOP/s, except for pooling, which is in input bytes.
 //!
-//! `cargo bench --bench kernels` (add `-- gemm` to run one group).
+//! `cargo bench --bench kernels` (add `-- gemm` to run one group, `-- maxpool_resnet` one case).
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use std::hint::black_box;
@@ -126,5 +127,51 @@ fn layer_benches(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, gemm_candidates, layer_benches);
+/// Pooling at batch 8 (the planner's profiling batch) over ResNet-18's stem activations
+/// [64, 112, 112]: its max pool (`maxpool_resnet`: 3×3, stride 2, padding 1), then average
+/// pooling and the other strides, which take other paths through the fast kernel. Pooling
+/// streams its input, so throughput is in input bytes.
+fn pool_benches(c: &mut Criterion) {
+    let (input, batch) = ([64usize, 112, 112], 8);
+    let cases = [
+        (
+            "maxpool_resnet",
+            "op: maxpool2d, kernel: 3, stride: 2, padding: 1",
+        ),
+        (
+            "avgpool_3x3_s2",
+            "op: avgpool2d, kernel: 3, stride: 2, padding: 1",
+        ),
+        ("maxpool_2x2_s2", "op: maxpool2d, kernel: 2"),
+        ("avgpool_2x2_s2", "op: avgpool2d, kernel: 2"),
+        (
+            "maxpool_3x3_s1",
+            "op: maxpool2d, kernel: 3, stride: 1, padding: 1",
+        ),
+        (
+            "avgpool_3x3_s1",
+            "op: avgpool2d, kernel: 3, stride: 1, padding: 1",
+        ),
+        ("maxpool_3x3_s3", "op: maxpool2d, kernel: 3"),
+    ];
+    let len = batch * input.iter().product::<usize>();
+    let x = Tensor::from_shape_vec(vec![batch, 64, 112, 112], values(len, 9)).unwrap();
+    let mut group = c.benchmark_group("pool_64x112x112");
+    group
+        .sample_size(30)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500))
+        .throughput(Throughput::Bytes(len as u64 * 4));
+    for (name, yaml) in cases {
+        let op = op(yaml, &input);
+        let (l, _) = layer(op.as_ref(), &input);
+        let mut scratch = Scratch::default();
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(l.forward(&[&x], &Chunk::records(batch), &mut scratch)))
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, gemm_candidates, layer_benches, pool_benches);
 criterion_main!(benches);
