@@ -39,8 +39,10 @@ subpass's bench JSON) to bench-results/resnet-race.json.
 import argparse
 import hashlib
 import json
+import math
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -278,7 +280,7 @@ def table(report):
     for name, rate, p50 in (
             (f"ONNX Runtime {report['versions']['onnxruntime']} ({THREADS} threads)",
              ort_rate, ort_p50),
-            (f"subpass ({report['pipeline_stages']} stages)", med["subpass_images_per_s"],
+            (f"subpass ({report['pipeline_stages']} stage(s), as in the file)", med["subpass_images_per_s"],
              med["subpass_p50_ms"])):
         lines.append(f"| {name} | {rate:.1f} | {rate * gflop:.1f} | "
                      f"{100 * rate * gflop / peak:.0f}% | {rate / ort_rate:.2f}× | {p50:.1f} | "
@@ -298,17 +300,25 @@ def table(report):
 
 def subpass_flops(subpass, pipeline):
     """Total and conv + dense FLOPs per record from `subpass validate`'s layer table (a layer's
-    line: name, op, output shape, parameters, FLOPs, `<-` its inputs)."""
+    line: name, op, output shape, parameters, FLOPs, `<-` its inputs). A convolution folded into
+    the residual add after it (`X folded into Y` with X a conv2d) has its FLOPs counted on the
+    add, beside the add's own one per output value."""
     out = subprocess.run([subpass, "validate", str(pipeline)], capture_output=True, text=True,
                          check=True).stdout
-    total = conv_dense = 0
+    rows = {}
     for line in out.split("\nlayers:\n", 1)[1].split("\n\n", 1)[0].splitlines():
         if "<-" not in line:
             continue
         fields = line.split("<-")[0].split()
-        total += int(fields[-1])
-        if fields[1] in ("conv2d", "dense", "linear"):
-            conv_dense += int(fields[-1])
+        shape = [int(d) for d in re.findall(r"\d+", fields[2].split("/")[0])]
+        rows[fields[0]] = (fields[1], int(fields[-1]), math.prod(shape))
+    hosts = set()
+    for m in re.finditer(r"^  (\S+) folded into (\S+)$", out, re.M):
+        if rows.get(m.group(1), ("",))[0] == "conv2d":
+            hosts.add(m.group(2))
+    total = sum(flops for _, flops, _ in rows.values())
+    conv_dense = sum(flops for op, flops, _ in rows.values() if op in ("conv2d", "dense", "linear"))
+    conv_dense += sum(rows[h][1] - rows[h][2] for h in hosts)
     return total, conv_dense
 
 
