@@ -152,6 +152,10 @@ enum Command {
         /// (layers split into shards that run at once).
         #[arg(long, value_enum, default_value = "throughput")]
         objective: Objective,
+        /// Skip the short measured runs that check the plan against the file's stages
+        /// (throughput) or against the unsplit pass (latency): the model decides alone.
+        #[arg(long)]
+        no_check: bool,
     },
 }
 
@@ -315,7 +319,10 @@ fn main() -> ExitCode {
             format,
             write,
             objective,
-        } => plan_command(&pipeline, cores, batch, sample, format, write, objective),
+            no_check,
+        } => plan_command(
+            &pipeline, cores, batch, sample, format, write, objective, !no_check,
+        ),
         Command::Export { pipeline, out } => {
             let Some(plan) = load_plan(&pipeline) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -336,6 +343,8 @@ fn main() -> ExitCode {
 }
 
 /// `subpass plan`: profile, choose, print, and with `--write` write the pipeline file.
+// The command's own flags, passed as they come from the parser.
+#[allow(clippy::too_many_arguments)]
 fn plan_command(
     pipeline: &Path,
     cores: Option<usize>,
@@ -344,6 +353,7 @@ fn plan_command(
     format: Format,
     write: Option<PathBuf>,
     objective: Objective,
+    check: bool,
 ) -> ExitCode {
     let Some(plan) = load_plan_with(pipeline, batch) else {
         return ExitCode::from(EXIT_CONFIG);
@@ -362,6 +372,7 @@ fn plan_command(
             Objective::Throughput => subpass::planner::Objective::Throughput,
             Objective::Latency => subpass::planner::Objective::Latency,
         },
+        check,
     };
     let planned = match subpass::planner::plan(&plan, &options) {
         Ok(p) => p,

@@ -83,11 +83,8 @@ pub fn plan(
         .map(|l| l.name.clone())
         .collect();
     let split = |names: &[String]| -> Result<PipelineConfig, String> {
-        let mut config = plan.config.clone();
-        config.layers = split_layers(&config.layers, names, cores)?;
-        config.stages = None;
-        config.auto_stages = false;
-        Ok(config)
+        let shards: Vec<(String, usize)> = names.iter().map(|n| (n.clone(), cores)).collect();
+        split_config(plan, &shards)
     };
     let config = split(&candidates)?;
     let sharded = Plan::build(&config).map_err(|e| format!("the split layers do not fit: {e}"))?;
@@ -182,6 +179,42 @@ pub fn plan(
         layer_names: sharded.graph.nodes.iter().map(|n| n.name.clone()).collect(),
         profile,
     })
+}
+
+/// `plan`'s pipeline with each layer of `shards` split into its count of shards, and no stages.
+pub fn split_config(plan: &Plan, shards: &[(String, usize)]) -> Result<PipelineConfig, String> {
+    let mut config = plan.config.clone();
+    for (name, count) in shards {
+        config.layers = split_layers(&config.layers, std::slice::from_ref(name), *count)?;
+    }
+    config.stages = None;
+    config.auto_stages = false;
+    Ok(config)
+}
+
+/// Every layer of `plan` in one stage on no core in particular: the chunk's path when nothing
+/// is split.
+pub fn one_stage(plan: &Plan) -> PlannedStage {
+    PlannedStage {
+        name: "all".to_string(),
+        layers: plan.graph.nodes.iter().map(|n| n.name.clone()).collect(),
+        replicas: 1,
+        seconds_per_record: 0.0,
+        core: None,
+    }
+}
+
+/// `chosen` without its splits: one stage of the unsplit layers, predicted at the unsplit time.
+pub fn unsplit(plan: &Plan, chosen: LatencyPlan) -> LatencyPlan {
+    let batch = plan.batch.size as f64;
+    let mut stage = one_stage(plan);
+    stage.seconds_per_record = chosen.unsplit_seconds_per_chunk / batch;
+    LatencyPlan {
+        shards: Vec::new(),
+        stages: vec![stage],
+        seconds_per_chunk: chosen.unsplit_seconds_per_chunk,
+        ..chosen
+    }
 }
 
 fn stage(index: usize, layers: Vec<String>, seconds_per_record: f64, core: usize) -> PlannedStage {

@@ -27,6 +27,10 @@ pub struct PlanOptions {
     /// Lines of the pipeline's input to profile on (text should be): its bytes and format.
     pub sample: Option<(Vec<u8>, InputFormat)>,
     pub objective: Objective,
+    /// Measure the plan against the alternative before keeping it: the file's stages
+    /// (throughput), the unsplit pass on one core (latency). On by default; `plan --no-check`
+    /// leaves the model alone to decide.
+    pub check: bool,
 }
 
 /// What the plan makes as fast as it can be.
@@ -97,6 +101,10 @@ pub struct Planned {
     /// With `--objective latency`: (one chunk's predicted seconds through the stages, the same
     /// chunk's measured seconds through the unsplit layers on one core).
     pub latency: Option<(f64, f64)>,
+    /// With `--objective latency` and shards to check: one chunk's measured seconds, alone in
+    /// the pipeline (medians of alternated runs), through the split stages and through one
+    /// unsplit stage. The split is kept only where it is faster by more than a tie.
+    pub latency_check: Option<(f64, f64)>,
 }
 
 /// Plan `plan`'s stages on `options.cores` cores at its batch size.
@@ -186,7 +194,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
     // has the last word: the model knows no cache effects, and a plan must never be slower than
     // what the user wrote. (Text pipelines are not fed from memory: the model decides alone.)
     let mut confirmed = None;
-    if let (Some(w), false, None) = (&written, kept, &plan.tokenizer) {
+    if let (Some(w), false, None, true) = (&written, kept, &plan.tokenizer, options.check) {
         let predicted = 1.0 / best.seconds_per_record.max(1e-12);
         let ours = stage_configs(&stages);
         let theirs = plan.config.stages.clone().unwrap_or_default();
@@ -225,6 +233,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         layer_names: names,
         shards: Vec::new(),
         latency: None,
+        latency_check: None,
     })
 }
 
@@ -238,6 +247,19 @@ fn plan_latency(
     let sample = options.sample.as_ref().map(|(b, f)| (&b[..], *f));
     let mut chosen = latency::plan(plan, &whole, machine.cores, sample)?;
     chosen.profile.elapsed += whole.elapsed;
+    // The model knows no cache effects and no wake-ups but its round figure: a short run of one
+    // chunk at a time through the split stages and through one unsplit stage has the last
+    // word, so that a latency plan is never slower than not splitting. (Text pipelines are not
+    // fed from memory: the model decides alone.)
+    let mut latency_check = None;
+    if options.check && !chosen.shards.is_empty() && plan.tokenizer.is_none() {
+        if let Some((split, unsplit)) = check_latency(plan, &chosen) {
+            latency_check = Some((split, unsplit));
+            if split * (1.0 + TIE) >= unsplit {
+                chosen = latency::unsplit(plan, chosen);
+            }
+        }
+    }
     let costs: Vec<f64> = chosen.stages.iter().map(|s| s.seconds_per_record).collect();
     let replicas = vec![1; costs.len()];
     let rate = |m: &Machine| {
@@ -260,6 +282,52 @@ fn plan_latency(
         layer_names: chosen.layer_names,
         shards: chosen.shards,
         latency: Some((chosen.seconds_per_chunk, chosen.unsplit_seconds_per_chunk)),
+        latency_check,
+    })
+}
+
+/// One chunk's seconds alone through `chosen`'s split stages and through one unsplit stage,
+/// medians of [`CHECK_ROUNDS`] alternated runs of about [`CHECK_SECONDS`] each; `None` if
+/// either does not build or run.
+fn check_latency(plan: &Plan, chosen: &latency::LatencyPlan) -> Option<(f64, f64)> {
+    let split = latency::split_config(plan, &chosen.shards).ok()?;
+    let mut split_config = split;
+    split_config.stages = Some(stage_configs(&chosen.stages));
+    let mut whole_config = plan.config.clone();
+    whole_config.stages = Some(stage_configs(&[latency::one_stage(plan)]));
+    whole_config.auto_stages = false;
+    let build = |c: &PipelineConfig| Plan::build(c).ok().map(std::sync::Arc::new);
+    let (split, whole) = (build(&split_config)?, build(&whole_config)?);
+    // Sized from the unsplit time: at least 3 chunks a run, at most 200.
+    let chunk = chosen.unsplit_seconds_per_chunk.max(1e-6);
+    let chunks = ((CHECK_SECONDS / chunk) as usize).clamp(3, 200);
+    let mut runs = (Vec::new(), Vec::new());
+    for round in 0..CHECK_ROUNDS {
+        // The first round warms both (caches, allocator, parked threads): not counted.
+        let a = idle_latency(&split, chunks)?;
+        let b = idle_latency(&whole, chunks)?;
+        if round > 0 {
+            runs.0.push(a);
+            runs.1.push(b);
+        }
+    }
+    Some((profile::median(runs.0), profile::median(runs.1)))
+}
+
+/// The median seconds of one chunk alone through `plan`'s stages, over `chunks` chunks sent
+/// one at a time.
+fn idle_latency(plan: &std::sync::Arc<Plan>, chunks: usize) -> Option<f64> {
+    let len = plan.input_len() * plan.batch.size;
+    let mut next = crate::weights::seeded_stream(5, "plan-latency-check");
+    let inputs = vec![(0..len).map(|_| next()).collect::<Vec<f32>>()];
+    let records = chunks * plan.batch.size;
+    let run =
+        crate::runtime::run_bench_pipeline(plan.clone(), inputs, records, None, Some(1), None)
+            .ok()?;
+    let mut latencies: Vec<f64> = run.latencies.iter().map(|d| d.as_secs_f64()).collect();
+    (!latencies.is_empty()).then(|| {
+        latencies.sort_by(f64::total_cmp);
+        latencies[latencies.len() / 2]
     })
 }
 
@@ -439,19 +507,41 @@ impl Planned {
                 if self.kept_as_written { " (kept)" } else { "" }
             );
         }
-        if let Some((split, whole)) = self.latency {
-            let names: Vec<&str> = self.shards.iter().map(|(n, _)| n.as_str()).collect();
+        if let Some((split, whole)) = self.latency_check {
             let _ = writeln!(
                 out,
-                "latency: {} layer(s) split into {} shards [{}]; one chunk of {} predicted {:.3} ms through the stages, {:.3} ms unsplit on one core ({:.2}x)",
-                names.len(),
-                self.cores,
-                names.join(", "),
-                self.batch,
+                "check run, one chunk at a time: {:.3} ms through the split stages, {:.3} ms through one unsplit stage: {}",
                 split * 1e3,
                 whole * 1e3,
-                whole / split.max(1e-12)
+                if self.shards.is_empty() {
+                    "not split (the split is no faster)"
+                } else {
+                    "the split kept"
+                }
             );
+        }
+        if let Some((split, whole)) = self.latency {
+            let names: Vec<&str> = self.shards.iter().map(|(n, _)| n.as_str()).collect();
+            if names.is_empty() {
+                let _ = writeln!(
+                    out,
+                    "latency: no layer split; one chunk of {} predicted {:.3} ms on one core",
+                    self.batch,
+                    whole * 1e3
+                );
+            } else {
+                let _ = writeln!(
+                    out,
+                    "latency: {} layer(s) split into {} shards [{}]; one chunk of {} predicted {:.3} ms through the stages, {:.3} ms unsplit on one core ({:.2}x)",
+                    names.len(),
+                    self.cores,
+                    names.join(", "),
+                    self.batch,
+                    split * 1e3,
+                    whole * 1e3,
+                    whole / split.max(1e-12)
+                );
+            }
         }
         out
     }
@@ -577,6 +667,7 @@ pub fn resolve_auto(plan: Plan) -> Result<Plan, String> {
             cores,
             sample: None,
             objective: Objective::Throughput,
+            check: true,
         },
     )?;
     for s in &planned.stages {
