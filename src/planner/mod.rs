@@ -290,8 +290,7 @@ fn plan_latency(
 /// medians of [`CHECK_ROUNDS`] alternated runs of about [`CHECK_SECONDS`] each; `None` if
 /// either does not build or run.
 fn check_latency(plan: &Plan, chosen: &latency::LatencyPlan) -> Option<(f64, f64)> {
-    let split = latency::split_config(plan, &chosen.shards).ok()?;
-    let mut split_config = split;
+    let mut split_config = latency::split_config(plan, &chosen.shards).ok()?;
     split_config.stages = Some(stage_configs(&chosen.stages));
     let mut whole_config = plan.config.clone();
     whole_config.stages = Some(stage_configs(&[latency::one_stage(plan)]));
@@ -317,10 +316,8 @@ fn check_latency(plan: &Plan, chosen: &latency::LatencyPlan) -> Option<(f64, f64
 /// The median seconds of one chunk alone through `plan`'s stages, over `chunks` chunks sent
 /// one at a time.
 fn idle_latency(plan: &std::sync::Arc<Plan>, chunks: usize) -> Option<f64> {
-    let len = plan.input_len() * plan.batch.size;
-    let mut next = crate::weights::seeded_stream(5, "plan-latency-check");
-    let inputs = vec![(0..len).map(|_| next()).collect::<Vec<f32>>()];
     let records = chunks * plan.batch.size;
+    let inputs = check_input(plan);
     let run =
         crate::runtime::run_bench_pipeline(plan.clone(), inputs, records, None, Some(1), None)
             .ok()?;
@@ -338,9 +335,7 @@ fn measure(plan: &Plan, stages: Vec<StageConfig>, predicted: f64) -> Option<f64>
     config.stages = Some(stages);
     config.auto_stages = false;
     let candidate = std::sync::Arc::new(Plan::build(&config).ok()?);
-    let len = candidate.input_len() * candidate.batch.size;
-    let mut next = crate::weights::seeded_stream(5, "plan-check");
-    let inputs = vec![(0..len).map(|_| next()).collect::<Vec<f32>>()];
+    let inputs = check_input(&candidate);
     // Sized from the prediction, but at least 4 chunks and at most 256, so that a prediction far
     // off (tiny models, whose hand-offs the model underrates) cannot make the check run long.
     let batch = candidate.batch.size;
@@ -358,6 +353,13 @@ fn measure(plan: &Plan, stages: Vec<StageConfig>, predicted: f64) -> Option<f64>
     let run =
         crate::runtime::run_bench_pipeline(candidate, inputs, records, None, None, None).ok()?;
     Some(run.records as f64 / run.elapsed.as_secs_f64())
+}
+
+/// One seeded chunk of `plan`'s input, which the check runs feed again and again.
+fn check_input(plan: &Plan) -> Vec<Vec<f32>> {
+    let len = plan.input_len() * plan.batch.size;
+    let mut next = crate::weights::seeded_stream(5, "plan-check");
+    vec![(0..len).map(|_| next()).collect()]
 }
 
 /// How long each check run of [`measure`] lasts, about, and how many alternated rounds of the
