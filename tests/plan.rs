@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use common::{subpass, tempdir};
 
-fn plan_and_write(config: &str, out: &std::path::Path) -> String {
+/// `subpass plan CONFIG --cores 2 --write OUT` plus `extra` flags: what it printed.
+fn plan_and_write(config: &str, out: &std::path::Path, extra: &[&str]) -> String {
     let mut child = subpass()
         .args([
             "plan",
@@ -17,6 +18,7 @@ fn plan_and_write(config: &str, out: &std::path::Path) -> String {
             "--write",
             out.to_str().unwrap(),
         ])
+        .args(extra)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -39,7 +41,7 @@ fn planned_pipelines_load_and_verify() {
     for name in ["mlp", "cnn", "residual", "digits-mlp", "digits-cnn"] {
         let config = format!("configs/{name}.yaml");
         let out = dir.path().join(format!("{name}.yaml"));
-        let shown = plan_and_write(&config, &out);
+        let shown = plan_and_write(&config, &out, &[]);
         for expected in ["µs/record", "predicted:", "stages on 2 cores"] {
             assert!(shown.contains(expected), "{name}: {shown}");
         }
@@ -64,7 +66,7 @@ fn planned_pipelines_load_and_verify() {
 fn write_keeps_everything_else() {
     let dir = tempdir();
     let out = dir.path().join("mlp.yaml");
-    plan_and_write("configs/mlp.yaml", &out);
+    plan_and_write("configs/mlp.yaml", &out, &[]);
     let before = std::fs::read_to_string(common::root().join("configs/mlp.yaml")).unwrap();
     let after = std::fs::read_to_string(&out).unwrap();
     let outside = |t: &str| -> Vec<String> {
@@ -172,42 +174,35 @@ fn plan_reports_a_bad_sample_with_its_line() {
     assert!(err.contains("line 1"), "{err}");
 }
 
+/// A pipeline file in `dir` of `hidden` 2048-unit dense layers (`fc1`, `fc2`, ...) and a
+/// 10-unit `out`, at batch 1: from the second on, each is 4.2 M multiply-adds and 16 MiB of
+/// weights, hundreds of µs a record on one core, against the planner's 40 µs of hand-offs.
+fn wide_mlp(dir: &std::path::Path, hidden: usize) -> std::path::PathBuf {
+    let mut text = String::from("input: {shape: [256]}\ninit: {seed: 3}\nlayers:\n");
+    for i in 1..=hidden {
+        let act = if i < hidden { ", activation: relu" } else { "" };
+        text += &format!("  - {{name: fc{i}, op: dense, units: 2048{act}}}\n");
+    }
+    text += "  - {name: out, op: dense, units: 10}\nbatch: {size: 1, max_delay_ms: 1}\n";
+    let path = dir.join("wide.yaml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// `plan --objective latency` splits the layers that dominate one record's time into shards on
 /// stages pinned to each core; the written file loads, runs and computes what the unsplit
 /// pipeline does.
 #[test]
 fn a_latency_plan_shards_the_big_layers_and_verifies() {
     let dir = tempdir();
-    // Two 2048-unit dense layers dominate by far (4.2 M multiply-adds and 16 MiB of weights
-    // each, hundreds of µs a record on one core, against the planner's 40 µs of hand-offs):
-    // splitting them pays on any machine with two cores, however loaded.
-    let config = dir.path().join("wide.yaml");
-    std::fs::write(
-        &config,
-        "input: {shape: [256]}\ninit: {seed: 3}\nlayers:\n  - {name: fc1, op: dense, units: 2048, activation: relu}\n  - {name: fc2, op: dense, units: 2048, activation: relu}\n  - {name: fc3, op: dense, units: 2048}\n  - {name: out, op: dense, units: 10}\nbatch: {size: 1, max_delay_ms: 1}\n",
-    )
-    .unwrap();
+    // fc2 and fc3 dominate by far: splitting them pays on any machine with two cores, however
+    // loaded.
+    let config = wide_mlp(dir.path(), 3);
     let out = dir.path().join("latency.yaml");
     // The model alone (`--no-check`): the measured check against the unsplit pass is the next
     // test's, as its outcome depends on what else this machine runs.
-    let mut child = subpass()
-        .args([
-            "plan",
-            config.to_str().unwrap(),
-            "--cores",
-            "2",
-            "--objective",
-            "latency",
-            "--no-check",
-        ])
-        .args(["--write", out.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = common::wait_with_timeout(&mut child, Duration::from_secs(300));
-    let mut shown = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut shown).unwrap();
-    assert!(status.success(), "{shown}");
+    let latency = ["--objective", "latency", "--no-check"];
+    let shown = plan_and_write(config.to_str().unwrap(), &out, &latency);
     assert!(shown.contains("latency: "), "{shown}");
     let text = std::fs::read_to_string(&out).unwrap();
     // fc2 and fc3 (2048 inputs each) are split; each shard has a stage on its core.
@@ -272,23 +267,9 @@ fn a_latency_plan_shards_the_big_layers_and_verifies() {
 #[test]
 fn a_latency_plan_is_kept_only_where_it_measures_faster_than_not_splitting() {
     let dir = tempdir();
-    let config = dir.path().join("wide.yaml");
-    std::fs::write(
-        &config,
-        "input: {shape: [256]}\ninit: {seed: 3}\nlayers:\n  - {name: fc1, op: dense, units: 2048, activation: relu}\n  - {name: fc2, op: dense, units: 2048, activation: relu}\n  - {name: out, op: dense, units: 10}\nbatch: {size: 1, max_delay_ms: 1}\n",
-    )
-    .unwrap();
+    let config = wide_mlp(dir.path(), 2);
     let out = dir.path().join("latency.yaml");
-    let mut child = subpass()
-        .args(["plan", config.to_str().unwrap(), "--cores", "2"])
-        .args(["--objective", "latency", "--write", out.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = common::wait_with_timeout(&mut child, Duration::from_secs(300));
-    let mut shown = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut shown).unwrap();
-    assert!(status.success(), "{shown}");
+    let shown = plan_and_write(config.to_str().unwrap(), &out, &["--objective", "latency"]);
     let line = shown
         .lines()
         .find(|l| l.starts_with("check run, one chunk at a time: "))
