@@ -66,6 +66,28 @@ fn gemm_candidates(c: &mut Criterion) {
     group.finish();
 }
 
+/// Our packed kernel on the dense shapes of all-MiniLM-L6-v2's encoder layers, whose rows are
+/// tokens (a chunk of sentences is a few hundred): the fused QKV projection (384 → 1152), the
+/// feed-forward's expansion (384 → 1536) and contraction (1536 → 384).
+fn gemm_minilm(c: &mut Criterion) {
+    let mut group = c.benchmark_group("gemm_minilm");
+    group
+        .sample_size(20)
+        .measurement_time(Duration::from_secs(2))
+        .warm_up_time(Duration::from_millis(500));
+    for (k, n) in [(384usize, 1152usize), (384, 1536), (1536, 384)] {
+        let packed = DenseWeights::new(values(n * k, 1), n, k);
+        let m = 256;
+        let x = values(m * k, 2);
+        let mut y = vec![0.0f32; m * n];
+        group.throughput(Throughput::Elements((2 * m * n * k) as u64));
+        group.bench_function(format!("{k}x{n}/{m}"), |b| {
+            b.iter(|| packed.matmul_acc(m, black_box(&x), &mut y))
+        });
+    }
+    group.finish();
+}
+
 /// The op a one-layer pipeline file describes, as users write it.
 fn op(layer: &str, input: &[usize]) -> std::sync::Arc<dyn Op> {
     let text = format!("input: {{shape: {input:?}}}\nlayers:\n  - {{name: l, {layer}}}\n");
@@ -173,5 +195,11 @@ fn pool_benches(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, gemm_candidates, layer_benches, pool_benches);
+criterion_group!(
+    benches,
+    gemm_candidates,
+    gemm_minilm,
+    layer_benches,
+    pool_benches
+);
 criterion_main!(benches);
