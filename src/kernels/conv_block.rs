@@ -623,7 +623,10 @@ unsafe fn kernel_avx512<const NV: usize, const NF: usize>(c: &Call) {
             w = w.add(NF);
         }
     }
-    finish_avx512(acc, c);
+    match c.store {
+        Store::Pooled { dest, count } => pooled_avx512(&acc, c, dest, count),
+        Store::Runs { segs, starts } => finish_avx512(acc, c, segs, starts),
+    }
 }
 
 /// The block's stores, out of line: the accumulators arrive through memory once, so the FMA
@@ -635,39 +638,54 @@ unsafe fn kernel_avx512<const NV: usize, const NF: usize>(c: &Call) {
 unsafe fn finish_avx512<const NV: usize, const NF: usize>(
     acc: [[std::arch::x86_64::__m512; NV]; NF],
     c: &Call,
+    segs: &[Segment],
+    starts: &[usize; MAX_NV + 1],
 ) {
     use std::arch::x86_64::*;
-    let relu = |a| {
-        if c.relu {
-            _mm512_max_ps(a, _mm512_setzero_ps())
+    for (f, accf) in acc.iter().enumerate() {
+        let out = c.out.add(f * c.f_stride);
+        for (v, a) in accf.iter().enumerate() {
+            let a = if c.relu {
+                _mm512_max_ps(*a, _mm512_setzero_ps())
+            } else {
+                *a
+            };
+            store_avx512(a, out, &segs[starts[v]..starts[v + 1]]);
+        }
+    }
+}
+
+/// A pooled call's stores: the maximum of each 2×2 block of its two vectors (a row and the row
+/// below), ReLU after it, `count` of them at `dest`. Inline: without loops it leaves the
+/// accumulators in registers, and the calls of a 1-channel layer (9 taps) are short enough for
+/// the round trip through memory to show.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn pooled_avx512<const NV: usize, const NF: usize>(
+    acc: &[[std::arch::x86_64::__m512; NV]; NF],
+    c: &Call,
+    dest: usize,
+    count: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(NV, 2, "a pooled call is a row and the row below it");
+    // The even lanes, then the odd ones: lane i of the two is column pair i.
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mask = ((1u32 << count) - 1) as u16;
+    for (f, accf) in acc.iter().enumerate() {
+        let rows = _mm512_max_ps(accf[0], accf[NV - 1]);
+        let pooled = _mm512_max_ps(
+            _mm512_permutexvar_ps(even, rows),
+            _mm512_permutexvar_ps(odd, rows),
+        );
+        let pooled = if c.relu {
+            _mm512_max_ps(pooled, _mm512_setzero_ps())
         } else {
-            a
-        }
-    };
-    match c.store {
-        Store::Runs { segs, starts } => {
-            for (f, accf) in acc.iter().enumerate() {
-                let out = c.out.add(f * c.f_stride);
-                for (v, a) in accf.iter().enumerate() {
-                    store_avx512(relu(*a), out, &segs[starts[v]..starts[v + 1]]);
-                }
-            }
-        }
-        Store::Pooled { dest, count } => {
-            debug_assert_eq!(NV, 2, "a pooled call is a row and the row below it");
-            // The even lanes, then the odd ones: lane i of the two is column pair i.
-            let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
-            let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
-            let mask = ((1u32 << count) - 1) as u16;
-            for (f, accf) in acc.iter().enumerate() {
-                let rows = _mm512_max_ps(accf[0], accf[NV - 1]);
-                let pooled = _mm512_max_ps(
-                    _mm512_permutexvar_ps(even, rows),
-                    _mm512_permutexvar_ps(odd, rows),
-                );
-                _mm512_mask_storeu_ps(c.out.add(f * c.f_stride + dest), mask, relu(pooled));
-            }
-        }
+            pooled
+        };
+        _mm512_mask_storeu_ps(c.out.add(f * c.f_stride + dest), mask, pooled);
     }
 }
 
@@ -715,7 +733,10 @@ unsafe fn kernel_avx2<const NV: usize, const NF: usize>(c: &Call) {
             w = w.add(NF);
         }
     }
-    finish_avx2(acc, c);
+    match c.store {
+        Store::Pooled { dest, count } => pooled_avx2(&acc, c, dest, count),
+        Store::Runs { segs, starts } => finish_avx2(acc, c, segs, starts),
+    }
 }
 
 /// As [`finish_avx512`].
@@ -725,44 +746,51 @@ unsafe fn kernel_avx2<const NV: usize, const NF: usize>(c: &Call) {
 unsafe fn finish_avx2<const NV: usize, const NF: usize>(
     acc: [[std::arch::x86_64::__m256; NV]; NF],
     c: &Call,
+    segs: &[Segment],
+    starts: &[usize; MAX_NV + 1],
 ) {
     use std::arch::x86_64::*;
-    let relu = |a| {
-        if c.relu {
-            _mm256_max_ps(a, _mm256_setzero_ps())
+    for (f, accf) in acc.iter().enumerate() {
+        let out = c.out.add(f * c.f_stride);
+        for (v, a) in accf.iter().enumerate() {
+            let a = if c.relu {
+                _mm256_max_ps(*a, _mm256_setzero_ps())
+            } else {
+                *a
+            };
+            store_avx2(a, out, &segs[starts[v]..starts[v + 1]]);
+        }
+    }
+}
+
+/// As [`pooled_avx512`], for eight lanes: four maxima a call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn pooled_avx2<const NV: usize, const NF: usize>(
+    acc: &[[std::arch::x86_64::__m256; NV]; NF],
+    c: &Call,
+    dest: usize,
+    count: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(NV, 2, "a pooled call is a row and the row below it");
+    // Even lanes to the low half, odd ones to the high half: lane i of the two halves is column
+    // pair i.
+    let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mask = _mm_cmpgt_epi32(_mm_set1_epi32(count as i32), _mm_setr_epi32(0, 1, 2, 3));
+    for (f, accf) in acc.iter().enumerate() {
+        let rows = _mm256_permutevar8x32_ps(_mm256_max_ps(accf[0], accf[NV - 1]), split);
+        let pooled = _mm_max_ps(
+            _mm256_castps256_ps128(rows),
+            _mm256_extractf128_ps::<1>(rows),
+        );
+        let pooled = if c.relu {
+            _mm_max_ps(pooled, _mm_setzero_ps())
         } else {
-            a
-        }
-    };
-    match c.store {
-        Store::Runs { segs, starts } => {
-            for (f, accf) in acc.iter().enumerate() {
-                let out = c.out.add(f * c.f_stride);
-                for (v, a) in accf.iter().enumerate() {
-                    store_avx2(relu(*a), out, &segs[starts[v]..starts[v + 1]]);
-                }
-            }
-        }
-        Store::Pooled { dest, count } => {
-            debug_assert_eq!(NV, 2, "a pooled call is a row and the row below it");
-            // Even lanes to the low half, odd ones to the high half: lane i of the two halves
-            // is column pair i.
-            let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
-            let mask = _mm_cmpgt_epi32(_mm_set1_epi32(count as i32), _mm_setr_epi32(0, 1, 2, 3));
-            for (f, accf) in acc.iter().enumerate() {
-                let rows = _mm256_permutevar8x32_ps(_mm256_max_ps(accf[0], accf[NV - 1]), split);
-                let pooled = _mm_max_ps(
-                    _mm256_castps256_ps128(rows),
-                    _mm256_extractf128_ps::<1>(rows),
-                );
-                let pooled = if c.relu {
-                    _mm_max_ps(pooled, _mm_setzero_ps())
-                } else {
-                    pooled
-                };
-                _mm_maskstore_ps(c.out.add(f * c.f_stride + dest), mask, pooled);
-            }
-        }
+            pooled
+        };
+        _mm_maskstore_ps(c.out.add(f * c.f_stride + dest), mask, pooled);
     }
 }
 
