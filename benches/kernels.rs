@@ -124,11 +124,21 @@ fn layer_benches(c: &mut Criterion) {
             vec![1, 28, 28],
         ),
     ];
-    for (name, yaml, input) in cases {
-        let op = op(yaml, &input);
+    // The CNN's convolutions also as the graph runs them, with the 2×2 max pool after them
+    // folded in (`Op::with_max_pool`): `…_maxpool` against the plain layer is what the fold saves
+    // on the convolution alone (the pool's own pass comes on top).
+    let pooled = |name: &'static str| format!("{name}_maxpool");
+    let cases = cases.into_iter().flat_map(|(name, yaml, input)| {
+        let plain = (name.to_string(), op(yaml, &input), input.clone());
+        let folded = op(yaml, &input)
+            .with_max_pool(&[&input])
+            .map(|folded| (pooled(name), folded, input));
+        std::iter::once(plain).chain(folded)
+    });
+    for (name, op, input) in cases {
         let (l, out) = layer(op.as_ref(), &input);
         let flops = op.flops(&[&input], &out, 1);
-        let mut group = c.benchmark_group(name);
+        let mut group = c.benchmark_group(&name);
         group
             .sample_size(20)
             .measurement_time(Duration::from_secs(2))

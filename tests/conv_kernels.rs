@@ -405,6 +405,97 @@ fn winograd_adds_a_residual_as_it_writes() {
     }
 }
 
+/// The direct kernel with a 2×2 stride-2 max pool in its epilogue.
+fn run_direct_pooled(case: &Case, d: &Data, isa: Isa) -> Vec<f32> {
+    let direct = DirectConv::max_pooled(case.shape()).expect("pooled direct geometry");
+    let filters = packed(case, &d.w, isa);
+    let [oh, ow] = case.out();
+    assert_eq!(direct.out(), [oh / 2, ow / 2]);
+    let [c, h, w] = case.input;
+    let record = case.filters * (oh / 2) * (ow / 2);
+    // Poisoned output and scratch, as in `run_direct`.
+    let mut out = vec![f32::NAN; case.batch * record];
+    let mut buf = vec![f32::NAN; direct.buffer_len()];
+    for (image, rec) in
+        d.x.chunks_exact(c * h * w)
+            .zip(out.chunks_exact_mut(record))
+    {
+        direct.run(image, &filters, &d.b, case.relu, &mut buf, rec);
+    }
+    out
+}
+
+/// `values` (`[batch·filters, oh, ow]` maps) max-pooled 2×2 with stride 2, an odd last row and
+/// column dropped, as PyTorch's `max_pool2d(x, 2)`.
+fn max_pool(case: &Case, values: &[f32]) -> Vec<f32> {
+    let [oh, ow] = case.out();
+    let mut pooled = Vec::new();
+    for map in values.chunks_exact(oh * ow) {
+        for py in 0..oh / 2 {
+            for px in 0..ow / 2 {
+                let at = |y: usize, x: usize| map[(2 * py + y) * ow + 2 * px + x];
+                pooled.push(at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1)));
+            }
+        }
+    }
+    pooled
+}
+
+/// Shapes for the pooled epilogue: the small CNN's three convolutions, odd output sizes whose
+/// last row or column the pool drops, maps wider than two vectors (a partial last block of
+/// pooled columns on each instruction set), filter counts that are no multiple of a block,
+/// stride, dilation, groups, a 2×2 output (one pooled value) and batch 3.
+fn pooled_cases() -> Vec<Case> {
+    vec![
+        Case::new([1, 28, 28], 16, 3).pad(1).relu().batch(3),
+        Case::new([1, 28, 28], 16, 5).pad(2).relu(),
+        Case::new([16, 14, 14], 32, 3).pad(1).relu(),
+        Case::new([3, 9, 7], 5, 3).pad(1),
+        Case::new([5, 17, 37], 17, 3).pad(1).relu().batch(3),
+        Case::new([1, 11, 35], 9, 5).pad(2),
+        Case::new([17, 13, 17], 3, 3).pad(1),
+        Case::new([3, 23, 17], 17, 7).stride(2).pad(3).relu(),
+        Case::new([2, 2, 2], 3, 1),
+        Case::new([2, 5, 3], 3, 5).pad(2),
+        Case {
+            dilation: [2, 2],
+            ..Case::new([3, 11, 13], 5, 3).pad(1)
+        },
+        Case {
+            groups: 2,
+            ..Case::new([6, 9, 11], 10, 3).pad(1).batch(3)
+        },
+        Case::new([64, 7, 7], 70, 3).pad(1),
+    ]
+}
+
+/// The pooled epilogue writes the maximum of each 2×2 block of the convolution's outputs, ReLU
+/// after it. The maximum of values each within its bound of the exact one is within the
+/// largest of those bounds of the exact maximum, so each pooled output is held to the bound of
+/// its block's largest scale.
+#[test]
+fn direct_kernel_with_a_max_pool_is_within_the_summation_bound() {
+    for isa in isas() {
+        for (i, case) in pooled_cases().iter().enumerate() {
+            let d = data(case, i as u64 + 110);
+            let pooled = Data {
+                want: max_pool(case, &d.want),
+                scale: max_pool(case, &d.scale),
+                x: Vec::new(),
+                w: Vec::new(),
+                b: Vec::new(),
+            };
+            let got = run_direct_pooled(case, &d, isa);
+            let r = bound_ratio(case, &pooled, &got);
+            assert!(
+                r <= 1.0,
+                "pooled direct {} {case:?}: {r:.3} of the bound",
+                isa.name()
+            );
+        }
+    }
+}
+
 fn winograd_fits(case: &Case) -> bool {
     case.kernel == [3, 3] && case.stride == [1, 1] && case.dilation == [1, 1]
 }

@@ -123,3 +123,17 @@ fn a_label_the_pipeline_does_not_pass_through_is_refused_before_reading() {
         "{stderr}"
     );
 }
+
+/// digits-cnn with each tower's convolution in a stage before its pool's: the convolution still
+/// folds into the pool (validate lists it), its input crosses stages under its name, and the
+/// pipeline computes what the monolithic reference pass does.
+#[test]
+fn a_convolution_folds_into_its_pool_across_stages() {
+    let pipeline = "tests/pipelines/digits-cnn-cut-at-pools.yaml";
+    let out = subpass().args(["validate", pipeline]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("conv_a folded into pool_a"), "{text}");
+    assert!(text.contains("conv_b folded into pool_b"), "{text}");
+    assert_verifies(&[pipeline, "--input", "examples/digits-test.jsonl"]);
+}

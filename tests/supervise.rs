@@ -188,6 +188,38 @@ fn a_branch_poisons_its_records_and_the_other_branch_stays_aligned() {
 
 #[test]
 #[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
+fn a_convolution_folded_into_the_pool_of_a_later_stage_isolates_its_records() {
+    // conv_a folds into pool_a, a stage later: conv_a's stage sends its input on under the
+    // convolution's name, and the isolation path rebuilds that value at the shape it carries.
+    let pipeline = "tests/pipelines/digits-cnn-cut-at-pools.yaml";
+    assert_isolated(
+        pipeline,
+        &digits(),
+        &[],
+        &[
+            (3, "conv_a"),
+            (64, "conv_a"),
+            (137, "pool_a"),
+            (300, "tower_b"),
+        ],
+    );
+    // A failure of every evaluation over more than 16 records: the whole chunk fails again, so
+    // the stage's output is assembled from the halves' results, at the shape it carries.
+    let clean = run(pipeline, &digits(), &[], None);
+    let faulty = run(
+        pipeline,
+        &digits(),
+        &["--max-restarts", "1000"],
+        Some("stage=return(conv_a>16)"),
+    );
+    assert!(faulty.status.success(), "{}", faulty.stderr);
+    assert!(faulty.errors.is_empty());
+    assert_eq!(faulty.out, clean.out);
+    assert!(restarts(faulty.stats.as_ref().unwrap())["conv_a"] >= 1);
+}
+
+#[test]
+#[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
 fn a_joins_consumer_with_replicas_poisons_only_its_records() {
     // digits-cnn's head joins the two towers and runs two replicas.
     let faulty = assert_isolated(

@@ -16,6 +16,11 @@
 //! value as it writes, then the activation that alone reads the sum (ResNet's conv, bn, add,
 //! relu is one op, and two passes over the activations fewer).
 //!
+//! A direct convolution whose output (after its folded batch norm or activation) only a 2×2
+//! stride-2 max pool reads is folded into that pool: the pool's node runs the convolution, whose
+//! kernel writes only each block's maximum (the small CNN's conv, relu, pool is one op: the
+//! full-size activation is never stored, and the pool's pass is gone).
+//!
 //! The rewrites are made while the kernels are built, and only for the fast kernels: the graph
 //! keeps both nodes (stages, routes and `export` still see the file's layers and tensors), the
 //! convolution's kernel is built from the folded tensors and the batch norm passes its input
@@ -24,7 +29,7 @@
 
 use std::sync::Arc;
 
-use super::{Node, ValueId};
+use super::{carried_shape, Node, ValueId};
 use crate::ops::{ChannelAffine, Chunk, KernelKind, Layer, Op, Rows, Scratch, Tensor};
 
 /// A batch norm folded into the convolution that feeds it.
@@ -176,6 +181,14 @@ pub(super) fn build_layers(
             nodes[act].folded_into = Some(into);
             nodes[act].flops_per_record = 0;
         }
+        // After the activations, so that conv, relu, pool folds whole.
+        for (conv, pool, op) in max_pools(nodes, outputs, input_shape, &ops) {
+            ops[pool] = op;
+            tensors[pool] = tensors[conv].replace(Vec::new());
+            nodes[conv].folded_into = Some(pool);
+            nodes[pool].flops_per_record += nodes[conv].flops_per_record;
+            nodes[conv].flops_per_record = 0;
+        }
     }
     let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
@@ -184,13 +197,12 @@ pub(super) fn build_layers(
             layers.push(Box::new(FoldedAway));
             continue;
         }
+        // What the inputs carry: a pool that runs the convolution before it reads that
+        // convolution's input, passed on under the convolution's name.
         let shapes: Vec<&[usize]> = node
             .inputs
             .iter()
-            .map(|v| match v.layer() {
-                None => input_shape,
-                Some(j) => nodes[j].shape.as_slice(),
-            })
+            .map(|v| carried_shape(nodes, input_shape, *v))
             .collect();
         layers.push(ops[i].build(kernels, &shapes, &node.shape, values));
     }
@@ -290,6 +302,51 @@ fn activations(
         // Nothing else sees the convolution's output: the activation reads it alone, or reads
         // alone the batch norm that alone read it (the fold's own condition).
         found.push((a, parts, c));
+    }
+    found
+}
+
+/// The 2×2 max pools to fold: a pool (`Op::is_max_pool_2x2`) that alone reads the output of a
+/// convolution (directly, or through a batch norm or activation folded into it) that nothing
+/// else sees, where the convolution takes the pool ([`Op::with_max_pool`]: a direct one with no
+/// activation or ReLU). Returns, per fold, the convolution's node, the pool's, and the op the
+/// pool's node runs. Runs after the other folds, on their `ops`: the convolution then passes its
+/// input on under its own name (its value carries the input's shape, which routes and budgets
+/// count, [`carried_shape`]).
+fn max_pools(
+    nodes: &[Node],
+    outputs: &[ValueId],
+    input_shape: &[usize],
+    ops: &[Arc<dyn Op>],
+) -> Vec<(usize, usize, Arc<dyn Op>)> {
+    let alone = sole_reader(nodes, outputs);
+    let mut found = Vec::new();
+    for (pool, node) in nodes.iter().enumerate() {
+        let [input] = node.inputs[..] else {
+            continue;
+        };
+        if !node.op.is_max_pool_2x2() || !alone(input) || node.rows != Rows::Records {
+            continue;
+        }
+        let Some(mut c) = input.layer() else {
+            continue;
+        };
+        // Through a batch norm or activation folded into the convolution, which alone read it
+        // (their folds' own condition).
+        if let Some(conv) = nodes[c].folded_into {
+            c = conv;
+        }
+        let [conv_input] = nodes[c].inputs[..] else {
+            continue;
+        };
+        // A convolution folded into a residual add is read by the add alone, never here.
+        if nodes[c].folded_into.is_some() {
+            continue;
+        }
+        let shape = carried_shape(nodes, input_shape, conv_input);
+        if let Some(op) = ops[c].with_max_pool(&[shape]) {
+            found.push((c, pool, op));
+        }
     }
     found
 }
@@ -508,6 +565,97 @@ mod tests {
                 diff <= 1e-5,
                 "{layers}: fused vs reference differ by {diff}"
             );
+        }
+    }
+
+    /// The small CNN's conv, relu, 2×2 pool, on a 6×5 map (the pool drops the last column).
+    const CONV_RELU_POOL: &str = "  - {name: conv, op: conv2d, filters: 5, kernel: 3, padding: 1}\n  - {name: act, op: relu}\n  - {name: pool, op: maxpool2d, kernel: 2}\n";
+
+    #[test]
+    fn a_max_pool_runs_the_convolution_and_relu_before_it() {
+        let pairs = |v: &[(&str, &str)]| -> Vec<(String, String)> {
+            v.iter()
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .collect()
+        };
+        let fast = graph(CONV_RELU_POOL, KernelKind::Fast);
+        assert_eq!(folded(&fast), pairs(&[("conv", "pool"), ("act", "conv")]));
+        // The pool carries the convolution's work now, and the convolution's value is its
+        // input, passed on (what a stage cut after it sends).
+        assert_eq!(fast.nodes[0].flops_per_record, 0);
+        assert!(fast.nodes[2].flops_per_record > 2 * 3 * 9 * 5 * 30);
+        assert_eq!(fast.carried_shape(ValueId::of_layer(0)), [3, 6, 5]);
+        assert_eq!(fast.carried_shape(ValueId::of_layer(1)), [3, 6, 5]);
+        assert_eq!(fast.carried_shape(ValueId::of_layer(2)), [5, 3, 2]);
+        assert!(folded(&graph(CONV_RELU_POOL, KernelKind::Reference)).is_empty());
+        // The ReLU in the convolution, a batch norm between, no activation, no padding (a 4×3
+        // map: the pool drops a column), stride 2 (3×3: a row and a column dropped), the
+        // direct algorithm forced: each folds and computes what the unfolded graph does.
+        let with_bn = CONV_RELU_POOL.replace(
+            "padding: 1}",
+            "padding: 1, bias: false}\n  - {name: bn, op: batchnorm}",
+        );
+        let inline = "  - {name: conv, op: conv2d, filters: 9, kernel: 3, padding: 1, activation: relu}\n  - {name: pool, op: maxpool2d, kernel: 2}\n";
+        let cases = [
+            CONV_RELU_POOL.to_string(),
+            with_bn.clone(),
+            inline.to_string(),
+            inline.replace(", activation: relu", ""),
+            inline.replace("padding: 1", "padding: 0"),
+            inline.replace("padding: 1", "padding: 1, stride: 2"),
+            inline.replace("padding: 1", "padding: 1, algorithm: direct"),
+        ];
+        for layers in &cases {
+            let fast = graph(layers, KernelKind::Fast);
+            let conv = fast.nodes.iter().position(|n| n.name == "conv").unwrap();
+            let pool = fast.nodes.iter().position(|n| n.name == "pool").unwrap();
+            assert_eq!(fast.nodes[conv].folded_into, Some(pool), "{layers}");
+            let (diff, scale) = fast_vs_reference(layers);
+            assert!(scale > 0.1, "the test needs outputs that are not all zero");
+            assert!(
+                diff <= 1e-6 * scale,
+                "{layers}: folded vs unfolded: {diff} at scale {scale}"
+            );
+        }
+        assert_eq!(
+            folded(&graph(&with_bn, KernelKind::Fast)),
+            pairs(&[("conv", "pool"), ("bn", "conv"), ("act", "conv")])
+        );
+    }
+
+    #[test]
+    fn no_pool_fold_where_the_pool_or_the_convolution_does_not_fit() {
+        let inline = "  - {name: conv, op: conv2d, filters: 4, kernel: 3, padding: 1, activation: relu}\n  - {name: pool, op: maxpool2d, kernel: 2}\n";
+        let cases = [
+            // Pools other than 2×2 stride 2 unpadded max: stride 1, 3×3, padding, average.
+            inline.replace("kernel: 2}", "kernel: 2, stride: 1}"),
+            inline.replace("kernel: 2}", "kernel: 3, stride: 2}"),
+            inline.replace("kernel: 2}", "kernel: 2, padding: 1}"),
+            inline.replace("maxpool2d", "avgpool2d"),
+            // An activation the kernel does not apply before the maximum.
+            inline.replace("relu", "tanh"),
+            // Kernels without a pooled epilogue: im2col (forced, or auto on a 1×1) and Winograd.
+            inline.replace("padding: 1", "padding: 1, algorithm: gemm"),
+            inline.replace("kernel: 3, padding: 1", "kernel: 1"),
+            inline.replace("padding: 1", "padding: 1, algorithm: winograd"),
+            // The convolution's output is read elsewhere too, or written out.
+            format!("{inline}  - {{name: other, op: relu, inputs: [conv]}}\n  - {{name: sum, op: add, inputs: [other, conv]}}\n"),
+            format!("{inline}outputs: [pool, conv]\n"),
+        ];
+        for layers in &cases {
+            let fast = graph(layers, KernelKind::Fast);
+            assert!(
+                folded(&fast).iter().all(|(_, into)| into != "pool"),
+                "{layers}: {:?}",
+                folded(&fast)
+            );
+            if !layers.contains("outputs:") {
+                let (diff, scale) = fast_vs_reference(layers);
+                assert!(
+                    diff <= 1e-6 * scale.max(1.0),
+                    "{layers}: fast vs reference differ by {diff}"
+                );
+            }
         }
     }
 }

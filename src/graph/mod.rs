@@ -59,8 +59,9 @@ pub struct Node {
     /// Full names of the PyTorch buffers the layer's module keeps and inference ignores
     /// ([`Op::buffers`]): `export` writes them.
     pub buffers: Vec<String>,
-    /// For a batch norm folded into the convolution before it (fast kernels only; see
-    /// [`fold`]): that convolution's node. The node then passes its input through.
+    /// For a layer folded into another (fast kernels only; see [`fold`]): a batch norm or an
+    /// activation into the convolution before it, a convolution into the residual add or the
+    /// max pool that reads it. The node then passes its first input through, under its own name.
     pub folded_into: Option<usize>,
     /// Key path of the layer in the pipeline file.
     pub path: String,
@@ -112,6 +113,13 @@ impl Graph {
             None => &self.input_shape,
             Some(i) => &self.nodes[i].shape,
         }
+    }
+
+    /// The shape of the tensor value `v` holds when the layers run (per row): [`Graph::shape`],
+    /// except where a folded layer passes its input on in its place (a convolution folded into
+    /// the max pool after it carries the convolution's input). Routes and budgets count this.
+    pub fn carried_shape(&self, v: ValueId) -> &[usize] {
+        carried_shape(&self.nodes, &self.input_shape, v)
     }
 
     pub fn value_name(&self, v: ValueId) -> &str {
@@ -529,6 +537,22 @@ impl Graph {
             }
         }
     }
+}
+
+/// [`Graph::carried_shape`] over the nodes, before the graph is assembled: a folded node passes
+/// its first input on ([`Graph::eval`]), so its value is that input's, followed as far as it goes.
+pub(crate) fn carried_shape<'a>(
+    nodes: &'a [Node],
+    input_shape: &'a [usize],
+    mut v: ValueId,
+) -> &'a [usize] {
+    while let Some(i) = v.layer() {
+        if nodes[i].folded_into.is_none() {
+            return &nodes[i].shape;
+        }
+        v = nodes[i].inputs[0];
+    }
+    input_shape
 }
 
 /// Values of one chunk, by id; shared tensors so a value sent to two consumers is not copied.

@@ -481,7 +481,7 @@ impl Plan {
         if !folds.is_empty() {
             let _ = writeln!(
                 out,
-                "\nfolded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add that reads it (the add runs it and adds as it writes):\n{}",
+                "\nfolded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add or the 2x2 max pool that alone reads it (the add or pool runs it and adds, or pools, as it writes):\n{}",
                 folds.join("\n")
             );
         }
@@ -714,9 +714,11 @@ fn max_rows(batch: &BatchConfig, rows: Rows) -> usize {
     }
 }
 
-/// The most bytes value `v` takes in one chunk.
+/// The most bytes value `v` takes in one chunk, as it is carried (a folded layer's value is the
+/// input it passes on).
 fn chunk_bytes(graph: &Graph, batch: &BatchConfig, v: ValueId) -> u64 {
-    graph.shape(v).iter().product::<usize>() as u64 * F32 * max_rows(batch, graph.rows(v)) as u64
+    let shape = graph.carried_shape(v);
+    shape.iter().product::<usize>() as u64 * F32 * max_rows(batch, graph.rows(v)) as u64
 }
 
 /// The bound on activations in flight, place by place (see [`ActivationBytes`]).

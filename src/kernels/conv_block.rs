@@ -22,6 +22,11 @@
 //! convolution, a partial Winograd tile): [`Grid`] says which positions are written where, and
 //! each output vector is stored as the runs of lanes that are real (masked stores on AVX-512 and
 //! AVX2), so nothing outside the output is touched and nothing is written twice.
+//!
+//! A convolution whose output only a 2×2 stride-2 max pool reads runs as [`run_pooled`]: each
+//! call computes one vector of an even row and the vector below it, and writes only the maxima
+//! of their 2×2 blocks (bias and ReLU commute with the maximum), so the full-size output is
+//! never stored and the pool needs no pass of its own.
 
 use super::{span, Isa};
 
@@ -177,6 +182,61 @@ pub(crate) struct Segment {
     pub(crate) dest: usize,
 }
 
+/// Where a convolution's outputs go when a 2×2 stride-2 max pool (floor mode, no padding)
+/// follows it: conv output `(oy, ox)` is grid position `oy·width + ox`, and the maximum of block
+/// `(2py..2py+2, 2px..2px+2)` is written at `py·cols + px`, for `py < rows`, `px < cols`. The
+/// conv outputs of an odd last row or column belong to no block and are not computed. Fields
+/// are private: the kernels' `unsafe` reads and writes rely on [`PooledGrid::new`]'s checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PooledGrid {
+    width: usize,
+    rows: usize,
+    cols: usize,
+    /// Positions from 0 the kernel may read a vector at (see [`PooledGrid::positions`]).
+    positions: usize,
+}
+
+impl PooledGrid {
+    /// The pooled grid over conv outputs in rows of `width` positions: `rows × cols` maxima.
+    /// `None` if a block would reach past a row (`2·cols > width`) or a size overflows.
+    pub fn new(width: usize, rows: usize, cols: usize) -> Option<PooledGrid> {
+        if cols.checked_mul(2)? > width {
+            return None;
+        }
+        // The last call's lower vector starts at (2·rows - 1)·width + x0 with x0 < 2·cols, a
+        // multiple of the vector length, and reads one vector: below 2·cols rounded up to the
+        // widest vector.
+        let positions = match rows {
+            0 => 0,
+            _ => span(
+                rows.checked_mul(2)? - 1,
+                width,
+                cols.checked_mul(2)?.checked_next_multiple_of(MAX_LANES)?,
+            )?,
+        };
+        Some(PooledGrid {
+            width,
+            rows,
+            cols,
+            positions,
+        })
+    }
+
+    /// Pooled outputs per filter: `rows × cols`.
+    pub fn len(&self) -> usize {
+        self.rows * self.cols
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Grid positions the kernel reads vectors from, at most: what [`Taps::source_len`] takes.
+    pub fn positions(&self) -> usize {
+        self.positions
+    }
+}
+
 /// Where the taps of one filter read: for channel `c` and tap offset `o` (of `offsets`), at
 /// `q + c·channel_stride + o`. Taps run channel-major, as PyTorch's `[F, C, kh, kw]` weights do.
 #[derive(Debug, Clone)]
@@ -314,24 +374,13 @@ pub fn run(
     out: &mut [f32],
     f_stride: usize,
 ) {
-    let f = filters.filters;
-    assert!(
-        filters.isa.available(),
-        "conv kernel: filters packed for {} on a CPU without it",
-        filters.isa.name()
-    );
-    assert_eq!(filters.taps, taps.count(), "conv kernel: taps disagree");
-    assert_eq!(epilogue.bias.len(), f, "conv kernel: one bias per filter");
-    if f == 0 || grid.is_empty() {
+    check(filters, taps, src, grid.len, &epilogue);
+    if filters.filters == 0 || grid.is_empty() {
         return;
     }
-    let need_src = taps.source_len(grid.len);
-    assert!(
-        need_src.is_some_and(|n| n <= src.len()),
-        "conv kernel: source of {} floats, {need_src:?} needed",
-        src.len()
-    );
-    let need_out = grid.extent().and_then(|e| span(f - 1, f_stride, e));
+    let need_out = grid
+        .extent()
+        .and_then(|e| span(filters.filters - 1, f_stride, e));
     assert!(
         need_out.is_some_and(|n| n <= out.len()),
         "conv kernel: output of {} floats, {need_out:?} needed (filter stride {f_stride})",
@@ -351,36 +400,152 @@ pub fn run(
         if segs.is_empty() {
             continue;
         }
-        for f0 in (0..f).step_by(filters.block) {
-            let nf = filters.block.min(f - f0);
-            let call = Call {
-                channels: taps.channels,
-                channel_stride: taps.channel_stride,
-                offsets: &taps.offsets,
-                // SAFETY (of every pointer below): q0 < grid.len and f0 < f, so these are in or
-                // one past their slices; the reads and writes through them are argued at the
-                // `unsafe` dispatch.
-                src: src[q0..].as_ptr(),
-                weights: filters.data[f0 * filters.taps..].as_ptr(),
-                bias: &epilogue.bias[f0..f0 + nf],
-                relu: epilogue.relu,
-                out: out[f0 * f_stride..].as_mut_ptr(),
-                f_stride,
-                segs: &segs,
-                starts: &starts,
+        let store = Store::Runs {
+            segs: &segs,
+            starts: &starts,
+        };
+        // SAFETY: the kernel reads the nv vectors of `lanes` from q0, i.e. below q0 + nv·lanes
+        // ≤ grid.len rounded up to `lanes` (≤ MAX_LANES), plus the taps' reach: within
+        // `source_len(grid.len)`, which `check` asserted ≤ src.len(). It writes, for filter f,
+        // the segment runs at f·f_stride + dest..+count, each run inside the grid's extent
+        // (`segments` maps only real positions, as `extent` counts them), and
+        // (filters - 1)·f_stride + extent ≤ out.len() was asserted in checked arithmetic.
+        unsafe {
+            run_blocks(
+                filters, taps, src, &epilogue, out, f_stride, q0, nv, lanes, store,
+            )
+        };
+    }
+}
+
+/// `out[f·f_stride + py·cols + px] = act(max over the 2×2 block (2py.., 2px..) of
+/// bias[f] + Σ_t W[f][t] · src[q + offset(t)])`, `q` the block's grid positions, for every
+/// filter `f` and every pooled output of `grid`; nothing else in `out` is touched. What
+/// `run` then a 2×2 stride-2 max pool compute, without the full-size output: ReLU is monotone,
+/// so it commutes with the maximum and is applied once per pooled value. Panics as [`run`]
+/// does; `src` must hold [`Taps::source_len`] of [`PooledGrid::positions`].
+pub fn run_pooled(
+    filters: &PackedFilters,
+    taps: &Taps,
+    src: &[f32],
+    grid: &PooledGrid,
+    epilogue: Epilogue,
+    out: &mut [f32],
+    f_stride: usize,
+) {
+    check(filters, taps, src, grid.positions, &epilogue);
+    if filters.filters == 0 || grid.is_empty() {
+        return;
+    }
+    let need_out = span(filters.filters - 1, f_stride, grid.len());
+    assert!(
+        need_out.is_some_and(|n| n <= out.len()),
+        "pooled conv kernel: output of {} floats, {need_out:?} needed (filter stride {f_stride})",
+        out.len()
+    );
+    let (_, _, lanes) = block_shape(filters.isa);
+    for py in 0..grid.rows {
+        // A vector of an even row and the one below it; its column pairs are `lanes / 2`
+        // pooled outputs from x0 / 2.
+        for x0 in (0..2 * grid.cols).step_by(lanes) {
+            let store = Store::Pooled {
+                dest: py * grid.cols + x0 / 2,
+                count: (lanes / 2).min(grid.cols - x0 / 2),
             };
-            // SAFETY: the instruction set is available (asserted above). Reads: the kernel reads
-            // vectors of `lanes` from `src + q0 + c·channel_stride + offset` for the nv vectors
-            // from q0, i.e. below q0 + nv·lanes ≤ grid.len rounded up to `lanes` (≤ MAX_LANES),
-            // plus the taps' reach: within `source_len`, asserted ≤ src.len(). Weights: block
-            // f0 holds nf·taps values from f0·taps (`new` packs exactly filters·taps values,
-            // fields private). Writes: filter f0 + i writes segment runs at
-            // (f0 + i)·f_stride + dest..+count, each run inside the grid's extent (`segments`
-            // maps only real positions, as `extent` counts them), and (f - 1)·f_stride + extent
-            // ≤ out.len() was asserted in checked arithmetic.
-            unsafe { dispatch(filters.isa, nv, nf, &call) };
+            let q0 = 2 * py * grid.width + x0;
+            // SAFETY: the kernel reads a vector of `lanes` at q0 and at q0 + width, below
+            // (2·rows - 1)·width + x0 + lanes ≤ `grid.positions` (x0 < 2·cols is a multiple of
+            // `lanes`, which divides MAX_LANES), plus the taps' reach: within
+            // `source_len(positions)`, which `check` asserted ≤ src.len(). It writes, for
+            // filter f, `count` floats at f·f_stride + dest, and dest + count ≤ py·cols + cols
+            // ≤ rows·cols: inside (filters - 1)·f_stride + rows·cols ≤ out.len(), asserted in
+            // checked arithmetic.
+            unsafe {
+                run_blocks(
+                    filters, taps, src, &epilogue, out, f_stride, q0, 2, grid.width, store,
+                )
+            };
         }
     }
+}
+
+/// The checks both entry points make before any `unsafe` call: the instruction set is
+/// available, the taps and bias match the filters, and `src` holds what a grid reading vectors
+/// from positions below `positions` needs.
+fn check(filters: &PackedFilters, taps: &Taps, src: &[f32], positions: usize, e: &Epilogue) {
+    assert!(
+        filters.isa.available(),
+        "conv kernel: filters packed for {} on a CPU without it",
+        filters.isa.name()
+    );
+    assert_eq!(filters.taps, taps.count(), "conv kernel: taps disagree");
+    assert_eq!(
+        e.bias.len(),
+        filters.filters,
+        "conv kernel: one bias per filter"
+    );
+    let need_src = taps.source_len(positions);
+    assert!(
+        need_src.is_some_and(|n| n <= src.len()),
+        "conv kernel: source of {} floats, {need_src:?} needed",
+        src.len()
+    );
+}
+
+/// The kernel over every filter block for the `nv` vectors from grid position `q0`, vector `v`
+/// at `q0 + v·vector_stride`.
+///
+/// # Safety
+/// [`check`] passed for these arguments, and every read (the vectors plus the taps' reach) and
+/// every write `store` makes for each filter (at `f·f_stride` on) is inside `src` and `out`.
+#[allow(clippy::too_many_arguments)]
+unsafe fn run_blocks(
+    filters: &PackedFilters,
+    taps: &Taps,
+    src: &[f32],
+    epilogue: &Epilogue,
+    out: &mut [f32],
+    f_stride: usize,
+    q0: usize,
+    nv: usize,
+    vector_stride: usize,
+    store: Store,
+) {
+    for f0 in (0..filters.filters).step_by(filters.block) {
+        let nf = filters.block.min(filters.filters - f0);
+        let call = Call {
+            channels: taps.channels,
+            channel_stride: taps.channel_stride,
+            offsets: &taps.offsets,
+            // In or one past their slices: q0 is below the positions `check` covered, f0 below
+            // the filters.
+            src: src[q0..].as_ptr(),
+            vector_stride,
+            weights: filters.data[f0 * filters.taps..].as_ptr(),
+            bias: &epilogue.bias[f0..f0 + nf],
+            relu: epilogue.relu,
+            out: out[f0 * f_stride..].as_mut_ptr(),
+            f_stride,
+            store,
+        };
+        // SAFETY: the instruction set is available (`check`). Weights: block f0 holds nf·taps
+        // values from f0·taps (`new` packs exactly filters·taps values, fields private). Reads
+        // and writes: the caller's contract, for filters f0..f0 + nf.
+        unsafe { dispatch(filters.isa, nv, nf, &call) };
+    }
+}
+
+/// How a call's sums are written.
+#[derive(Clone, Copy)]
+enum Store<'a> {
+    /// Vector `v`'s real lanes as the runs `segs[starts[v]..starts[v + 1]]`.
+    Runs {
+        segs: &'a [Segment],
+        starts: &'a [usize; MAX_NV + 1],
+    },
+    /// The call's two vectors are a row and the row below it: the maxima of their 2×2 blocks,
+    /// `count` of them, at `dest`.
+    Pooled { dest: usize, count: usize },
 }
 
 /// One kernel call's operands, pointers already offset to its pixel and filter block.
@@ -389,20 +554,21 @@ struct Call<'a> {
     channel_stride: usize,
     offsets: &'a [usize],
     src: *const f32,
+    /// Positions from one of the call's vectors to the next.
+    vector_stride: usize,
     weights: *const f32,
     bias: &'a [f32],
     relu: bool,
     out: *mut f32,
     f_stride: usize,
-    segs: &'a [Segment],
-    starts: &'a [usize; MAX_NV + 1],
+    store: Store<'a>,
 }
 
 /// The kernel for `nv` vectors and `nf` filters (each at most the ISA's block).
 ///
 /// # Safety
 /// `isa` is available on this CPU and `c`'s pointers cover what the kernel reads and writes
-/// (see [`run`]).
+/// (see [`run`] and [`run_pooled`]); a pooled store comes with `nv == 2`.
 unsafe fn dispatch(isa: Isa, nv: usize, nf: usize, c: &Call) {
     macro_rules! by_nf {
         ($kernel:ident, $nv:literal, [$($nf:literal),*]) => {
@@ -446,7 +612,7 @@ unsafe fn kernel_avx512<const NV: usize, const NF: usize>(c: &Call) {
             let s = base.add(o);
             let mut x = [_mm512_setzero_ps(); NV];
             for (v, xv) in x.iter_mut().enumerate() {
-                *xv = _mm512_loadu_ps(s.add(v * 16));
+                *xv = _mm512_loadu_ps(s.add(v * c.vector_stride));
             }
             for (f, accf) in acc.iter_mut().enumerate() {
                 let wv = _mm512_set1_ps(*w.add(f));
@@ -457,7 +623,10 @@ unsafe fn kernel_avx512<const NV: usize, const NF: usize>(c: &Call) {
             w = w.add(NF);
         }
     }
-    finish_avx512(acc, c);
+    match c.store {
+        Store::Pooled { dest, count } => pooled_avx512(&acc, c, dest, count),
+        Store::Runs { segs, starts } => finish_avx512(acc, c, segs, starts),
+    }
 }
 
 /// The block's stores, out of line: the accumulators arrive through memory once, so the FMA
@@ -469,6 +638,8 @@ unsafe fn kernel_avx512<const NV: usize, const NF: usize>(c: &Call) {
 unsafe fn finish_avx512<const NV: usize, const NF: usize>(
     acc: [[std::arch::x86_64::__m512; NV]; NF],
     c: &Call,
+    segs: &[Segment],
+    starts: &[usize; MAX_NV + 1],
 ) {
     use std::arch::x86_64::*;
     for (f, accf) in acc.iter().enumerate() {
@@ -479,8 +650,42 @@ unsafe fn finish_avx512<const NV: usize, const NF: usize>(
             } else {
                 *a
             };
-            store_avx512(a, out, &c.segs[c.starts[v]..c.starts[v + 1]]);
+            store_avx512(a, out, &segs[starts[v]..starts[v + 1]]);
         }
+    }
+}
+
+/// A pooled call's stores: the maximum of each 2×2 block of its two vectors (a row and the row
+/// below), ReLU after it, `count` of them at `dest`. Inline: without loops it leaves the
+/// accumulators in registers, and the calls of a 1-channel layer (9 taps) are short enough for
+/// the round trip through memory to show.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+#[inline]
+unsafe fn pooled_avx512<const NV: usize, const NF: usize>(
+    acc: &[[std::arch::x86_64::__m512; NV]; NF],
+    c: &Call,
+    dest: usize,
+    count: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(NV, 2, "a pooled call is a row and the row below it");
+    // The even lanes, then the odd ones: lane i of the two is column pair i.
+    let even = _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 0, 0, 0, 0, 0, 0, 0, 0);
+    let odd = _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 0, 0, 0, 0, 0, 0, 0, 0);
+    let mask = ((1u32 << count) - 1) as u16;
+    for (f, accf) in acc.iter().enumerate() {
+        let rows = _mm512_max_ps(accf[0], accf[NV - 1]);
+        let pooled = _mm512_max_ps(
+            _mm512_permutexvar_ps(even, rows),
+            _mm512_permutexvar_ps(odd, rows),
+        );
+        let pooled = if c.relu {
+            _mm512_max_ps(pooled, _mm512_setzero_ps())
+        } else {
+            pooled
+        };
+        _mm512_mask_storeu_ps(c.out.add(f * c.f_stride + dest), mask, pooled);
     }
 }
 
@@ -517,7 +722,7 @@ unsafe fn kernel_avx2<const NV: usize, const NF: usize>(c: &Call) {
             let s = base.add(o);
             let mut x = [_mm256_setzero_ps(); NV];
             for (v, xv) in x.iter_mut().enumerate() {
-                *xv = _mm256_loadu_ps(s.add(v * 8));
+                *xv = _mm256_loadu_ps(s.add(v * c.vector_stride));
             }
             for (f, accf) in acc.iter_mut().enumerate() {
                 let wv = _mm256_broadcast_ss(&*w.add(f));
@@ -528,7 +733,10 @@ unsafe fn kernel_avx2<const NV: usize, const NF: usize>(c: &Call) {
             w = w.add(NF);
         }
     }
-    finish_avx2(acc, c);
+    match c.store {
+        Store::Pooled { dest, count } => pooled_avx2(&acc, c, dest, count),
+        Store::Runs { segs, starts } => finish_avx2(acc, c, segs, starts),
+    }
 }
 
 /// As [`finish_avx512`].
@@ -538,6 +746,8 @@ unsafe fn kernel_avx2<const NV: usize, const NF: usize>(c: &Call) {
 unsafe fn finish_avx2<const NV: usize, const NF: usize>(
     acc: [[std::arch::x86_64::__m256; NV]; NF],
     c: &Call,
+    segs: &[Segment],
+    starts: &[usize; MAX_NV + 1],
 ) {
     use std::arch::x86_64::*;
     for (f, accf) in acc.iter().enumerate() {
@@ -548,8 +758,39 @@ unsafe fn finish_avx2<const NV: usize, const NF: usize>(
             } else {
                 *a
             };
-            store_avx2(a, out, &c.segs[c.starts[v]..c.starts[v + 1]]);
+            store_avx2(a, out, &segs[starts[v]..starts[v + 1]]);
         }
+    }
+}
+
+/// As [`pooled_avx512`], for eight lanes: four maxima a call.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn pooled_avx2<const NV: usize, const NF: usize>(
+    acc: &[[std::arch::x86_64::__m256; NV]; NF],
+    c: &Call,
+    dest: usize,
+    count: usize,
+) {
+    use std::arch::x86_64::*;
+    debug_assert_eq!(NV, 2, "a pooled call is a row and the row below it");
+    // Even lanes to the low half, odd ones to the high half: lane i of the two halves is column
+    // pair i.
+    let split = _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7);
+    let mask = _mm_cmpgt_epi32(_mm_set1_epi32(count as i32), _mm_setr_epi32(0, 1, 2, 3));
+    for (f, accf) in acc.iter().enumerate() {
+        let rows = _mm256_permutevar8x32_ps(_mm256_max_ps(accf[0], accf[NV - 1]), split);
+        let pooled = _mm_max_ps(
+            _mm256_castps256_ps128(rows),
+            _mm256_extractf128_ps::<1>(rows),
+        );
+        let pooled = if c.relu {
+            _mm_max_ps(pooled, _mm_setzero_ps())
+        } else {
+            pooled
+        };
+        _mm_maskstore_ps(c.out.add(f * c.f_stride + dest), mask, pooled);
     }
 }
 
@@ -592,7 +833,7 @@ unsafe fn kernel_portable<const NV: usize, const NF: usize>(c: &Call) {
             let s = base.add(o);
             let mut x = [[0.0f32; 8]; NV];
             for (v, xv) in x.iter_mut().enumerate() {
-                *xv = std::ptr::read_unaligned(s.add(v * 8) as *const [f32; 8]);
+                *xv = std::ptr::read_unaligned(s.add(v * c.vector_stride) as *const [f32; 8]);
             }
             for (f, accf) in acc.iter_mut().enumerate() {
                 let wv = *w.add(f);
@@ -606,13 +847,24 @@ unsafe fn kernel_portable<const NV: usize, const NF: usize>(c: &Call) {
             w = w.add(NF);
         }
     }
+    let relu = |x: f32| if c.relu { x.max(0.0) } else { x };
     for (f, accf) in acc.iter().enumerate() {
         let out = c.out.add(f * c.f_stride);
-        for (v, a) in accf.iter().enumerate() {
-            for s in &c.segs[c.starts[v]..c.starts[v + 1]] {
-                for k in 0..s.count {
-                    let x = a[s.lane + k];
-                    *out.add(s.dest + k) = if c.relu { x.max(0.0) } else { x };
+        match c.store {
+            Store::Runs { segs, starts } => {
+                for (v, a) in accf.iter().enumerate() {
+                    for s in &segs[starts[v]..starts[v + 1]] {
+                        for k in 0..s.count {
+                            *out.add(s.dest + k) = relu(a[s.lane + k]);
+                        }
+                    }
+                }
+            }
+            Store::Pooled { dest, count } => {
+                let (top, below) = (&accf[0], &accf[NV - 1]);
+                for k in 0..count {
+                    let pair = |r: &[f32; 8]| r[2 * k].max(r[2 * k + 1]);
+                    *out.add(dest + k) = relu(pair(top).max(pair(below)));
                 }
             }
         }

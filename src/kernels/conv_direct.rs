@@ -11,8 +11,11 @@
 //! The kernel's pixels are the positions of a phase plane's rows, `cols` wide: position
 //! `oy·cols + ox` reads every tap at one fixed offset from there. Positions with `ox ≥ out_w`
 //! (at most `(kw-1)·d/s` a row) are computed and never written.
+//!
+//! [`DirectConv::max_pooled`] runs the same convolution followed by a 2×2 stride-2 max pool, on
+//! [`conv_block::run_pooled`]: only the pooled maxima are written.
 
-use super::conv_block::{self, Epilogue, Grid, GridShape, PackedFilters, Taps};
+use super::conv_block::{self, Epilogue, Grid, GridShape, PackedFilters, PooledGrid, Taps};
 use super::span;
 
 /// Padded images split into stride phases: for each channel, one plane per phase used, each
@@ -164,6 +167,16 @@ impl PhaseLayout {
     /// One plane row of column phase `px`: `dst[j]` is padded column `j·s + px` of `src`'s row.
     fn fill_row(&self, src: &[f32], dst: &mut [f32], px: usize) {
         let (sw, pw) = (self.stride[1], self.padding[1]);
+        if sw == 1 {
+            // The one phase of stride 1 (most layers), without the divisions below: a 16→32
+            // 3×3 layer on 14×14 fills 256 short rows an image, and they showed in its profile.
+            let (left, rest) = dst.split_at_mut(pw.min(dst.len()));
+            left.fill(0.0);
+            let n = src.len().min(rest.len());
+            rest[..n].copy_from_slice(&src[..n]);
+            rest[n..].fill(0.0);
+            return;
+        }
         // Plane columns lo..hi fall inside the image; those around are padding.
         let lo = pw.saturating_sub(px).div_ceil(sw).min(dst.len());
         let hi = (src.len() + pw)
@@ -213,6 +226,8 @@ pub struct DirectConv {
     out: [usize; 2],
     taps: Taps,
     grid: Grid,
+    /// Set by [`DirectConv::max_pooled`]: the pooled outputs `run` writes instead of `grid`'s.
+    pooled: Option<PooledGrid>,
     buffer_len: usize,
 }
 
@@ -305,8 +320,37 @@ impl DirectConv {
             out: [oh, ow],
             taps,
             grid,
+            pooled: None,
             buffer_len,
         })
+    }
+
+    /// The convolution of `shape` followed by a 2×2 stride-2 max pool without padding (floor
+    /// mode: an odd last row or column of the convolution's output is dropped): `run` writes
+    /// `[F, oh/2, ow/2]`, and the full-size output is never stored. `None` as [`DirectConv::new`],
+    /// or if the convolution's output is smaller than 2×2.
+    pub fn max_pooled(shape: ConvShape) -> Option<DirectConv> {
+        let mut conv = DirectConv::new(shape)?;
+        let [oh, ow] = conv.out;
+        if oh < 2 || ow < 2 {
+            return None;
+        }
+        let pooled = PooledGrid::new(conv.layout.cols, oh / 2, ow / 2)?;
+        let reads = conv.taps.source_len(pooled.positions())?;
+        let c = shape.input[0];
+        conv.buffer_len =
+            span(c - conv.cg, conv.layout.channel_stride, reads)?.max(conv.buffer_len);
+        conv.pooled = Some(pooled);
+        Some(conv)
+    }
+
+    /// `[out_h, out_w]` of what `run` writes per filter: the convolution's output, or the
+    /// pooled one.
+    pub fn out(&self) -> [usize; 2] {
+        match self.pooled {
+            Some(_) => [self.out[0] / 2, self.out[1] / 2],
+            None => self.out,
+        }
     }
 
     /// Floats of scratch one image needs.
@@ -325,8 +369,9 @@ impl DirectConv {
     }
 
     /// `out = act(bias + conv(image))` for one image: `image` is `[c, h, w]`, `filters` one
-    /// per group (each `[F/groups, cg·kh·kw]`), `bias` one per filter, `out` `[F, oh, ow]`;
-    /// `buf` is scratch of at least [`DirectConv::buffer_len`]. Panics if a size disagrees.
+    /// per group (each `[F/groups, cg·kh·kw]`), `bias` one per filter, `out` `[F, oh, ow]`
+    /// (the pooled `[F, oh/2, ow/2]` and its maxima for [`DirectConv::max_pooled`]); `buf` is
+    /// scratch of at least [`DirectConv::buffer_len`]. Panics if a size disagrees.
     pub fn run(
         &self,
         image: &[f32],
@@ -346,23 +391,21 @@ impl DirectConv {
         );
         let buf = &mut buf[..self.buffer_len];
         self.layout.fill(image, buf);
-        let plane = self.out[0] * self.out[1];
+        let [oh, ow] = self.out();
+        let plane = oh * ow;
         let mut f0 = 0;
         for (g, fg) in filters.iter().enumerate() {
             let n = fg.filters();
             let src = &buf[g * self.cg * self.layout.channel_stride..];
-            conv_block::run(
-                fg,
-                &self.taps,
-                src,
-                &self.grid,
-                Epilogue {
-                    bias: &bias[f0..f0 + n],
-                    relu,
-                },
-                &mut out[f0 * plane..(f0 + n) * plane],
-                plane,
-            );
+            let epilogue = Epilogue {
+                bias: &bias[f0..f0 + n],
+                relu,
+            };
+            let out = &mut out[f0 * plane..(f0 + n) * plane];
+            match &self.pooled {
+                None => conv_block::run(fg, &self.taps, src, &self.grid, epilogue, out, plane),
+                Some(p) => conv_block::run_pooled(fg, &self.taps, src, p, epilogue, out, plane),
+            }
             f0 += n;
         }
     }

@@ -7,6 +7,9 @@
 //! F(2×2, 3×3) tiles, 2.25× fewer multiplications, and `winograd_f4` as F(4×4, 3×3), 4× fewer
 //! with more rounding error. `algorithm: auto` picks per layer from the shape (see [`choose`]);
 //! `validate` prints the choice. Bias and ReLU are applied as the output is written.
+//!
+//! The graph may fold a 2×2 stride-2 max pool that alone reads a direct convolution's output into
+//! it ([`Op::with_max_pool`]): the kernel then writes only each 2×2 block's maximum.
 
 use std::sync::Arc;
 
@@ -92,6 +95,7 @@ impl OpFamily for Conv2dFamily {
             activation: a.activation("activation"),
             algorithm: AlgorithmChoice::from_name(a.choice("algorithm")),
             residual: None,
+            max_pool: false,
             batch: 1,
         };
         let winograd = matches!(
@@ -135,6 +139,10 @@ pub(super) struct Conv2dOp {
     /// layer then reads two values, and adds the one at this index to its sum before the
     /// activation; the other is the convolution's input.
     residual: Option<usize>,
+    /// Set only by the graph's pool fold ([`Op::with_max_pool`]), never by a file: the output
+    /// is the 2×2 stride-2 max pool of the convolution's (floor mode), and only the maxima are
+    /// written.
+    max_pool: bool,
     /// Records a chunk holds, as the pipeline's batch size says ([`Op::for_batch`]): the
     /// Winograd tile size depends on how many tiles a pass gets. 1 until the graph sets it.
     batch: usize,
@@ -179,26 +187,22 @@ impl Conv2dOp {
     fn winograd_fits(&self) -> bool {
         self.kernel == [3, 3] && self.stride == [1, 1] && self.dilation == [1, 1]
     }
-}
 
-fn out_size(
-    input: usize,
-    kernel: usize,
-    stride: usize,
-    padding: usize,
-    dilation: usize,
-) -> Option<usize> {
-    let span = dilation.checked_mul(kernel - 1)? + 1;
-    let padded = padding.checked_mul(2)?.checked_add(input)?;
-    (padded >= span).then(|| (padded - span) / stride + 1)
-}
-
-impl Op for Conv2dOp {
-    fn name(&self) -> &'static str {
-        "conv2d"
+    /// The kernels' description of this convolution over records of `input`.
+    fn shape(&self, input: [usize; 3]) -> ConvShape {
+        ConvShape {
+            input,
+            groups: self.groups,
+            kernel: self.kernel,
+            stride: self.stride,
+            padding: self.padding,
+            dilation: self.dilation,
+        }
     }
-    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
-        let input = inputs[self.input_index()];
+
+    /// `[filters, out_h, out_w]` of the convolution itself over one `input` record, before any
+    /// folded pool.
+    fn conv_output(&self, input: &[usize]) -> Result<[usize; 3], ShapeError> {
         let [ch, h, w] = input else {
             return Err(ShapeError::at(
                 "inputs",
@@ -229,7 +233,7 @@ impl Op for Conv2dOp {
             self.dilation[1],
         );
         match (oh, ow) {
-            (Some(oh), Some(ow)) => Ok(vec![self.filters, oh, ow]),
+            (Some(oh), Some(ow)) => Ok([self.filters, oh, ow]),
             _ => Err(ShapeError::at(
                 "kernel",
                 format!(
@@ -238,6 +242,31 @@ impl Op for Conv2dOp {
                 ),
             )),
         }
+    }
+}
+
+fn out_size(
+    input: usize,
+    kernel: usize,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Option<usize> {
+    let span = dilation.checked_mul(kernel - 1)? + 1;
+    let padded = padding.checked_mul(2)?.checked_add(input)?;
+    (padded >= span).then(|| (padded - span) / stride + 1)
+}
+
+impl Op for Conv2dOp {
+    fn name(&self) -> &'static str {
+        "conv2d"
+    }
+    fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+        let [f, oh, ow] = self.conv_output(inputs[self.input_index()])?;
+        Ok(match self.max_pool {
+            true => vec![f, oh / 2, ow / 2],
+            false => vec![f, oh, ow],
+        })
     }
     fn tensors(&self, inputs: &[&[usize]]) -> Vec<TensorSpec> {
         let cg = inputs[self.input_index()][0] / self.groups;
@@ -252,10 +281,16 @@ impl Op for Conv2dOp {
         }
         v
     }
+    /// The convolution's multiply-adds, and with a folded pool its four taps a maximum, as the
+    /// pool counts them.
     fn flops(&self, inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
-        let per_out =
-            (inputs[self.input_index()][0] / self.groups * self.kernel[0] * self.kernel[1]) as u64;
-        2 * per_out * output.iter().product::<usize>() as u64
+        let input = inputs[self.input_index()];
+        let per_out = (input[0] / self.groups * self.kernel[0] * self.kernel[1]) as u64;
+        let outputs = |shape: &[usize]| shape.iter().product::<usize>() as u64;
+        match (self.max_pool, self.conv_output(input)) {
+            (true, Ok(conv)) => 2 * per_out * outputs(&conv) + 4 * outputs(output),
+            _ => 2 * per_out * outputs(output),
+        }
     }
     /// A shard computes a part of the filters (rows of `weight` and `bias`, the activation
     /// fused as before); the shards' outputs concatenate on the channel axis.
@@ -291,9 +326,13 @@ impl Op for Conv2dOp {
         let weight = tensors.next().expect("conv2d reads a weight");
         let bias = tensors.next().unwrap_or_else(|| vec![0.0; self.filters]);
         let input = inputs[self.input_index()];
+        let [_, oh, ow] = self
+            .conv_output(input)
+            .expect("conv2d shapes checked when the plan was built");
         let geometry = ConvGeometry {
             op: *self,
             input: [input[0], input[1], input[2]],
+            conv_out: [oh, ow],
             output: [output[0], output[1], output[2]],
         };
         match kind {
@@ -314,7 +353,8 @@ impl Op for Conv2dOp {
     /// The residual is added to the sum before the activation, so the convolution must have
     /// none yet.
     fn with_residual(&self, at: usize) -> Option<Arc<dyn Op>> {
-        (self.activation == Activation::Identity && self.residual.is_none() && at < 2).then(|| {
+        let plain = self.residual.is_none() && !self.max_pool;
+        (self.activation == Activation::Identity && plain && at < 2).then(|| {
             Arc::new(Conv2dOp {
                 residual: Some(at),
                 ..*self
@@ -322,7 +362,7 @@ impl Op for Conv2dOp {
         })
     }
     fn with_activation(&self, activation: Activation) -> Option<Arc<dyn Op>> {
-        (self.activation == Activation::Identity).then(|| {
+        (self.activation == Activation::Identity && !self.max_pool).then(|| {
             Arc::new(Conv2dOp {
                 activation,
                 ..*self
@@ -332,7 +372,25 @@ impl Op for Conv2dOp {
     /// Each output channel is one filter's sum plus its bias; an activation would come between
     /// the sum and the map.
     fn folds_channel_affine(&self) -> bool {
-        self.activation == Activation::Identity && self.residual.is_none()
+        self.activation == Activation::Identity && self.residual.is_none() && !self.max_pool
+    }
+    /// Only where the kernel is the direct one (the others have no pooled epilogue) and the
+    /// activation commutes with the maximum (none, or ReLU: monotone), after any residual.
+    fn with_max_pool(&self, inputs: &[&[usize]]) -> Option<Arc<dyn Op>> {
+        let monotone = matches!(self.activation, Activation::Identity | Activation::Relu);
+        if self.max_pool || self.residual.is_some() || !monotone {
+            return None;
+        }
+        let input = inputs.first()?;
+        let [_, oh, ow] = self.conv_output(input).ok()?;
+        let shape = self.shape([input[0], input[1], input[2]]);
+        let direct = choose(self, &shape, [oh, ow]) == Algorithm::Direct;
+        (direct && oh >= 2 && ow >= 2).then(|| {
+            Arc::new(Conv2dOp {
+                max_pool: true,
+                ..*self
+            }) as Arc<dyn Op>
+        })
     }
     /// `(x ⊛ w + b) · s + t = x ⊛ (w · s) + (b · s + t)` per filter: the same op with a bias.
     fn fold_channel_affine(
@@ -366,7 +424,10 @@ struct ConvGeometry {
     op: Conv2dOp,
     /// `[channels, height, width]` of one record.
     input: [usize; 3],
-    /// `[filters, out_h, out_w]` of one record.
+    /// `[out_h, out_w]` of the convolution itself, before a folded pool.
+    conv_out: [usize; 2],
+    /// `[filters, out_h, out_w]` of one record, as the layer writes it (pooled, with a folded
+    /// pool).
     output: [usize; 3],
 }
 
@@ -451,14 +512,7 @@ enum ConvKernel {
 impl Conv2d {
     fn new(g: ConvGeometry, weight: Vec<f32>, bias: Vec<f32>, isa: Isa) -> Self {
         let c = &g.op;
-        let shape = ConvShape {
-            input: g.input,
-            groups: c.groups,
-            kernel: c.kernel,
-            stride: c.stride,
-            padding: c.padding,
-            dilation: c.dilation,
-        };
+        let shape = c.shape(g.input);
         let (fg, k, _) = g.dims();
         let pack = || -> Vec<PackedFilters> {
             weight
@@ -467,7 +521,16 @@ impl Conv2d {
                 .collect()
         };
         let checked = "conv2d geometry checked when the plan was built";
-        let kernel = match choose(c, &shape, [g.output[1], g.output[2]]) {
+        // Only the direct kernel pools as it writes (`with_max_pool` folds a pool only where
+        // `choose` picks it anyway).
+        let algorithm = match c.max_pool {
+            true => Algorithm::Direct,
+            false => choose(c, &shape, g.conv_out),
+        };
+        let kernel = match algorithm {
+            Algorithm::Direct if c.max_pool => {
+                ConvKernel::Direct(DirectConv::max_pooled(shape).expect(checked), pack())
+            }
             Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
             Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
             Algorithm::Winograd(tile) => ConvKernel::Winograd(
@@ -561,6 +624,9 @@ impl Layer for Conv2d {
             ConvKernel::Winograd(wino) => wino.isa(),
         };
         let algorithm = match &self.kernel {
+            ConvKernel::Direct(..) if self.g.op.max_pool => {
+                "direct, 2x2 max pool as it writes".to_string()
+            }
             ConvKernel::Direct(..) => "direct".to_string(),
             ConvKernel::Gemm(im2col, _) => match im2col.images() {
                 1 => "gemm (im2col, 1 image a pass)".to_string(),
@@ -586,7 +652,8 @@ impl Layer for Conv2dReference {
         let x = contiguous(inputs[c.input_index()]);
         let residual = c.residual.map(|i| contiguous(inputs[i]));
         let [ch, h, w] = self.g.input;
-        let [f, oh, ow] = self.g.output;
+        let [f, _, _] = self.g.output;
+        let [oh, ow] = self.g.conv_out;
         let n = x.len() / (ch * h * w).max(1);
         let (cg, fg) = (ch / c.groups, f / c.groups);
         let [kh, kw] = c.kernel;
@@ -627,6 +694,9 @@ impl Layer for Conv2dReference {
                 }
             }
             reference_activation(c.activation, &mut record, ow);
+            if c.max_pool {
+                record = max_pool_2x2(&record, [oh, ow]);
+            }
             out.extend(record.into_iter().map(|v| v as f32));
         }
         tensor(batched(n, &self.g.output), out)
@@ -635,4 +705,20 @@ impl Layer for Conv2dReference {
     fn param_bytes(&self) -> u64 {
         (self.weight.len() + self.bias.len()) as u64 * 4
     }
+}
+
+/// `maps` (`[k, oh, ow]`) max-pooled over 2×2 blocks with stride 2, an odd last row and column
+/// dropped: what the unfolded pool layer computes, for the reference kernel of a convolution
+/// the pool was folded into.
+fn max_pool_2x2(maps: &[f64], [oh, ow]: [usize; 2]) -> Vec<f64> {
+    let mut pooled = Vec::with_capacity(maps.len() / 4);
+    for map in maps.chunks_exact(oh * ow) {
+        for py in 0..oh / 2 {
+            for px in 0..ow / 2 {
+                let at = |y: usize, x: usize| map[(2 * py + y) * ow + 2 * px + x];
+                pooled.push(at(0, 0).max(at(0, 1)).max(at(1, 0)).max(at(1, 1)));
+            }
+        }
+    }
+    pooled
 }

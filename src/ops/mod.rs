@@ -315,6 +315,18 @@ pub trait Op: Debug + Send + Sync {
     fn with_activation(&self, _activation: Activation) -> Option<Arc<dyn Op>> {
         None
     }
+    /// For a max pool of 2×2 windows with stride 2 and no padding: true, so that the graph can
+    /// fold the op before it into it ([`Self::with_max_pool`]).
+    fn is_max_pool_2x2(&self) -> bool {
+        false
+    }
+    /// This op followed by a 2×2 stride-2 max pool over its output (floor mode), as one op over
+    /// inputs of `inputs`' shapes whose output is the pool's; `None` where it cannot (the
+    /// default). A convolution writes only the maxima as its kernel runs, so its full-size
+    /// output is never stored and the pool needs no pass of its own.
+    fn with_max_pool(&self, _inputs: &[&[usize]]) -> Option<Arc<dyn Op>> {
+        None
+    }
     /// Whether a per-channel affine map applied to this op's output can be folded into the op
     /// itself ([`Self::fold_channel_affine`]): true for a convolution with no activation,
     /// whose output channels are its filters.

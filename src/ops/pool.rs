@@ -110,6 +110,9 @@ impl Op for PoolOp {
     fn flops(&self, _inputs: &[&[usize]], output: &[usize], _seq: usize) -> u64 {
         output.iter().product::<usize>() as u64 * (self.kernel[0] * self.kernel[1]) as u64
     }
+    fn is_max_pool_2x2(&self) -> bool {
+        self.max && self.kernel == [2, 2] && self.stride == [2, 2] && self.padding == [0, 0]
+    }
     fn build(
         &self,
         kind: KernelKind,

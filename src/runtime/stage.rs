@@ -261,7 +261,7 @@ impl StageWorker {
             .intersection(&made_later)
             .map(|&v| {
                 let mut shape = vec![rows_of(v, &(0..records)).len()];
-                shape.extend_from_slice(graph.shape(v));
+                shape.extend_from_slice(graph.carried_shape(v));
                 (v, ArrayD::zeros(IxDyn(&shape)))
             })
             .collect();
