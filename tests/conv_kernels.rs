@@ -202,8 +202,14 @@ fn packed(case: &Case, w: &[f32], isa: Isa) -> Vec<PackedFilters> {
 
 fn run_direct(case: &Case, d: &Data, isa: Isa) -> Vec<f32> {
     let direct = DirectConv::new(case.shape()).expect("direct geometry");
+    assert_eq!(direct.out(), case.out());
+    run_direct_conv(case, d, isa, &direct)
+}
+
+/// `direct` (plain or pooled) over every image of the case, one `run` call per image.
+fn run_direct_conv(case: &Case, d: &Data, isa: Isa, direct: &DirectConv) -> Vec<f32> {
     let filters = packed(case, &d.w, isa);
-    let [oh, ow] = case.out();
+    let [oh, ow] = direct.out();
     let [c, h, w] = case.input;
     let record = case.filters * oh * ow;
     // Poisoned output and scratch: the kernel must write every output and read no stale value.
@@ -408,21 +414,9 @@ fn winograd_adds_a_residual_as_it_writes() {
 /// The direct kernel with a 2×2 stride-2 max pool in its epilogue.
 fn run_direct_pooled(case: &Case, d: &Data, isa: Isa) -> Vec<f32> {
     let direct = DirectConv::max_pooled(case.shape()).expect("pooled direct geometry");
-    let filters = packed(case, &d.w, isa);
     let [oh, ow] = case.out();
     assert_eq!(direct.out(), [oh / 2, ow / 2]);
-    let [c, h, w] = case.input;
-    let record = case.filters * (oh / 2) * (ow / 2);
-    // Poisoned output and scratch, as in `run_direct`.
-    let mut out = vec![f32::NAN; case.batch * record];
-    let mut buf = vec![f32::NAN; direct.buffer_len()];
-    for (image, rec) in
-        d.x.chunks_exact(c * h * w)
-            .zip(out.chunks_exact_mut(record))
-    {
-        direct.run(image, &filters, &d.b, case.relu, &mut buf, rec);
-    }
-    out
+    run_direct_conv(case, d, isa, &direct)
 }
 
 /// `values` (`[batch·filters, oh, ow]` maps) max-pooled 2×2 with stride 2, an odd last row and
