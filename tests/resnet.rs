@@ -12,6 +12,7 @@
 mod common;
 
 use std::fmt::Write as _;
+use std::path::Path;
 use std::sync::Arc;
 
 use common::*;
@@ -63,17 +64,34 @@ fn resnet18_logits_match_torchvision() {
         writeln!(text, "{{\"id\": {id}, \"image\": [{}]}}", values.join(",")).unwrap();
     }
     std::fs::write(&input, text).unwrap();
-    // The shipped file writes the top 5 classes; here every logit is compared.
+    // The shipped file writes the top 5 classes; here every logit is compared. And once more
+    // on one stage of two threads, where every convolution is split by filters into parts
+    // that run at once (`threads: 2`).
     let shipped = std::fs::read_to_string(root().join("configs/resnet18.yaml")).unwrap();
     let logits = shipped.replace("output: {top_k: 5}", "output: {argmax: true}");
     assert_ne!(logits, shipped);
-    let config = dir.path().join("resnet18-logits.yaml");
-    std::fs::write(&config, logits).unwrap();
+    let team = logits.replace(
+        "layers: [conv1..fc], replicas: 2}",
+        "layers: [conv1..fc], threads: 2}",
+    );
+    assert_ne!(team, logits);
+    for (name, text) in [
+        ("resnet18-logits.yaml", logits),
+        ("resnet18-team.yaml", team),
+    ] {
+        let config = dir.path().join(name);
+        std::fs::write(&config, text).unwrap();
+        check_logits(&config, &input);
+    }
+}
+
+/// `config` run over `input` (the two fixture records) writes torchvision's logits.
+fn check_logits(config: &Path, input: &Path) {
     let out = subpass()
         .arg("run")
-        .arg(&config)
+        .arg(config)
         .arg("--input")
-        .arg(&input)
+        .arg(input)
         .output()
         .unwrap();
     assert!(
@@ -99,7 +117,10 @@ fn resnet18_logits_match_torchvision() {
             .iter()
             .zip(want.iter())
             .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-        eprintln!("record {r}: max |logit| {scale:.4}, max |diff| {err:.2e}");
+        eprintln!(
+            "{}: record {r}: max |logit| {scale:.4}, max |diff| {err:.2e}",
+            config.display()
+        );
         assert!(
             err <= 1e-4 * scale,
             "record {r}: logits differ from torchvision's by {err} (largest |logit| {scale})"

@@ -874,6 +874,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
                 "layers",
                 "queue",
                 "replicas",
+                "threads",
                 "max_restarts",
                 "core",
             ],
@@ -895,6 +896,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
         }
         let queue = bounded_int(r, &m, "queue", MAX_QUEUE, DEFAULT_QUEUE);
         let replicas = bounded_int(r, &m, "replicas", MAX_WORKERS, 1);
+        let threads = bounded_int(r, &m, "threads", MAX_WORKERS, 1);
         // 0 is allowed: the first panic ends the run, as without supervision.
         let max_restarts = m.get("max_restarts").and_then(|v| {
             r.integer_in(v, &m.key_path("max_restarts"), 0, MAX_RESTARTS)
@@ -911,6 +913,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
                 layers,
                 queue: queue.unwrap_or(DEFAULT_QUEUE),
                 replicas: replicas.unwrap_or(1),
+                threads: threads.unwrap_or(1),
                 max_restarts,
                 core,
                 path,

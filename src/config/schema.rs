@@ -158,6 +158,9 @@ pub struct StageConfig {
     pub queue: usize,
     /// Workers of this stage that take chunks off the same queue.
     pub replicas: usize,
+    /// Threads each worker spreads one chunk's layers over (`threads: N`): a convolution's
+    /// filters are split among them. 1: the worker's own thread.
+    pub threads: usize,
     /// Restarts of this stage's replicas allowed within any minute before the run gives up;
     /// `None` takes the run's default (`run --max-restarts`).
     pub max_restarts: Option<u32>,

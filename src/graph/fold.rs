@@ -127,9 +127,9 @@ pub fn find(nodes: &[Node], outputs: &[ValueId], tensors: &[Vec<Vec<f32>>]) -> V
     folds
 }
 
-/// Build every node's kernel of the kind asked from its tensors, for chunks of `batch` records,
-/// folding batch norms first when the kernels are the fast ones (and marking the folded nodes in
-/// `nodes`).
+/// Build every node's kernel of the kind asked from its tensors, for chunks of `batch` records
+/// on a team of `threads[node]` threads, folding batch norms first when the kernels are the fast
+/// ones (and marking the folded nodes in `nodes`).
 pub(super) fn build_layers(
     nodes: &mut [Node],
     outputs: &[ValueId],
@@ -137,6 +137,7 @@ pub(super) fn build_layers(
     tensors: Vec<Vec<Vec<f32>>>,
     kernels: KernelKind,
     batch: usize,
+    threads: &[usize],
 ) -> Vec<Box<dyn Layer>> {
     let folds = match kernels {
         KernelKind::Fast => find(nodes, outputs, &tensors),
@@ -144,7 +145,8 @@ pub(super) fn build_layers(
     };
     let mut ops: Vec<Arc<dyn Op>> = nodes
         .iter()
-        .map(|n| n.op.for_batch(batch).unwrap_or_else(|| n.op.clone()))
+        .zip(threads)
+        .map(|(n, &t)| n.op.for_stage(batch, t).unwrap_or_else(|| n.op.clone()))
         .collect();
     let mut tensors: Vec<Option<Vec<Vec<f32>>>> = tensors.into_iter().map(Some).collect();
     for fold in folds {

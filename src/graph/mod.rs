@@ -446,6 +446,16 @@ impl Graph {
         // cannot be built; the graph is unusable even if nothing else is wrong with it.
         let tensors: Option<Vec<Vec<Vec<f32>>>> = loaded.into_iter().collect();
         if let (true, Some(tensors)) = (errors.is_empty(), tensors) {
+            // Each layer's kernel is built for the team of the stage that runs it.
+            let threads: Vec<usize> = nodes
+                .iter()
+                .map(|n| {
+                    let mut stages = config.stages.iter().flatten();
+                    stages
+                        .find(|s| s.layers.iter().any(|l| l.value == n.name))
+                        .map_or(1, |s| s.threads)
+                })
+                .collect();
             let layers_out = fold::build_layers(
                 &mut nodes,
                 &outputs,
@@ -453,6 +463,7 @@ impl Graph {
                 tensors,
                 kernels,
                 config.batch.size,
+                &threads,
             );
             Ok(Graph {
                 input_shape: config.input.shape.clone(),

@@ -46,6 +46,8 @@ pub struct StagePlan {
     pub layers: Vec<usize>,
     pub queue: usize,
     pub replicas: usize,
+    /// Threads each replica spreads a chunk's layers over (`threads: N`, [`crate::ops::Team`]).
+    pub threads: usize,
     /// Values read from outside the stage.
     pub inputs: Vec<ValueId>,
     /// Who sends those values; more than one means the stage joins parts of each chunk.
@@ -211,6 +213,7 @@ impl Plan {
                 layers: Vec::new(),
                 queue: DEFAULT_QUEUE,
                 replicas: 1,
+                threads: 1,
                 max_restarts: None,
                 core: None,
                 path: "stages".into(),
@@ -288,6 +291,7 @@ impl Plan {
                 name: sc.name.clone(),
                 queue: sc.queue,
                 replicas: sc.replicas,
+                threads: sc.threads,
                 param_bytes: graph.param_bytes(&layers),
                 flops_per_record: layers
                     .iter()
@@ -512,10 +516,21 @@ impl Plan {
                 Some(n) => format!(", max_restarts {n}/min"),
                 None => String::new(),
             };
+            let threads = match s.threads {
+                1 => String::new(),
+                t => {
+                    let split = s
+                        .layers
+                        .iter()
+                        .filter(|&&l| g.layers[l].parts() > 1)
+                        .count();
+                    format!(", threads {t} ({split} layer(s) split over them)")
+                }
+            };
             let _ = writeln!(out, "  {}: layers [{}]", s.name, layers.join(", "));
             let _ = writeln!(
                 out,
-                "    fed by {}{join}; queue {}, replicas {}{restarts}; params {}; {} FLOPs/{}; activations {}/chunk",
+                "    fed by {}{join}; queue {}, replicas {}{threads}{restarts}; params {}; {} FLOPs/{}; activations {}/chunk",
                 fed.join(" + "),
                 s.queue,
                 s.replicas,

@@ -14,6 +14,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod packed;
 pub mod peak;
+pub mod team;
 pub mod winograd;
 
 use std::sync::OnceLock;

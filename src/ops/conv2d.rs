@@ -97,6 +97,7 @@ impl OpFamily for Conv2dFamily {
             residual: None,
             max_pool: false,
             batch: 1,
+            threads: 1,
         };
         let winograd = matches!(
             c.algorithm,
@@ -143,9 +144,12 @@ pub(super) struct Conv2dOp {
     /// is the 2×2 stride-2 max pool of the convolution's (floor mode), and only the maxima are
     /// written.
     max_pool: bool,
-    /// Records a chunk holds, as the pipeline's batch size says ([`Op::for_batch`]): the
+    /// Records a chunk holds, as the pipeline's batch size says ([`Op::for_stage`]): the
     /// Winograd tile size depends on how many tiles a pass gets. 1 until the graph sets it.
     batch: usize,
+    /// Threads of the stage that runs it ([`Op::for_stage`]): the fast kernel splits its
+    /// filters into that many parts. 1 until the graph sets it.
+    threads: usize,
 }
 
 /// The `algorithm` attribute.
@@ -344,9 +348,10 @@ impl Op for Conv2dOp {
             }),
         }
     }
-    fn for_batch(&self, batch: usize) -> Option<Arc<dyn Op>> {
+    fn for_stage(&self, batch: usize, threads: usize) -> Option<Arc<dyn Op>> {
         Some(Arc::new(Conv2dOp {
             batch: batch.max(1),
+            threads: threads.max(1),
             ..*self
         }))
     }
@@ -488,15 +493,28 @@ enum Algorithm {
     Winograd(TileSize),
 }
 
-/// The fast kernel: the chosen algorithm with its packed filters.
+/// The fast kernel: the chosen algorithm with its packed filters, in one part per thread of the
+/// stage's team.
 #[derive(Debug)]
 struct Conv2d {
     g: ConvGeometry,
-    kernel: ConvKernel,
+    /// Consecutive filters, one part per thread of the stage that runs the layer (one part in a
+    /// stage of one thread): a team runs the parts of each image at once, each writing its own
+    /// channels of the output. Each part reads the whole input, so what a part repeats for its
+    /// filters alone (the padded copy of the image, Winograd's input transform) is the price
+    /// of the split.
+    parts: Vec<ConvPart>,
     /// One per filter; zeros for `bias: false`, so every path starts its sums the same way.
     bias: Vec<f32>,
     /// ReLU happens as the kernel writes; other activations after.
     relu_fused: bool,
+}
+
+#[derive(Debug)]
+struct ConvPart {
+    /// Its filters, of the layer's.
+    filters: std::ops::Range<usize>,
+    kernel: ConvKernel,
 }
 
 #[derive(Debug)]
@@ -509,89 +527,125 @@ enum ConvKernel {
     Winograd(Winograd),
 }
 
+/// Filters per part a convolution's split keeps whole: the kernels' 8-filter block, so that no
+/// part runs a ragged block the whole layer would not.
+const PART_FILTERS: usize = 8;
+
+/// The filter ranges of a convolution of `filters` split over `threads` threads: as even as
+/// whole [`PART_FILTERS`] allow, one range when there are too few filters (or groups, whose
+/// parts would read parts of the input).
+fn filter_parts(filters: usize, groups: usize, threads: usize) -> Vec<std::ops::Range<usize>> {
+    let blocks = filters / PART_FILTERS;
+    let parts = threads.min(blocks).max(1);
+    if parts == 1 || groups != 1 {
+        return std::iter::once(0..filters).collect();
+    }
+    let mut ranges = Vec::with_capacity(parts);
+    let mut start = 0;
+    for p in 0..parts {
+        // The first parts take the extra blocks; the last one the ragged tail.
+        let take = blocks / parts + usize::from(p < blocks % parts);
+        let end = if p + 1 == parts {
+            filters
+        } else {
+            start + take * PART_FILTERS
+        };
+        ranges.push(start..end);
+        start = end;
+    }
+    ranges
+}
+
 impl Conv2d {
     fn new(g: ConvGeometry, weight: Vec<f32>, bias: Vec<f32>, isa: Isa) -> Self {
         let c = &g.op;
         let shape = c.shape(g.input);
-        let (fg, k, _) = g.dims();
-        let pack = || -> Vec<PackedFilters> {
-            weight
-                .chunks_exact(fg * k)
-                .map(|wg| PackedFilters::new(wg, fg, k, isa))
-                .collect()
-        };
+        let (_, k, _) = g.dims();
         let checked = "conv2d geometry checked when the plan was built";
+        let ranges = filter_parts(c.filters, c.groups, c.threads);
+        // Split parts run image by image (their outputs are the image's channels), so their
+        // algorithm is the one for chunks of one image.
+        let op = match ranges.len() {
+            1 => *c,
+            _ => Conv2dOp { batch: 1, ..*c },
+        };
         // Only the direct kernel pools as it writes (`with_max_pool` folds a pool only where
         // `choose` picks it anyway).
         let algorithm = match c.max_pool {
             true => Algorithm::Direct,
-            false => choose(c, &shape, g.conv_out),
+            false => choose(&op, &shape, g.conv_out),
         };
-        let kernel = match algorithm {
-            Algorithm::Direct if c.max_pool => {
-                ConvKernel::Direct(DirectConv::max_pooled(shape).expect(checked), pack())
-            }
-            Algorithm::Direct => ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack()),
-            Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
-            Algorithm::Winograd(tile) => ConvKernel::Winograd(
-                Winograd::new(shape, c.filters, &weight, tile, isa).expect(checked),
-            ),
-        };
+        let parts = ranges
+            .into_iter()
+            .map(|filters| {
+                let weight = &weight[filters.start * k..filters.end * k];
+                let fp = filters.len();
+                let fg = fp / c.groups;
+                let pack = || -> Vec<PackedFilters> {
+                    weight
+                        .chunks_exact(fg * k)
+                        .map(|wg| PackedFilters::new(wg, fg, k, isa))
+                        .collect()
+                };
+                let kernel = match algorithm {
+                    Algorithm::Direct if c.max_pool => {
+                        ConvKernel::Direct(DirectConv::max_pooled(shape).expect(checked), pack())
+                    }
+                    Algorithm::Direct => {
+                        ConvKernel::Direct(DirectConv::new(shape).expect(checked), pack())
+                    }
+                    Algorithm::Gemm => ConvKernel::Gemm(Im2col::new(shape).expect(checked), pack()),
+                    Algorithm::Winograd(tile) => ConvKernel::Winograd(
+                        Winograd::new(shape, fp, weight, tile, isa).expect(checked),
+                    ),
+                };
+                ConvPart { filters, kernel }
+            })
+            .collect();
         Conv2d {
             g,
-            kernel,
+            parts,
             bias,
             relu_fused: c.activation == Activation::Relu,
         }
     }
+
+    /// Output values of one record per filter.
+    fn map_len(&self) -> usize {
+        self.g.output[1] * self.g.output[2]
+    }
 }
 
-impl Layer for Conv2d {
-    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
-        let x = contiguous(inputs[self.g.op.input_index()]);
-        let residual = self.g.op.residual.map(|i| contiguous(inputs[i]));
-        let n = x.len() / self.g.input.iter().product::<usize>().max(1);
-        let [ch, h, w] = self.g.input;
-        let [f, oh, ow] = self.g.output;
-        let (slot_a, slot_b) = scratch.slots(self.scratch(n));
-        // Every output value is written by the kernel exactly once (bias, sum and a fused ReLU).
-        let mut out = vec![0.0f32; n * f * oh * ow];
-        // The Winograd output transform adds a residual as it writes; the other kernels leave
-        // it, and so the ReLU that must follow it, to one pass after them.
-        let in_kernel = residual.is_none() || matches!(self.kernel, ConvKernel::Winograd(_));
-        let relu = self.relu_fused && in_kernel;
+impl ConvPart {
+    /// `out = conv(x)` over this part's filters, with `bias` and `residual` (the residual only
+    /// on Winograd; see [`Conv2d::forward`]) and a fused ReLU: `x` holds whole images, `out`
+    /// (and `residual`) this part's channels of the same images.
+    #[allow(clippy::too_many_arguments)]
+    fn run(
+        &self,
+        g: &ConvGeometry,
+        x: &[f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        (slot_a, slot_b): (&mut [f32], &mut [f32]),
+        out: &mut [f32],
+    ) {
+        let image = g.input.iter().product::<usize>();
+        let record = self.filters.len() * g.output[1] * g.output[2];
         match &self.kernel {
             ConvKernel::Direct(direct, filters) => {
-                for (image, record) in x
-                    .chunks_exact(ch * h * w)
-                    .zip(out.chunks_exact_mut(f * oh * ow))
-                {
-                    direct.run(image, filters, &self.bias, relu, slot_a, record);
+                for (image, record) in x.chunks_exact(image).zip(out.chunks_exact_mut(record)) {
+                    direct.run(image, filters, bias, relu, slot_a, record);
                 }
             }
             ConvKernel::Gemm(im2col, filters) => {
-                im2col.run(&x, filters, &self.bias, relu, slot_a, &mut out);
+                im2col.run(x, filters, bias, relu, slot_a, out);
             }
             ConvKernel::Winograd(wino) => {
-                wino.run(
-                    &x,
-                    &self.bias,
-                    residual.as_deref(),
-                    relu,
-                    slot_a,
-                    slot_b,
-                    &mut out,
-                );
+                wino.run(x, bias, residual, relu, slot_a, slot_b, out);
             }
         }
-        if let (Some(r), false) = (&residual, in_kernel) {
-            out.iter_mut().zip(r.iter()).for_each(|(o, r)| *o += r);
-        }
-        if !relu {
-            // Activations here are elementwise; softmax would act over the last (width) axis.
-            apply_activation(self.g.op.activation, &mut out, ow);
-        }
-        tensor(batched(n, &self.g.output), out)
     }
 
     fn scratch(&self, rows: usize) -> ScratchNeed {
@@ -607,23 +661,120 @@ impl Layer for Conv2d {
             ConvKernel::Winograd(wino) => wino.scratch(rows.max(1)).expect(checked),
         }
     }
+}
+
+impl Layer for Conv2d {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
+        let x = contiguous(inputs[self.g.op.input_index()]);
+        let residual = self.g.op.residual.map(|i| contiguous(inputs[i]));
+        let image = self.g.input.iter().product::<usize>().max(1);
+        let n = x.len() / image;
+        let [f, _, ow] = self.g.output;
+        let map = self.map_len();
+        let team = scratch.team();
+        let need = self.scratch(n);
+        let (slot_a, slot_b) = scratch.slots(need);
+        // Every output value is written by the kernel exactly once (bias, sum and a fused ReLU).
+        let mut out = vec![0.0f32; n * f * map];
+        // The Winograd output transform adds a residual as it writes; the other kernels leave
+        // it, and so the ReLU that must follow it, to one pass after them.
+        let in_kernel =
+            residual.is_none() || matches!(self.parts[0].kernel, ConvKernel::Winograd(_));
+        let relu = self.relu_fused && in_kernel;
+        if let [part] = &self.parts[..] {
+            part.run(
+                &self.g,
+                &x,
+                &self.bias,
+                residual.as_deref(),
+                relu,
+                (slot_a, slot_b),
+                &mut out,
+            );
+        } else {
+            // Image by image, the parts at once: each writes its channels of the image.
+            let per = self.parts.iter().map(|p| p.scratch(1));
+            let mut slots: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(self.parts.len());
+            let (mut a, mut b) = (slot_a, slot_b);
+            for [na, nb] in per {
+                let (sa, ra) = a.split_at_mut(na);
+                let (sb, rb) = b.split_at_mut(nb);
+                slots.push((sa, sb));
+                (a, b) = (ra, rb);
+            }
+            for (i, record) in out.chunks_exact_mut(f * map).enumerate() {
+                let x = &x[i * image..(i + 1) * image];
+                let residual = residual
+                    .as_deref()
+                    .map(|r| &r[i * f * map..(i + 1) * f * map]);
+                let mut work = Vec::with_capacity(self.parts.len());
+                let mut rest = &mut record[..];
+                for (part, slot) in self.parts.iter().zip(slots.iter_mut()) {
+                    let (mine, more) = rest.split_at_mut(part.filters.len() * map);
+                    rest = more;
+                    let channels = part.filters.start * map..part.filters.end * map;
+                    let slot = (&mut *slot.0, &mut *slot.1);
+                    work.push((part, mine, residual.map(|r| &r[channels]), slot));
+                }
+                team.run(work, |(part, out, residual, slot)| {
+                    part.run(
+                        &self.g,
+                        x,
+                        &self.bias[part.filters.clone()],
+                        residual,
+                        relu,
+                        slot,
+                        out,
+                    )
+                });
+            }
+        }
+        if let (Some(r), false) = (&residual, in_kernel) {
+            out.iter_mut().zip(r.iter()).for_each(|(o, r)| *o += r);
+        }
+        if !relu {
+            // Activations here are elementwise; softmax would act over the last (width) axis.
+            apply_activation(self.g.op.activation, &mut out, ow);
+        }
+        tensor(batched(n, &self.g.output), out)
+    }
+
+    fn parts(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// One part's need for the chunk, or every part's for one image, one after another.
+    fn scratch(&self, rows: usize) -> ScratchNeed {
+        match &self.parts[..] {
+            [part] => part.scratch(rows),
+            parts => parts.iter().fold([0, 0], |[a, b], p| {
+                let [pa, pb] = p.scratch(1);
+                [a + pa, b + pb]
+            }),
+        }
+    }
 
     fn param_bytes(&self) -> u64 {
-        let weights = match &self.kernel {
-            ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => {
-                fs.iter().map(PackedFilters::bytes).sum()
-            }
-            ConvKernel::Winograd(wino) => wino.bytes(),
-        };
+        let weights: u64 = self
+            .parts
+            .iter()
+            .map(|p| match &p.kernel {
+                ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => {
+                    fs.iter().map(PackedFilters::bytes).sum()
+                }
+                ConvKernel::Winograd(wino) => wino.bytes(),
+            })
+            .sum();
         weights + self.bias.len() as u64 * 4
     }
 
     fn describe(&self) -> Option<String> {
-        let isa = match &self.kernel {
+        let kernel = &self.parts[0].kernel;
+        let isa = match kernel {
             ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => fs[0].isa(),
             ConvKernel::Winograd(wino) => wino.isa(),
         };
-        let algorithm = match &self.kernel {
+        let algorithm = match kernel {
             ConvKernel::Direct(..) if self.g.op.max_pool => {
                 "direct, 2x2 max pool as it writes".to_string()
             }
@@ -634,7 +785,11 @@ impl Layer for Conv2d {
             },
             ConvKernel::Winograd(wino) => format!("winograd {}", wino.tile().name()),
         };
-        Some(format!("{algorithm}, {}", isa.name()))
+        let split = match self.parts.len() {
+            1 => String::new(),
+            n => format!(", filters split {n} ways over the stage's threads"),
+        };
+        Some(format!("{algorithm}, {}{split}", isa.name()))
     }
 }
 
@@ -721,4 +876,26 @@ fn max_pool_2x2(maps: &[f64], [oh, ow]: [usize; 2]) -> Vec<f64> {
         }
     }
     pooled
+}
+
+#[cfg(test)]
+mod tests {
+    use super::filter_parts;
+
+    #[test]
+    fn filters_split_into_whole_blocks_as_evenly_as_they_go() {
+        // ResNet's layers: halves.
+        assert_eq!(filter_parts(64, 1, 2), vec![0..32, 32..64]);
+        // Five blocks over two threads: the first part takes the odd block.
+        assert_eq!(filter_parts(40, 1, 2), vec![0..24, 24..40]);
+        // A ragged tail stays with the last part.
+        assert_eq!(filter_parts(20, 1, 2), vec![0..8, 8..20]);
+        assert_eq!(filter_parts(64, 1, 3), vec![0..24, 24..48, 48..64]);
+        // Fewer blocks than threads: one part a block.
+        assert_eq!(filter_parts(16, 1, 4), vec![0..8, 8..16]);
+        // Too few filters, one thread, or groups: unsplit.
+        assert_eq!(filter_parts(12, 1, 2), vec![0..12]);
+        assert_eq!(filter_parts(64, 1, 1), vec![0..64]);
+        assert_eq!(filter_parts(64, 2, 2), vec![0..64]);
+    }
 }

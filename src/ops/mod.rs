@@ -47,6 +47,7 @@ use ndarray::ArrayD;
 pub use activation::{apply_activation, Activation};
 pub use attrs::{AttrDefault, AttrKind, AttrSpec, AttrValue, Attrs};
 
+pub use crate::kernels::team::Team;
 use crate::weights::InitKind;
 
 /// A batched activation: axis 0 is the record within the chunk.
@@ -297,10 +298,11 @@ pub trait Op: Debug + Send + Sync {
     fn elementwise_activation(&self) -> Option<Activation> {
         None
     }
-    /// This op as it runs on chunks of `batch` records, where its kernel's choice depends on
-    /// that (a convolution's Winograd tile size); `None` where nothing changes (the default).
-    /// The graph calls it with the pipeline's batch size before it builds the kernels.
-    fn for_batch(&self, _batch: usize) -> Option<Arc<dyn Op>> {
+    /// This op as it runs on chunks of `batch` records in a stage of `threads` threads, where
+    /// its kernel depends on that (a convolution's Winograd tile size, its split by filters);
+    /// `None` where nothing changes (the default). The graph calls it with the pipeline's batch
+    /// size and the stage's `threads` before it builds the kernels.
+    fn for_stage(&self, _batch: usize, _threads: usize) -> Option<Arc<dyn Op>> {
         None
     }
     /// This op followed by the sum with another value of its output's shape (a residual
@@ -419,9 +421,11 @@ pub struct ChannelAffine {
 /// Reusable buffers a worker keeps from chunk to chunk, so the hot path does not allocate them
 /// again. Each layer says how many floats it needs in each slot ([`Layer::scratch`]); a stage's
 /// worker holds, per slot, the largest need of its layers, which is what the plan prints.
+/// It also carries the worker's [`Team`]: how many threads a layer may spread one chunk over.
 #[derive(Debug, Default)]
 pub struct Scratch {
     slots: [Vec<f32>; SCRATCH_SLOTS],
+    team: Team,
 }
 
 /// How many independent scratch buffers a layer may use at once.
@@ -431,6 +435,18 @@ pub const SCRATCH_SLOTS: usize = 2;
 pub type ScratchNeed = [usize; SCRATCH_SLOTS];
 
 impl Scratch {
+    /// Empty buffers for a worker that runs on `team`.
+    pub fn for_team(team: Team) -> Scratch {
+        Scratch {
+            slots: Default::default(),
+            team,
+        }
+    }
+
+    pub fn team(&self) -> Team {
+        self.team
+    }
+
     /// Both slots, each at least as long as asked. They grow to exactly the length asked (never
     /// doubled, as `Vec` growth would), so what a worker holds is what the plan counted. Their
     /// contents are whatever the last layer left: callers write before they read.
@@ -468,6 +484,11 @@ pub trait Layer: Send + Sync + Debug {
     /// several (`validate` prints it); `None` for the others.
     fn describe(&self) -> Option<String> {
         None
+    }
+    /// How many parts of each chunk this layer runs at once on its stage's [`Team`] (a
+    /// convolution split by filters); 1 for a layer that runs on one thread.
+    fn parts(&self) -> usize {
+        1
     }
 }
 

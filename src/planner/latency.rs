@@ -181,6 +181,80 @@ pub fn plan(
     })
 }
 
+/// One stage of every layer on a team of threads, which splits the convolutions by filters
+/// ([`crate::ops::Team`]), and what one chunk takes through it, predicted.
+#[derive(Debug, Clone)]
+pub struct TeamPlan {
+    pub stage: PlannedStage,
+    pub seconds_per_chunk: f64,
+}
+
+/// The team candidate on `cores` threads. A layer that splits into parts is predicted at its
+/// slowest shard as `split` profiled it (the same filters, without the join a shard needs) plus
+/// a wake-up, or at its `whole` time over the parts where it was not profiled in shards; the
+/// other layers at their own time. `None` on one core or where no layer splits.
+pub fn team(plan: &Plan, whole: &Profile, split: &LatencyPlan, cores: usize) -> Option<TeamPlan> {
+    if cores < 2 {
+        return None;
+    }
+    let mut stage = one_stage(plan);
+    stage.threads = cores;
+    let mut config = plan.config.clone();
+    config.stages = Some(super::stage_configs(std::slice::from_ref(&stage)));
+    config.auto_stages = false;
+    let built = Plan::build(&config).ok()?;
+    let parts: Vec<usize> = built.graph.layers.iter().map(|l| l.parts()).collect();
+    if parts.iter().all(|&p| p < 2) {
+        return None;
+    }
+    let batch = plan.batch.size as f64;
+    let shard_cost: HashMap<&str, f64> = split
+        .layer_names
+        .iter()
+        .zip(&split.profile.layers)
+        .map(|(n, &t)| (n.as_str(), t * batch))
+        .collect();
+    let seconds_per_chunk: f64 = (plan.graph.nodes.iter().zip(&whole.layers))
+        .zip(&parts)
+        .map(|((node, &t), &p)| {
+            if p < 2 {
+                return t * batch;
+            }
+            let shards: Option<Vec<f64>> = (0..p)
+                .map(|i| {
+                    shard_cost
+                        .get(format!("{}.shard{i}", node.name).as_str())
+                        .copied()
+                })
+                .collect();
+            let slowest = match shards {
+                Some(s) => s.into_iter().fold(0.0, f64::max),
+                None => t * batch / p as f64,
+            };
+            slowest + WAKE_SECONDS
+        })
+        .sum();
+    stage.seconds_per_record = seconds_per_chunk / batch;
+    Some(TeamPlan {
+        stage,
+        seconds_per_chunk,
+    })
+}
+
+/// `chosen` replaced by `team`'s one stage, with the unsplit layers' profile `whole`.
+pub fn with_team(plan: &Plan, chosen: LatencyPlan, team: TeamPlan, whole: &Profile) -> LatencyPlan {
+    let mut profile = whole.clone();
+    profile.elapsed = chosen.profile.elapsed;
+    LatencyPlan {
+        shards: Vec::new(),
+        stages: vec![team.stage],
+        seconds_per_chunk: team.seconds_per_chunk,
+        profile,
+        layer_names: plan.graph.nodes.iter().map(|n| n.name.clone()).collect(),
+        ..chosen
+    }
+}
+
 /// `plan`'s pipeline with each layer of `shards` split into its count of shards, and no stages.
 pub fn split_config(plan: &Plan, shards: &[(String, usize)]) -> Result<PipelineConfig, String> {
     let mut config = plan.config.clone();
@@ -199,6 +273,7 @@ pub fn one_stage(plan: &Plan) -> PlannedStage {
         name: "all".to_string(),
         layers: plan.graph.nodes.iter().map(|n| n.name.clone()).collect(),
         replicas: 1,
+        threads: 1,
         seconds_per_record: 0.0,
         core: None,
     }
@@ -222,6 +297,7 @@ fn stage(index: usize, layers: Vec<String>, seconds_per_record: f64, core: usize
         name: format!("s{index}"),
         layers,
         replicas: 1,
+        threads: 1,
         seconds_per_record,
         core: Some(core),
     }

@@ -67,6 +67,8 @@ pub struct PlannedStage {
     /// Layer names, in evaluation order.
     pub layers: Vec<String>,
     pub replicas: usize,
+    /// Threads each worker spreads a chunk over (`threads:`).
+    pub threads: usize,
     /// Its layers' time per record on one core, measured.
     pub seconds_per_record: f64,
     /// The core it is pinned to (latency plans), or `None`.
@@ -101,10 +103,21 @@ pub struct Planned {
     /// With `--objective latency`: (one chunk's predicted seconds through the stages, the same
     /// chunk's measured seconds through the unsplit layers on one core).
     pub latency: Option<(f64, f64)>,
-    /// With `--objective latency` and shards to check: one chunk's measured seconds, alone in
-    /// the pipeline (medians of alternated runs), through the split stages and through one
-    /// unsplit stage. The split is kept only where it is faster by more than a tie.
-    pub latency_check: Option<(f64, f64)>,
+    /// With `--objective latency` and a split to check: one chunk's measured seconds, alone in
+    /// the pipeline (medians of alternated runs), through each way of splitting it and through
+    /// one unsplit stage. A split is kept only where it is faster by more than a tie.
+    pub latency_check: Option<LatencyCheck>,
+}
+
+/// [`Planned::latency_check`]: one chunk's measured seconds alone through each candidate.
+#[derive(Debug, Clone, Copy)]
+pub struct LatencyCheck {
+    /// The layers split into shards, a stage each (`None`: no layer shards).
+    pub shards: Option<f64>,
+    /// One stage on a team of threads that splits the convolutions (`None`: nothing splits).
+    pub team: Option<f64>,
+    /// One unsplit stage on one thread.
+    pub unsplit: f64,
 }
 
 /// Plan `plan`'s stages on `options.cores` cores at its batch size.
@@ -144,6 +157,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
             },
             layers: names[seg.clone()].to_vec(),
             replicas,
+            threads: 1,
             seconds_per_record: stage_cost(&seg.clone().collect::<Vec<_>>()),
             core: None,
         })
@@ -170,6 +184,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
                 name: s.name.clone(),
                 layers: s.layers.iter().map(|&l| names[l].clone()).collect(),
                 replicas: s.replicas,
+                threads: s.threads,
                 seconds_per_record: stage_cost(&s.layers),
                 core: s.core,
             })
@@ -237,7 +252,8 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
     })
 }
 
-/// [`plan`] for [`Objective::Latency`]: shards where they pay, their stages, the prediction.
+/// [`plan`] for [`Objective::Latency`]: shards where they pay, or one stage on a team of
+/// threads, their stages, the prediction.
 fn plan_latency(
     plan: &Plan,
     options: &PlanOptions,
@@ -247,18 +263,34 @@ fn plan_latency(
     let sample = options.sample.as_ref().map(|(b, f)| (&b[..], *f));
     let mut chosen = latency::plan(plan, &whole, machine.cores, sample)?;
     chosen.profile.elapsed += whole.elapsed;
+    let team = latency::team(plan, &whole, &chosen, machine.cores);
     // The model knows no cache effects and no wake-ups but its round figure: a short run of one
-    // chunk at a time through the split stages and through one unsplit stage has the last
-    // word, so that a latency plan is never slower than not splitting. (Text pipelines are not
-    // fed from memory: the model decides alone.)
+    // chunk at a time through each candidate and through one unsplit stage has the last word,
+    // so that a latency plan is never slower than not splitting. (Text pipelines are not fed
+    // from memory: the model decides alone.)
+    let split = !chosen.shards.is_empty();
     let mut latency_check = None;
-    if options.check && !chosen.shards.is_empty() && plan.tokenizer.is_none() {
-        if let Some((split, unsplit)) = check_latency(plan, &chosen) {
-            latency_check = Some((split, unsplit));
-            if split * (1.0 + TIE) >= unsplit {
-                chosen = latency::unsplit(plan, chosen);
-            }
+    let measured = (options.check && (split || team.is_some()) && plan.tokenizer.is_none())
+        .then(|| check_latency(plan, &chosen, team.as_ref()))
+        .flatten();
+    let (shards_s, team_s) = match measured {
+        Some(c) => {
+            latency_check = Some(c);
+            (c.shards, c.team)
         }
+        None => (
+            split.then_some(chosen.seconds_per_chunk),
+            team.as_ref().map(|t| t.seconds_per_chunk),
+        ),
+    };
+    let unsplit_s = measured.map_or(chosen.unsplit_seconds_per_chunk, |c| c.unsplit);
+    let inf = f64::INFINITY;
+    let best_split = shards_s.unwrap_or(inf).min(team_s.unwrap_or(inf));
+    if best_split * (1.0 + TIE) >= unsplit_s {
+        chosen = latency::unsplit(plan, chosen);
+    } else if team_s.unwrap_or(inf) <= shards_s.unwrap_or(inf) {
+        let team = team.expect("measured or predicted only when it exists");
+        chosen = latency::with_team(plan, chosen, team, &whole);
     }
     let costs: Vec<f64> = chosen.stages.iter().map(|s| s.seconds_per_record).collect();
     let replicas = vec![1; costs.len()];
@@ -286,31 +318,56 @@ fn plan_latency(
     })
 }
 
-/// One chunk's seconds alone through `chosen`'s split stages and through one unsplit stage,
-/// medians of [`CHECK_ROUNDS`] alternated runs of about [`CHECK_SECONDS`] each; `None` if
-/// either does not build or run.
-fn check_latency(plan: &Plan, chosen: &latency::LatencyPlan) -> Option<(f64, f64)> {
-    let mut split_config = latency::split_config(plan, &chosen.shards).ok()?;
-    split_config.stages = Some(stage_configs(&chosen.stages));
-    let mut whole_config = plan.config.clone();
-    whole_config.stages = Some(stage_configs(&[latency::one_stage(plan)]));
-    whole_config.auto_stages = false;
+/// One chunk's seconds alone through `chosen`'s split stages (when it splits layers), through
+/// `team`'s stage (when there is one) and through one unsplit stage, medians of
+/// [`CHECK_ROUNDS`] alternated runs of about [`CHECK_SECONDS`] each; `None` if one does not
+/// build or run.
+fn check_latency(
+    plan: &Plan,
+    chosen: &latency::LatencyPlan,
+    team: Option<&latency::TeamPlan>,
+) -> Option<LatencyCheck> {
     let build = |c: &PipelineConfig| Plan::build(c).ok().map(std::sync::Arc::new);
-    let (split, whole) = (build(&split_config)?, build(&whole_config)?);
+    let split = match chosen.shards.is_empty() {
+        true => None,
+        false => {
+            let mut config = latency::split_config(plan, &chosen.shards).ok()?;
+            config.stages = Some(stage_configs(&chosen.stages));
+            Some(build(&config)?)
+        }
+    };
+    let one_stage = |stage: PlannedStage| {
+        let mut config = plan.config.clone();
+        config.stages = Some(stage_configs(&[stage]));
+        config.auto_stages = false;
+        build(&config)
+    };
+    let team = match team {
+        Some(t) => Some(one_stage(t.stage.clone())?),
+        None => None,
+    };
+    let whole = one_stage(latency::one_stage(plan))?;
     // Sized from the unsplit time: at least 3 chunks a run, at most 200.
     let chunk = chosen.unsplit_seconds_per_chunk.max(1e-6);
     let chunks = ((CHECK_SECONDS / chunk) as usize).clamp(3, 200);
-    let mut runs = (Vec::new(), Vec::new());
+    let mut runs = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..CHECK_ROUNDS {
-        // The first round warms both (caches, allocator, parked threads): not counted.
-        let a = idle_latency(&split, chunks)?;
-        let b = idle_latency(&whole, chunks)?;
+        // The first round warms them all (caches, allocator, parked threads): not counted.
+        let a = split.as_ref().map(|p| idle_latency(p, chunks));
+        let b = team.as_ref().map(|p| idle_latency(p, chunks));
+        let c = idle_latency(&whole, chunks)?;
         if round > 0 {
-            runs.0.push(a);
-            runs.1.push(b);
+            runs.0.extend(a.map(|a| a.unwrap_or(f64::INFINITY)));
+            runs.1.extend(b.map(|b| b.unwrap_or(f64::INFINITY)));
+            runs.2.push(c);
         }
     }
-    Some((profile::median(runs.0), profile::median(runs.1)))
+    let median = |v: Vec<f64>| (!v.is_empty()).then(|| profile::median(v));
+    Some(LatencyCheck {
+        shards: median(runs.0),
+        team: median(runs.1),
+        unsplit: profile::median(runs.2),
+    })
 }
 
 /// The median seconds of one chunk alone through `plan`'s stages, over `chunks` chunks sent
@@ -384,6 +441,7 @@ fn stage_configs(stages: &[PlannedStage]) -> Vec<StageConfig> {
                 .collect(),
             queue: DEFAULT_QUEUE,
             replicas: s.replicas,
+            threads: s.threads,
             // Chosen stages take the run's restart budget (`--max-restarts`).
             max_restarts: None,
             core: s.core,
@@ -393,6 +451,14 @@ fn stage_configs(stages: &[PlannedStage]) -> Vec<StageConfig> {
 }
 
 impl Planned {
+    /// The threads of a latency plan's one stage on a team; 1 otherwise.
+    fn team_threads(&self) -> usize {
+        match &self.stages[..] {
+            [one] => one.threads,
+            _ => 1,
+        }
+    }
+
     /// The stages as a pipeline file's `stages` section holds them.
     pub fn stage_configs(&self) -> Vec<StageConfig> {
         stage_configs(&self.stages)
@@ -415,9 +481,13 @@ impl Planned {
                 [] => String::new(),
             };
             let core = s.core.map(|c| format!(", core: {c}")).unwrap_or_default();
+            let threads = match s.threads {
+                1 => String::new(),
+                t => format!(", threads: {t}"),
+            };
             let _ = writeln!(
                 y,
-                "  - {{name: {}, layers: [\"{layers}\"], replicas: {}{core}}}",
+                "  - {{name: {}, layers: [\"{layers}\"], replicas: {}{threads}{core}}}",
                 s.name, s.replicas
             );
         }
@@ -509,22 +579,48 @@ impl Planned {
                 if self.kept_as_written { " (kept)" } else { "" }
             );
         }
-        if let Some((split, whole)) = self.latency_check {
+        if let Some(c) = self.latency_check {
+            let mut seen = Vec::new();
+            if let Some(s) = c.shards {
+                seen.push(format!("{:.3} ms through the split stages", s * 1e3));
+            }
+            if let Some(t) = c.team {
+                seen.push(format!(
+                    "{:.3} ms on one stage of {} threads",
+                    t * 1e3,
+                    self.cores
+                ));
+            }
+            seen.push(format!(
+                "{:.3} ms through one unsplit stage",
+                c.unsplit * 1e3
+            ));
+            let kept = if !self.shards.is_empty() {
+                "the split stages kept"
+            } else if self.team_threads() > 1 {
+                "the team kept"
+            } else {
+                "not split (no split is faster)"
+            };
             let _ = writeln!(
                 out,
-                "check run, one chunk at a time: {:.3} ms through the split stages, {:.3} ms through one unsplit stage: {}",
-                split * 1e3,
-                whole * 1e3,
-                if self.shards.is_empty() {
-                    "not split (the split is no faster)"
-                } else {
-                    "the split kept"
-                }
+                "check run, one chunk at a time: {}: {kept}",
+                seen.join(", ")
             );
         }
         if let Some((split, whole)) = self.latency {
             let names: Vec<&str> = self.shards.iter().map(|(n, _)| n.as_str()).collect();
-            if names.is_empty() {
+            let threads = self.team_threads();
+            if threads > 1 {
+                let _ = writeln!(
+                    out,
+                    "latency: one stage on {threads} threads, the convolutions' filters split over them; one chunk of {} predicted {:.3} ms, {:.3} ms unsplit on one core ({:.2}x)",
+                    self.batch,
+                    split * 1e3,
+                    whole * 1e3,
+                    whole / split.max(1e-12)
+                );
+            } else if names.is_empty() {
                 let _ = writeln!(
                     out,
                     "latency: no layer split; one chunk of {} predicted {:.3} ms on one core",

@@ -18,7 +18,7 @@ use super::trace::Tracer;
 use super::{merge_poisoned, ChunkTags, Emitter, Failure, Part, PoisonedRecord};
 use crate::graph::plan::StagePlan;
 use crate::graph::{Env, Plan, ValueId};
-use crate::ops::{Rows, Scratch};
+use crate::ops::{Rows, Scratch, Team};
 
 /// One replica of a stage: `while let Ok(part) = rx.recv()`, compute, emit.
 pub(super) struct StageWorker {
@@ -42,10 +42,27 @@ struct Panicked {
 }
 
 impl StageWorker {
+    /// Work until the stage's queue closes: on this thread, or with `threads: N` inside a pool
+    /// of N threads that the layers spread each chunk over ([`Team`]).
     pub fn run(self) {
         let stage = &self.plan.stages[self.stage];
+        let team = Team::new(stage.threads);
+        match team.pool(&stage.name) {
+            Ok(None) => self.work(team),
+            Ok(Some(pool)) => pool.install(move || self.work(team)),
+            Err(message) => {
+                let _ = self.failures.send(Failure {
+                    stage: stage.name.clone(),
+                    message,
+                });
+            }
+        }
+    }
+
+    fn work(self, team: Team) {
+        let stage = &self.plan.stages[self.stage];
         let counters: &StageCounters = &self.counters.stages[self.stage + 1].2;
-        let mut scratch = Scratch::default();
+        let mut scratch = Scratch::for_team(team);
         // A route leaves as soon as its last value is computed, not when the whole stage is
         // done: a stage that feeds a concurrent stage (a shard) and then works on (another
         // shard) lets it start at once. What a later panic changes reaches the sink through the
@@ -98,7 +115,7 @@ impl StageWorker {
             if let Err(payload) = computed {
                 // The restart: the layers are shared and immutable; only the scratch buffers a
                 // panicking kernel may have left half written are the replica's own.
-                scratch = Scratch::default();
+                scratch = Scratch::for_team(team);
                 let failed = Panicked {
                     layer: done,
                     message: panic_message(&*payload),
@@ -296,7 +313,7 @@ impl StageWorker {
                     }
                 }));
                 attempt.map_err(|payload| {
-                    *scratch = Scratch::default();
+                    *scratch = Scratch::for_team(scratch.team());
                     panic_message(&*payload)
                 })
             })
@@ -319,7 +336,7 @@ impl StageWorker {
             }))
             .is_ok();
             if !in_place {
-                *scratch = Scratch::default();
+                *scratch = Scratch::for_team(scratch.team());
             }
         }
         if !in_place {
