@@ -31,6 +31,9 @@ impl Op for Flatten {
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Ok(vec![inputs[0].iter().product()])
     }
+    fn is_flatten(&self) -> bool {
+        true
+    }
     fn flops(&self, _inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         0
     }
