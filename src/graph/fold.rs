@@ -67,6 +67,15 @@ fn sole_reader(nodes: &[Node], outputs: &[ValueId]) -> impl Fn(ValueId) -> bool 
     move |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v)
 }
 
+/// The per-record shape of value `v` as the file defines it ([`carried_shape`] says what a
+/// folded layer's value holds instead).
+fn shape_of<'a>(nodes: &'a [Node], input_shape: &'a [usize], v: ValueId) -> &'a [usize] {
+    match v.layer() {
+        None => input_shape,
+        Some(j) => &nodes[j].shape,
+    }
+}
+
 /// The nodes that take what follows node `c` into themselves: `c` itself when `takes(c)`, or,
 /// when `c` joins the shards of a split layer (`shards: k`), every shard, if each takes it and
 /// nothing but the join reads them. `None` when neither.
@@ -252,10 +261,7 @@ fn residuals(
     ops: &[Arc<dyn Op>],
 ) -> Vec<Residual> {
     let alone = sole_reader(nodes, outputs);
-    let shape_of = |v: ValueId| match v.layer() {
-        None => input_shape,
-        Some(j) => nodes[j].shape.as_slice(),
-    };
+    let shape_of = |v: ValueId| shape_of(nodes, input_shape, v);
     let mut found: Vec<Residual> = Vec::new();
     for (add, node) in nodes.iter().enumerate() {
         if node.op.name() != "add" || node.inputs.len() != 2 || node.rows != Rows::Records {
@@ -395,11 +401,8 @@ fn flat_inputs(
     ops: &[Arc<dyn Op>],
 ) -> Vec<FlatInput> {
     let alone = sole_reader(nodes, outputs);
-    let shape_of = |v: ValueId| match v.layer() {
-        None => input_shape,
-        Some(j) => nodes[j].shape.as_slice(),
-    };
-    let as_carried = |v: ValueId| carried_shape(nodes, input_shape, v) == shape_of(v);
+    let as_carried =
+        |v: ValueId| carried_shape(nodes, input_shape, v) == shape_of(nodes, input_shape, v);
     let on_records = |n: usize| nodes[n].rows == Rows::Records && nodes[n].folded_into.is_none();
     let mut found = Vec::new();
     for (dense, node) in nodes.iter().enumerate() {
