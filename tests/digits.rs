@@ -137,3 +137,24 @@ fn a_convolution_folds_into_its_pool_across_stages() {
     assert!(text.contains("conv_b folded into pool_b"), "{text}");
     assert_verifies(&[pipeline, "--input", "examples/digits-test.jsonl"]);
 }
+
+/// digits-cnn with the concat and the flatten in a stage before the dense layer's: both fold
+/// into the dense layer (validate lists them, and the dense layer reads the second tower's
+/// output itself), the first tower's output crosses stages under the flatten's name, and the
+/// pipeline computes what the monolithic reference pass does.
+#[test]
+fn a_concat_and_flatten_fold_into_the_dense_layer_across_stages() {
+    let pipeline = "tests/pipelines/digits-cnn-cut-at-dense.yaml";
+    let out = subpass().args(["validate", pipeline]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("merge folded into hidden"), "{text}");
+    assert!(text.contains("flat folded into hidden"), "{text}");
+    assert!(
+        text.contains("a flatten and the concat on channels before it into the dense layer"),
+        "{text}"
+    );
+    assert!(text.contains("<- flat, pool_b"), "{text}");
+    assert!(text.contains("fed by tower_b + join (joins)"), "{text}");
+    assert_verifies(&[pipeline, "--input", "examples/digits-test.jsonl"]);
+}

@@ -220,6 +220,32 @@ fn a_convolution_folded_into_the_pool_of_a_later_stage_isolates_its_records() {
 
 #[test]
 #[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
+fn a_concat_folded_into_the_dense_layer_of_a_later_stage_isolates_its_records() {
+    // merge and flat fold into `hidden`, a stage later: `join` sends the first tower's output
+    // on under the flatten's name, and the isolation path rebuilds that value at the shape it
+    // carries ([8, 4, 4], not the flatten's [256]).
+    let pipeline = "tests/pipelines/digits-cnn-cut-at-dense.yaml";
+    assert_isolated(
+        pipeline,
+        &digits(),
+        &[],
+        &[(3, "join"), (64, "join"), (137, "head"), (300, "tower_b")],
+    );
+    let clean = run(pipeline, &digits(), &[], None);
+    let faulty = run(
+        pipeline,
+        &digits(),
+        &["--max-restarts", "1000"],
+        Some("stage=return(join>16)"),
+    );
+    assert!(faulty.status.success(), "{}", faulty.stderr);
+    assert!(faulty.errors.is_empty());
+    assert_eq!(faulty.out, clean.out);
+    assert!(restarts(faulty.stats.as_ref().unwrap())["join"] >= 1);
+}
+
+#[test]
+#[cfg_attr(not(feature = "fail-points"), ignore = "needs --features fail-points")]
 fn a_joins_consumer_with_replicas_poisons_only_its_records() {
     // digits-cnn's head joins the two towers and runs two replicas.
     let faulty = assert_isolated(

@@ -21,6 +21,13 @@
 //! kernel writes only each block's maximum (the small CNN's conv, relu, pool is one op: the
 //! full-size activation is never stored, and the pool's pass is gone).
 //!
+//! A `flatten` that only a dense layer reads is folded into it: the dense layer reads the
+//! flatten's input as it is, each record's values in row-major order as one row. Where that
+//! input is a concat on the records' first axis (channels) that only the flatten reads, the
+//! concat folds too: flattened, `[a; b]` is `a`'s values then `b`'s, so the dense layer reads
+//! `a` and `b` themselves and sums `W[:, ..ka] · a + W[:, ka..] · b` (the CNN's merge, flat,
+//! fc1 is one op, and two copies of the activations fewer).
+//!
 //! The rewrites are made while the kernels are built, and only for the fast kernels: the graph
 //! keeps both nodes (stages, routes and `export` still see the file's layers and tensors), the
 //! convolution's kernel is built from the folded tensors and the batch norm passes its input
@@ -58,6 +65,15 @@ fn sole_reader(nodes: &[Node], outputs: &[ValueId]) -> impl Fn(ValueId) -> bool 
     }
     let outputs = outputs.to_vec();
     move |v: ValueId| readers[v.0] == 1 && !outputs.contains(&v)
+}
+
+/// The per-record shape of value `v` as the file defines it ([`carried_shape`] says what a
+/// folded layer's value holds instead).
+fn shape_of<'a>(nodes: &'a [Node], input_shape: &'a [usize], v: ValueId) -> &'a [usize] {
+    match v.layer() {
+        None => input_shape,
+        Some(j) => &nodes[j].shape,
+    }
 }
 
 /// The nodes that take what follows node `c` into themselves: `c` itself when `takes(c)`, or,
@@ -192,6 +208,19 @@ pub(super) fn build_layers(
             nodes[conv].flops_per_record = 0;
         }
     }
+    if kernels == KernelKind::Fast {
+        for fold in flat_inputs(nodes, outputs, input_shape, &ops) {
+            ops[fold.dense] = ops[fold.dense].with_flat_input().expect("found to take it");
+            nodes[fold.flatten].folded_into = Some(fold.dense);
+            if let Some(concat) = fold.concat {
+                // The flatten passes on the concat's value, which is its first input: the dense
+                // layer reads the others itself (routes take them to its stage).
+                nodes[concat].folded_into = Some(fold.dense);
+                let others = nodes[concat].inputs[1..].to_vec();
+                nodes[fold.dense].inputs.extend(others);
+            }
+        }
+    }
     let mut layers: Vec<Box<dyn Layer>> = Vec::with_capacity(nodes.len());
     for (i, node) in nodes.iter().enumerate() {
         let values = tensors[i].take().expect("every node has its tensors");
@@ -234,10 +263,7 @@ fn residuals(
     ops: &[Arc<dyn Op>],
 ) -> Vec<Residual> {
     let alone = sole_reader(nodes, outputs);
-    let shape_of = |v: ValueId| match v.layer() {
-        None => input_shape,
-        Some(j) => nodes[j].shape.as_slice(),
-    };
+    let shape_of = |v: ValueId| shape_of(nodes, input_shape, v);
     let mut found: Vec<Residual> = Vec::new();
     for (add, node) in nodes.iter().enumerate() {
         if node.op.name() != "add" || node.inputs.len() != 2 || node.rows != Rows::Records {
@@ -353,6 +379,69 @@ fn max_pools(
     found
 }
 
+/// A flatten folded into the dense layer that alone reads it, with the concat it alone reads.
+#[derive(Debug, PartialEq)]
+struct FlatInput {
+    dense: usize,
+    flatten: usize,
+    /// The concat on the records' first axis before the flatten, folded too: the dense layer
+    /// then reads its inputs (the first through the flatten, which passes it on, the others
+    /// added to the dense node's inputs).
+    concat: Option<usize>,
+}
+
+/// The flattens to fold ([`Op::is_flatten`]): one that only a dense layer that can read flat
+/// records ([`Op::with_flat_input`]) reads, and that is not a pipeline output; with the concat
+/// before it where that concat is on the records' first axis, only the flatten reads it and it
+/// is not an output either. The values read must carry their own shapes (no folded layer passes
+/// another value on in their place), so that the dense layer's row is the flatten's. Runs after
+/// the other folds, on their `ops`.
+fn flat_inputs(
+    nodes: &[Node],
+    outputs: &[ValueId],
+    input_shape: &[usize],
+    ops: &[Arc<dyn Op>],
+) -> Vec<FlatInput> {
+    let alone = sole_reader(nodes, outputs);
+    let as_carried =
+        |v: ValueId| carried_shape(nodes, input_shape, v) == shape_of(nodes, input_shape, v);
+    let on_records = |n: usize| nodes[n].rows == Rows::Records && nodes[n].folded_into.is_none();
+    let mut found = Vec::new();
+    for (dense, node) in nodes.iter().enumerate() {
+        let [input] = node.inputs[..] else {
+            continue;
+        };
+        let Some(flatten) = input.layer() else {
+            continue;
+        };
+        if !nodes[flatten].op.is_flatten()
+            || !alone(input)
+            || ops[dense].with_flat_input().is_none()
+        {
+            continue;
+        }
+        let [flat_input] = nodes[flatten].inputs[..] else {
+            continue;
+        };
+        if !on_records(dense) || !on_records(flatten) || !as_carried(flat_input) {
+            continue;
+        }
+        let concat = flat_input.layer().filter(|&c| {
+            let first_axis = nodes[c].op.concat_axis(nodes[c].shape.len()) == Some(0);
+            first_axis
+                && alone(flat_input)
+                && on_records(c)
+                && nodes[c].inputs.iter().all(|v| as_carried(*v))
+        });
+        found.push(FlatInput {
+            dense,
+            flatten,
+            concat,
+        });
+    }
+    found
+}
+
 /// The kernel of a folded batch norm. The graph shares the input instead of running it
 /// ([`Node::folded_into`]); run anyway, it copies, which is what the node computes once folded.
 #[derive(Debug)]
@@ -444,8 +533,12 @@ mod tests {
         let g = Graph::build_with(&config, KernelKind::Fast).unwrap();
         assert!(folded(&g).is_empty());
         // A batch norm after something that is not a convolution.
+        // (The flatten folds into the dense layer.)
         let dense = "  - {name: flat, op: flatten}\n  - {name: fc, op: dense, units: 4}\n  - {name: bn, op: batchnorm}\n";
-        assert!(folded(&graph(dense, KernelKind::Fast)).is_empty());
+        assert_eq!(
+            folded(&graph(dense, KernelKind::Fast)),
+            [("flat".to_string(), "fc".to_string())]
+        );
     }
 
     #[test]
@@ -658,6 +751,190 @@ mod tests {
                     "{layers}: fast vs reference differ by {diff}"
                 );
             }
+        }
+    }
+
+    /// The graph of `layers` with the fast kernels, whose outputs are `outputs` (the last layer
+    /// when empty).
+    fn graph_with_outputs(layers: &str, outputs: &[&str]) -> Graph {
+        let listed = match outputs {
+            [] => String::new(),
+            names => format!("outputs: [{}]\n", names.join(", ")),
+        };
+        let text =
+            format!("input: {{shape: [3, 6, 5]}}\ninit: {{seed: 4}}\nlayers:\n{layers}{listed}");
+        let config = PipelineConfig::parse(&text, std::path::Path::new(".")).unwrap();
+        Graph::build_with(&config, KernelKind::Fast).unwrap()
+    }
+
+    /// `g`'s first output over `records` seeded records.
+    fn first_output(g: &Graph, records: usize) -> Tensor {
+        let mut next = crate::weights::seeded_stream(9, "fold-input");
+        let values: Vec<f32> = (0..records * 3 * 6 * 5).map(|_| 2.0 * next()).collect();
+        let input = Tensor::from_shape_vec(ndarray::IxDyn(&[records, 3, 6, 5]), values).unwrap();
+        g.forward(input, None).swap_remove(0)
+    }
+
+    /// The flatten folds into the dense layer `fc` (with the concat `merge` where there is one),
+    /// and the folded fast graph computes what the same fast graph with `flat` also written out
+    /// (so nothing folds) does, on chunks of several sizes; and what the reference graph does.
+    fn assert_flat_fold(layers: &str, folds_concat: bool) {
+        let folded_graph = graph(layers, KernelKind::Fast);
+        let mut expected = vec![("flat".to_string(), "fc".to_string())];
+        if folds_concat {
+            expected.insert(0, ("merge".to_string(), "fc".to_string()));
+        }
+        let made: Vec<_> = folded(&folded_graph)
+            .into_iter()
+            .filter(|(_, into)| into == "fc")
+            .collect();
+        assert_eq!(made, expected, "{layers}");
+        let unfolded = graph_with_outputs(layers, &["fc", "flat"]);
+        assert!(
+            folded(&unfolded).iter().all(|(_, into)| into != "fc"),
+            "{layers}"
+        );
+        for records in [1, 4, 7, 13] {
+            let a = first_output(&folded_graph, records);
+            let b = first_output(&unfolded, records);
+            assert_eq!(a.shape(), b.shape(), "{layers}");
+            let scale = b.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+            let diff = a
+                .iter()
+                .zip(&b)
+                .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+            assert!(scale > 0.1, "the test needs outputs that are not all zero");
+            assert!(
+                diff <= 1e-6 * scale,
+                "{layers}: {records} records: folded vs unfolded: {diff} at scale {scale}"
+            );
+        }
+        let (diff, scale) = fast_vs_reference(layers);
+        assert!(
+            diff <= 1e-5 * scale,
+            "{layers}: folded vs reference: {diff} at scale {scale}"
+        );
+    }
+
+    /// Two towers of different widths (60 and 150 values a record: neither a multiple of 16),
+    /// joined on channels, flattened, read by a dense layer of 19 units.
+    const TWO_TOWERS: &str = "  - {name: a, op: conv2d, inputs: [input], filters: 2, kernel: 3, padding: 1, activation: relu}\n  - {name: b, op: conv2d, inputs: [input], filters: 5, kernel: 3, padding: 1}\n  - {name: merge, op: concat, inputs: [a, b], axis: 0}\n  - {name: flat, op: flatten}\n  - {name: fc, op: dense, units: 19, activation: relu}\n";
+
+    #[test]
+    fn a_flatten_folds_into_the_dense_layer_that_reads_it() {
+        // The input's 90 values a record, as one row, into 7 and then 37 units.
+        let direct = "  - {name: flat, op: flatten}\n  - {name: fc, op: dense, units: 7}\n";
+        assert_flat_fold(direct, false);
+        assert_flat_fold(&direct.replace("units: 7", "units: 37, bias: false"), false);
+        // The flatten passes its input on: a [3, 6, 5] record, which the dense reads as a row.
+        let fast = graph(direct, KernelKind::Fast);
+        assert_eq!(fast.carried_shape(ValueId::of_layer(0)), [3, 6, 5]);
+        assert_eq!(fast.nodes[1].inputs, [ValueId::of_layer(0)]);
+        assert!(folded(&graph(direct, KernelKind::Reference)).is_empty());
+        // After a pool that runs its convolution.
+        let pooled = format!("{CONV_RELU_POOL}  - {{name: flat, op: flatten}}\n  - {{name: fc, op: dense, units: 9, activation: relu}}\n");
+        assert_flat_fold(&pooled, false);
+    }
+
+    #[test]
+    fn a_concat_on_channels_and_its_flatten_fold_into_the_dense_layer() {
+        assert_flat_fold(TWO_TOWERS, true);
+        let fast = graph(TWO_TOWERS, KernelKind::Fast);
+        let node = |name: &str| fast.nodes.iter().position(|n| n.name == name).unwrap();
+        // The dense layer reads `a` through the flatten and the concat, and `b` itself.
+        assert_eq!(
+            fast.nodes[node("fc")].inputs,
+            [
+                ValueId::of_layer(node("flat")),
+                ValueId::of_layer(node("b"))
+            ]
+        );
+        assert_eq!(
+            fast.carried_shape(ValueId::of_layer(node("flat"))),
+            [2, 6, 5]
+        );
+        assert_eq!(
+            fast.carried_shape(ValueId::of_layer(node("merge"))),
+            [2, 6, 5]
+        );
+        let reference = graph(TWO_TOWERS, KernelKind::Reference);
+        assert!(folded(&reference).is_empty());
+        assert_eq!(
+            reference.nodes[node("fc")].inputs,
+            [ValueId::of_layer(node("flat"))]
+        );
+        // Three inputs, the model input among them (90 values), in either order, and the
+        // towers pooled to [2, 3, 2] and [5, 3, 2] (12 and 30 values).
+        let three = TWO_TOWERS.replace("inputs: [a, b]", "inputs: [a, input, b]");
+        assert_flat_fold(&three, true);
+        assert_flat_fold(
+            &TWO_TOWERS.replace("inputs: [a, b]", "inputs: [input, b, a]"),
+            true,
+        );
+        let pooled = TWO_TOWERS
+            .replace("  - {name: merge", "  - {name: pa, op: maxpool2d, kernel: 2, inputs: [a]}\n  - {name: pb, op: maxpool2d, kernel: 2, inputs: [b]}\n  - {name: merge")
+            .replace("inputs: [a, b]", "inputs: [pa, pb]");
+        assert_flat_fold(&pooled, true);
+        let g = graph(&pooled, KernelKind::Fast);
+        assert!(folded(&g).contains(&("a".to_string(), "pa".to_string())));
+    }
+
+    #[test]
+    fn no_flatten_fold_where_another_layer_or_the_output_sees_it() {
+        let fc_folds = |g: &Graph| -> Vec<String> {
+            folded(g)
+                .into_iter()
+                .filter(|(_, into)| into == "fc")
+                .map(|(from, _)| from)
+                .collect()
+        };
+        // The flatten is read by another layer too, or written out: nothing folds into fc.
+        let shared = format!("{TWO_TOWERS}  - {{name: other, op: relu, inputs: [flat]}}\n");
+        assert!(fc_folds(&graph_with_outputs(&shared, &["fc", "other"])).is_empty());
+        assert!(fc_folds(&graph_with_outputs(TWO_TOWERS, &["fc", "flat"])).is_empty());
+        // The concat is read by another layer too, or written out: only the flatten folds, and
+        // the dense layer reads the concat's value.
+        let seen = format!("{TWO_TOWERS}  - {{name: other, op: relu, inputs: [merge]}}\n");
+        for g in [
+            graph_with_outputs(&seen, &["fc", "other"]),
+            graph_with_outputs(TWO_TOWERS, &["fc", "merge"]),
+        ] {
+            assert_eq!(fc_folds(&g), ["flat"]);
+            let fc = g.nodes.iter().position(|n| n.name == "fc").unwrap();
+            assert_eq!(g.nodes[fc].inputs.len(), 1);
+            assert_eq!(g.carried_shape(g.nodes[fc].inputs[0]), [7, 6, 5]);
+        }
+        // A concat on another axis (rows of the maps): the flatten folds, the concat stays.
+        let rows = TWO_TOWERS
+            .replace("filters: 2", "filters: 5")
+            .replace("axis: 0", "axis: 1");
+        assert_eq!(fc_folds(&graph(&rows, KernelKind::Fast)), ["flat"]);
+        assert_flat_fold(&rows, false);
+        // A dense layer straight after the concat reads the last axis: nothing to fold.
+        let unflattened = TWO_TOWERS.replace("  - {name: flat, op: flatten}\n", "");
+        assert!(folded(&graph(&unflattened, KernelKind::Fast))
+            .iter()
+            .all(|(from, _)| from != "merge"));
+        // The flatten feeds a layer that is not dense.
+        let relu = TWO_TOWERS.replace("op: dense, units: 19, activation: relu", "op: relu");
+        assert!(fc_folds(&graph(&relu, KernelKind::Fast)).is_empty());
+        // A dense layer split into shards: each shard reads the flatten, so none folds it.
+        let sharded = TWO_TOWERS.replace("units: 19,", "units: 19, shards: 2,");
+        assert!(folded(&graph(&sharded, KernelKind::Fast))
+            .iter()
+            .all(|(from, _)| from != "flat"));
+        for layers in [
+            shared.as_str(),
+            seen.as_str(),
+            &unflattened,
+            &relu,
+            &sharded,
+        ] {
+            let (diff, scale) = fast_vs_reference(layers);
+            assert!(
+                diff <= 1e-5 * scale.max(1.0),
+                "{layers}: fast vs reference differ by {diff}"
+            );
         }
     }
 }

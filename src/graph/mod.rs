@@ -48,6 +48,8 @@ impl ValueId {
 pub struct Node {
     pub name: String,
     pub op: std::sync::Arc<dyn Op>,
+    /// The values the layer reads: the file's, and in the fast graph, for a dense layer that a
+    /// concat and a flatten fold into, the concat's inputs after the first too ([`fold`]).
     pub inputs: Vec<ValueId>,
     /// Per-row output shape (per record, or per token for token rows).
     pub shape: Vec<usize>,
@@ -61,7 +63,9 @@ pub struct Node {
     pub buffers: Vec<String>,
     /// For a layer folded into another (fast kernels only; see [`fold`]): a batch norm or an
     /// activation into the convolution before it, a convolution into the residual add or the
-    /// max pool that reads it. The node then passes its first input through, under its own name.
+    /// max pool that reads it, a flatten (and the concat before it) into the dense layer that
+    /// reads it. The node then passes its first input through, under its own name; a dense layer
+    /// folded with a concat reads the concat's other inputs as inputs of its own.
     pub folded_into: Option<usize>,
     /// Key path of the layer in the pipeline file.
     pub path: String,
@@ -117,7 +121,8 @@ impl Graph {
 
     /// The shape of the tensor value `v` holds when the layers run (per row): [`Graph::shape`],
     /// except where a folded layer passes its input on in its place (a convolution folded into
-    /// the max pool after it carries the convolution's input). Routes and budgets count this.
+    /// the max pool after it carries the convolution's input; a flatten folded into a dense
+    /// layer, its unflattened input, or a concat's first input). Routes and budgets count this.
     pub fn carried_shape(&self, v: ValueId) -> &[usize] {
         carried_shape(&self.nodes, &self.input_shape, v)
     }

@@ -485,7 +485,7 @@ impl Plan {
         if !folds.is_empty() {
             let _ = writeln!(
                 out,
-                "\nfolded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add or the 2x2 max pool that alone reads it (the add or pool runs it and adds, or pools, as it writes):\n{}",
+                "\nfolded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add or the 2x2 max pool that alone reads it (the add or pool runs it and adds, or pools, as it writes), a flatten and the concat on channels before it into the dense layer that alone reads it (which reads the concat's inputs in place):\n{}",
                 folds.join("\n")
             );
         }

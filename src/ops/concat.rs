@@ -106,6 +106,9 @@ impl Op for Concat {
         }
         Ok(out)
     }
+    fn concat_axis(&self, rank: usize) -> Option<usize> {
+        Some(self.axis(rank))
+    }
     fn flops(&self, _inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         0
     }

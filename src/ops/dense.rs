@@ -1,4 +1,10 @@
 //! `dense` (alias `linear`): `y = x · Wᵀ + b` on the last axis, weights in PyTorch's `[out, in]`.
+//!
+//! A dense layer that alone reads a `flatten` reads the flatten's input in place, and where that
+//! input is a concat on the records' first axis that only the flatten reads, the concat's inputs
+//! ([`Op::with_flat_input`]): `W · [a; b] = W[:, ..ka] · a + W[:, ka..] · b`, so the layer holds
+//! one packed block of weight columns per input and sums their products into one output. Neither
+//! the concat's nor the flatten's copy is made.
 
 use std::sync::Arc;
 
@@ -47,6 +53,7 @@ impl OpFamily for DenseFamily {
             units: a.int("units"),
             bias: a.bool("bias"),
             activation: a.activation("activation"),
+            flat_input: false,
         }))
     }
 }
@@ -56,6 +63,22 @@ pub(super) struct DenseOp {
     pub units: usize,
     pub bias: bool,
     pub activation: Activation,
+    /// Set only by the graph's flatten fold ([`Op::with_flat_input`]), never by a file: each
+    /// record of the inputs, whatever its shape, is read as its values in row-major order,
+    /// input after input, as one row of `Σ inputs` values (what the flatten, and the concat on
+    /// the records' first axis before it, would have made). The output is `[units]` a record.
+    pub flat_input: bool,
+}
+
+impl DenseOp {
+    /// The values each input gives one row: the last axis, or with a flat input every axis of
+    /// every input's record.
+    fn depths(&self, inputs: &[&[usize]]) -> Vec<usize> {
+        match self.flat_input {
+            true => inputs.iter().map(|s| s.iter().product()).collect(),
+            false => vec![*inputs[0].last().expect("records have at least one axis")],
+        }
+    }
 }
 
 impl Op for DenseOp {
@@ -66,12 +89,15 @@ impl Op for DenseOp {
         super::same_rows(self.name(), inputs)
     }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
+        if self.flat_input {
+            return Ok(vec![self.units]);
+        }
         let mut out = inputs[0].to_vec();
         *out.last_mut().expect("records have at least one axis") = self.units;
         Ok(out)
     }
     fn tensors(&self, inputs: &[&[usize]]) -> Vec<TensorSpec> {
-        let fan_in = *inputs[0].last().expect("records have at least one axis");
+        let fan_in = self.depths(inputs).iter().sum();
         let mut v = vec![TensorSpec::uniform(
             "weight",
             vec![self.units, fan_in],
@@ -83,11 +109,18 @@ impl Op for DenseOp {
         v
     }
     fn flops(&self, inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
-        2 * inputs[0].iter().product::<usize>() as u64 * self.units as u64
+        let values: usize = match self.flat_input {
+            true => self.depths(inputs).iter().sum(),
+            false => inputs[0].iter().product(),
+        };
+        2 * values as u64 * self.units as u64
     }
     /// A shard computes a part of the units (rows of `weight` and `bias`, activation
     /// included, as it acts unit by unit); the shards' outputs concatenate on the last axis.
     fn shard(&self, index: usize, count: usize) -> Result<super::Shard, String> {
+        if self.flat_input {
+            return Err("a dense layer with a folded flatten cannot be sharded".into());
+        }
         if count > self.units {
             return Err(format!(
                 "cannot split {} units into {count} shards",
@@ -111,7 +144,8 @@ impl Op for DenseOp {
         _output: &[usize],
         tensors: Vec<Vec<f32>>,
     ) -> Box<dyn Layer> {
-        let k = *inputs[0].last().expect("records have at least one axis");
+        let depths = self.depths(inputs);
+        let k: usize = depths.iter().sum();
         let mut tensors = tensors.into_iter();
         let weight = tensors.next().expect("dense reads a weight");
         let bias = tensors.next();
@@ -119,9 +153,10 @@ impl Op for DenseOp {
             KernelKind::Fast => Box::new(Dense {
                 inputs: k,
                 units: self.units,
-                weight: DenseWeights::new(weight, self.units, k),
+                weights: weight_columns(weight, self.units, &depths),
                 bias,
                 activation: self.activation,
+                flat_input: self.flat_input,
             }),
             KernelKind::Reference => Box::new(DenseReference {
                 op: *self,
@@ -131,6 +166,37 @@ impl Op for DenseOp {
             }),
         }
     }
+    fn with_flat_input(&self) -> Option<Arc<dyn Op>> {
+        (!self.flat_input).then(|| {
+            Arc::new(DenseOp {
+                flat_input: true,
+                ..*self
+            }) as Arc<dyn Op>
+        })
+    }
+}
+
+/// `weight` (`[units, Σ depths]`) cut into its blocks of columns, one per input of `depths`
+/// values, each packed on its own: `W · [a; b] = W[:, ..ka] · a + W[:, ka..] · b`. One block,
+/// the whole matrix, where there is one input.
+fn weight_columns(weight: Vec<f32>, units: usize, depths: &[usize]) -> Vec<DenseWeights> {
+    let k: usize = depths.iter().sum();
+    if let [_] = depths {
+        return vec![DenseWeights::new(weight, units, k)];
+    }
+    let mut start = 0;
+    depths
+        .iter()
+        .map(|&depth| {
+            let block: Vec<f32> = weight
+                .chunks_exact(k)
+                .flat_map(|row| &row[start..start + depth])
+                .copied()
+                .collect();
+            start += depth;
+            DenseWeights::new(block, units, depth)
+        })
+        .collect()
 }
 
 /// The fast kernel: weights packed once at load for [`DenseWeights`]' micro-kernel.
@@ -138,29 +204,43 @@ impl Op for DenseOp {
 struct Dense {
     inputs: usize,
     units: usize,
-    weight: DenseWeights,
+    /// The weight matrix, or with a flat input one block of its columns per input.
+    weights: Vec<DenseWeights>,
     bias: Option<Vec<f32>>,
     activation: Activation,
+    /// See [`DenseOp::flat_input`]: a row per record, whatever the inputs' shapes.
+    flat_input: bool,
 }
 
 impl Layer for Dense {
     fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
-        let x = inputs[0];
-        let rows = x.len() / self.inputs;
-        let mut shape = x.shape().to_vec();
-        *shape.last_mut().expect("batched tensors have axes") = self.units;
+        let (rows, shape) = match self.flat_input {
+            true => {
+                let records = inputs[0].shape()[0];
+                (records, vec![records, self.units])
+            }
+            false => {
+                let mut shape = inputs[0].shape().to_vec();
+                *shape.last_mut().expect("batched tensors have axes") = self.units;
+                (inputs[0].len() / self.inputs, shape)
+            }
+        };
         let mut out = Vec::with_capacity(rows * self.units);
         match &self.bias {
             Some(b) => (0..rows).for_each(|_| out.extend_from_slice(b)),
             None => out.resize(rows * self.units, 0.0),
         }
-        self.weight.matmul_acc(rows, &contiguous(x), &mut out);
+        // Bias first, then each input's block of columns adds its part of every sum.
+        for (x, w) in inputs.iter().zip(&self.weights) {
+            w.matmul_acc(rows, &contiguous(x), &mut out);
+        }
         apply_activation(self.activation, &mut out, self.units);
         tensor(shape, out)
     }
 
     fn param_bytes(&self) -> u64 {
-        self.weight.bytes() + self.bias.as_ref().map_or(0, |b| b.len() as u64 * 4)
+        self.weights.iter().map(DenseWeights::bytes).sum::<u64>()
+            + self.bias.as_ref().map_or(0, |b| b.len() as u64 * 4)
     }
 }
 
@@ -175,8 +255,23 @@ struct DenseReference {
 
 impl Layer for DenseReference {
     fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
-        let x = contiguous(inputs[0]);
         let (k, n) = (self.inputs, self.op.units);
+        let x = match self.op.flat_input {
+            // Each record's values, input after input: the flattened concatenation.
+            true => {
+                let parts: Vec<_> = inputs.iter().map(|t| contiguous(t)).collect();
+                let records = inputs[0].shape()[0];
+                let mut joined = Vec::with_capacity(records * k);
+                for r in 0..records {
+                    for p in &parts {
+                        let per = p.len() / records;
+                        joined.extend_from_slice(&p[r * per..(r + 1) * per]);
+                    }
+                }
+                std::borrow::Cow::Owned(joined)
+            }
+            false => contiguous(inputs[0]),
+        };
         let mut out = Vec::with_capacity(x.len() / k * n);
         for row in x.chunks_exact(k) {
             let mut y: Vec<f64> = (0..n)
@@ -193,8 +288,14 @@ impl Layer for DenseReference {
             reference_activation(self.op.activation, &mut y, n);
             out.extend(y.into_iter().map(|v| v as f32));
         }
-        let mut shape = inputs[0].shape().to_vec();
-        *shape.last_mut().expect("batched tensors have axes") = n;
+        let shape = match self.op.flat_input {
+            true => vec![inputs[0].shape()[0], n],
+            false => {
+                let mut shape = inputs[0].shape().to_vec();
+                *shape.last_mut().expect("batched tensors have axes") = n;
+                shape
+            }
+        };
         tensor(shape, out)
     }
 

@@ -14,7 +14,7 @@ impl OpFamily for FlattenFamily {
         &["flatten"]
     }
     fn doc(&self) -> &'static str {
-        "none; row-major, as `torch.flatten`"
+        "none; row-major, as `torch.flatten`; folded into a `dense` layer that alone reads it, which then reads the unflattened values, or the inputs of a `concat` on axis 0 that only the flatten reads, in place (`validate` lists the folds)"
     }
     fn configure(&self, _name: &str, _attrs: &Attrs) -> Result<Arc<dyn Op>, ShapeError> {
         Ok(Arc::new(Flatten))
@@ -30,6 +30,9 @@ impl Op for Flatten {
     }
     fn output_shape(&self, inputs: &[&[usize]]) -> Result<Vec<usize>, ShapeError> {
         Ok(vec![inputs[0].iter().product()])
+    }
+    fn is_flatten(&self) -> bool {
+        true
     }
     fn flops(&self, _inputs: &[&[usize]], _output: &[usize], _seq: usize) -> u64 {
         0

@@ -329,6 +329,22 @@ pub trait Op: Debug + Send + Sync {
     fn with_max_pool(&self, _inputs: &[&[usize]]) -> Option<Arc<dyn Op>> {
         None
     }
+    /// For a reshape of the record into one axis in row-major order (`flatten`): true, so that
+    /// the graph can fold it into the dense layer that alone reads it ([`Self::with_flat_input`]).
+    fn is_flatten(&self) -> bool {
+        false
+    }
+    /// For a concatenation along one axis of the record: that axis, for records of `rank` axes.
+    fn concat_axis(&self, _rank: usize) -> Option<usize> {
+        None
+    }
+    /// This op reading each record of its inputs as one row of values: the record's values in
+    /// row-major order, input after input (what a `flatten`, and a concat on the records' first
+    /// axis before it, make), with no copy made to join or reshape them; `None` where it cannot
+    /// (the default). A dense layer sums one product per input, each with its weight columns.
+    fn with_flat_input(&self) -> Option<Arc<dyn Op>> {
+        None
+    }
     /// Whether a per-channel affine map applied to this op's output can be folded into the op
     /// itself ([`Self::fold_channel_affine`]): true for a convolution with no activation,
     /// whose output channels are its filters.
