@@ -24,8 +24,10 @@
      through the idle pipeline: the latency of one image). bench also times its monolithic
      pass, which is reported in the JSON only.
    - subpass, batch 1, planned for latency: `subpass plan PIPELINE --batch 1 --objective
-     latency --write` (layers split into shards, one stage each, so one image uses every
-     core), then the same `idle_latency_p50_ms` (skip with `--no-latency-plan`).
+     latency --write` (one stage on a team of threads that splits each convolution's filters,
+     or layers split into shards on stages of their own, whichever its check run measures
+     faster, so one image uses every core), then the same `idle_latency_p50_ms` (skip with
+     `--no-latency-plan`).
 4. FLOPs: direct-convolution FLOPs (2 per multiply-add) of every Conv2d and Linear of
    torchvision's model, from its layer shapes: 3.63 GFLOP per image. Beside it the FLOP count
    subpass's own plan gives (which also counts relu, add and the pools, and not the batch norms
@@ -395,10 +397,16 @@ def main():
         planned = subprocess.run([str(subpass), "plan", str(pipeline), "--batch", "1",
                                   "--objective", "latency", "--write", str(latency_pipeline)],
                                  capture_output=True, text=True, check=True).stdout
-        log(planned.strip().splitlines()[-2])
+        for line in planned.strip().splitlines():
+            if line.startswith(("check run", "latency:")):
+                log(line)
         plan_yaml = yaml.safe_load(latency_pipeline.read_text())
-        report["latency_plan"] = (f"{len(plan_yaml.get('shards') or {})} layers in shards, "
-                                  f"{len(plan_yaml['stages'])} stages")
+        threads = max(s.get("threads", 1) for s in plan_yaml["stages"])
+        if threads > 1:
+            report["latency_plan"] = f"one stage on {threads} threads, convolutions split by filters"
+        else:
+            report["latency_plan"] = (f"{len(plan_yaml.get('shards') or {})} layers in shards, "
+                                      f"{len(plan_yaml['stages'])} stages")
     report["rounds_raw"] = race(args, str(subpass), pipeline, session, latency_pipeline)
     keys = ["ort_images_per_s", "ort_p50_ms", "subpass_images_per_s", "subpass_p50_ms"]
     if latency_pipeline is not None:
