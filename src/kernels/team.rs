@@ -65,8 +65,8 @@ impl Team {
     pub fn run<T: Send>(&self, parts: Vec<T>, f: impl Fn(T) + Sync) {
         // The thread index first: outside every pool, `current_num_threads` would start
         // rayon's global pool, which no team uses.
-        let in_pool = rayon::current_thread_index().is_some()
-            && rayon::current_num_threads() >= self.threads;
+        let in_pool =
+            rayon::current_thread_index().is_some() && rayon::current_num_threads() >= self.threads;
         if self.threads < 2 || parts.len() < 2 || !in_pool {
             parts.into_iter().for_each(f);
             return;
