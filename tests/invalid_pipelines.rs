@@ -78,6 +78,8 @@ const CASES: &[Case] = &[
     Case { file: "batch_size_zero.yaml", path: "batch.size", lines: &[6], cols: &[9, 15], facts: &[] },
     Case { file: "queue_zero.yaml", path: "stages[0].queue", lines: &[7], cols: &[32, 39], facts: &[] },
     Case { file: "replicas_zero.yaml", path: "stages[0].replicas", lines: &[7], cols: &[32, 42], facts: &[] },
+    Case { file: "threads_zero.yaml", path: "stages[0].threads", lines: &[7], cols: &[32, 41], facts: &[] },
+    Case { file: "threads_with_core.yaml", path: "stages[0].core", lines: &[7], cols: &[44, 50], facts: &["threads"] },
     Case { file: "max_restarts_negative.yaml", path: "stages[0].max_restarts", lines: &[7], cols: &[32, 46], facts: &["-1", "at least 0"] },
     Case { file: "input_shape_zero.yaml", path: "input.shape|input.shape[1]", lines: &[2], cols: &[], facts: &[] },
     Case { file: "empty_layers.yaml", path: "layers", lines: &[4], cols: &[1, 9], facts: &["layer"] },

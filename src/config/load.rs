@@ -906,6 +906,16 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
             .get("core")
             .and_then(|v| r.integer_in(v, &m.key_path("core"), 0, MAX_WORKERS - 1))
             .map(|n| n as usize);
+        if let (Some(t), Some(_)) = (threads, core) {
+            if t > 1 {
+                // The pool's threads go where the OS puts them; pinning only the worker, which
+                // waits while they compute, would pin nothing that runs.
+                r.error(
+                    &m.key_path("core"),
+                    "`core` pins a stage of one thread; leave it out with `threads` above 1",
+                );
+            }
+        }
         // A bad queue or replica count is reported; the stage is still checked with the default.
         match (name, layers) {
             (Some(name), Some(layers)) => stages.push(StageConfig {
