@@ -514,7 +514,31 @@ struct Conv2d {
 struct ConvPart {
     /// Its filters, of the layer's.
     filters: std::ops::Range<usize>,
+    /// For a Winograd layer split by rows: the output rows it computes, for every filter; its
+    /// kernel is built for the band of input rows they read, the padding rows made explicit.
+    rows: Option<std::ops::Range<usize>>,
     kernel: ConvKernel,
+}
+
+/// Output rows a part of a Winograd layer split by rows takes at least: smaller maps split by
+/// filters (ResNet's 14×14 and 7×7 layers, whose transformed filters, megabytes, each part then
+/// reads only half of).
+const ROW_PART_MIN: usize = 8;
+
+/// The output row bands of a Winograd layer of `rows` output rows split over `threads`
+/// threads with tiles of `m` rows: whole tiles, as even as they go; `None` when a band would
+/// be shorter than [`ROW_PART_MIN`].
+fn row_parts(rows: usize, m: usize, threads: usize) -> Option<Vec<std::ops::Range<usize>>> {
+    if threads < 2 || rows < ROW_PART_MIN * threads {
+        return None;
+    }
+    let band = rows.div_ceil(threads).next_multiple_of(m);
+    Some(
+        (0..rows)
+            .step_by(band)
+            .map(|r0| r0..rows.min(r0 + band))
+            .collect(),
+    )
 }
 
 #[derive(Debug)]
@@ -575,6 +599,38 @@ impl Conv2d {
             true => Algorithm::Direct,
             false => choose(&op, &shape, g.conv_out),
         };
+        // Winograd layers on large maps split by rows: at one image the input transform costs
+        // about what the products do, and a part of the filters would repeat it whole.
+        let bands = match algorithm {
+            Algorithm::Winograd(tile) if ranges.len() > 1 => {
+                row_parts(g.conv_out[0], tile.m(), c.threads)
+            }
+            _ => None,
+        };
+        if let (Some(bands), Algorithm::Winograd(tile)) = (bands, algorithm) {
+            let parts = bands
+                .into_iter()
+                .map(|rows| {
+                    let band = ConvShape {
+                        input: [g.input[0], rows.len() + 2, g.input[2]],
+                        padding: [0, c.padding[1]],
+                        ..shape
+                    };
+                    let wino = Winograd::new(band, c.filters, &weight, tile, isa).expect(checked);
+                    ConvPart {
+                        filters: 0..c.filters,
+                        rows: Some(rows),
+                        kernel: ConvKernel::Winograd(wino),
+                    }
+                })
+                .collect();
+            return Conv2d {
+                g,
+                parts,
+                bias,
+                relu_fused: c.activation == Activation::Relu,
+            };
+        }
         let parts = ranges
             .into_iter()
             .map(|filters| {
@@ -599,7 +655,11 @@ impl Conv2d {
                         Winograd::new(shape, fp, weight, tile, isa).expect(checked),
                     ),
                 };
-                ConvPart { filters, kernel }
+                ConvPart {
+                    filters,
+                    rows: None,
+                    kernel,
+                }
             })
             .collect();
         Conv2d {
@@ -645,6 +705,64 @@ impl ConvPart {
             ConvKernel::Winograd(wino) => {
                 wino.run(x, bias, residual, relu, slot_a, slot_b, out);
             }
+        }
+    }
+
+    /// [`ConvPart::run`] for a part of a layer split by rows, over one image: its band of
+    /// input rows (with zero rows where the band reaches into the padding) through its kernel,
+    /// with the same band of `residual` (the image's `[F, oh, ow]`), into `out`, one slice of
+    /// the band's rows per filter.
+    #[allow(clippy::too_many_arguments)]
+    fn run_rows(
+        &self,
+        g: &ConvGeometry,
+        image: &[f32],
+        bias: &[f32],
+        residual: Option<&[f32]>,
+        relu: bool,
+        (slot_a, slot_b): (&mut [f32], &mut [f32]),
+        out: Vec<&mut [f32]>,
+    ) {
+        let (Some(rows), ConvKernel::Winograd(wino)) = (&self.rows, &self.kernel) else {
+            unreachable!("only Winograd layers split by rows");
+        };
+        let [c, h, w] = g.input;
+        let [_, oh, ow] = g.output;
+        let sub = rows.len() + 2;
+        let mut band = vec![0.0f32; c * sub * w];
+        for (plane, dst) in image
+            .chunks_exact(h * w)
+            .zip(band.chunks_exact_mut(sub * w))
+        {
+            for (s, row) in dst.chunks_exact_mut(w).enumerate() {
+                // Input row of band row `s`: rows.start - padding + s, zeros outside the image.
+                let y = (rows.start + s)
+                    .checked_sub(g.op.padding[0])
+                    .filter(|&y| y < h);
+                if let Some(y) = y {
+                    row.copy_from_slice(&plane[y * w..(y + 1) * w]);
+                }
+            }
+        }
+        let span = rows.start * ow..rows.end * ow;
+        let residual: Option<Vec<f32>> = residual.map(|r| {
+            r.chunks_exact(oh * ow)
+                .flat_map(|map| &map[span.clone()])
+                .copied()
+                .collect()
+        });
+        let mut result = vec![0.0f32; out.len() * span.len()];
+        wino.run(
+            &band,
+            bias,
+            residual.as_deref(),
+            relu,
+            slot_a,
+            slot_b,
+            &mut result,
+        );
+        for (dst, src) in out.into_iter().zip(result.chunks_exact(span.len())) {
+            dst.copy_from_slice(src);
         }
     }
 
@@ -707,6 +825,28 @@ impl Layer for Conv2d {
                 let residual = residual
                     .as_deref()
                     .map(|r| &r[i * f * map..(i + 1) * f * map]);
+                if self.parts[0].rows.is_some() {
+                    // Split by rows: each part writes its band of every filter's map.
+                    let mut bands: Vec<Vec<&mut [f32]>> =
+                        self.parts.iter().map(|_| Vec::new()).collect();
+                    for map_f in record.chunks_exact_mut(map) {
+                        let mut rest = map_f;
+                        for (part, band) in self.parts.iter().zip(bands.iter_mut()) {
+                            let rows = part.rows.as_ref().expect("every part splits by rows");
+                            let (mine, more) = rest.split_at_mut(rows.len() * ow);
+                            band.push(mine);
+                            rest = more;
+                        }
+                    }
+                    let work: Vec<_> = (self.parts.iter().zip(bands))
+                        .zip(slots.iter_mut())
+                        .map(|((part, band), slot)| (part, band, (&mut *slot.0, &mut *slot.1)))
+                        .collect();
+                    team.run(work, |(part, band, slot)| {
+                        part.run_rows(&self.g, x, &self.bias, residual, relu, slot, band)
+                    });
+                    continue;
+                }
                 let mut work = Vec::with_capacity(self.parts.len());
                 let mut rest = &mut record[..];
                 for (part, slot) in self.parts.iter().zip(slots.iter_mut()) {
@@ -785,9 +925,10 @@ impl Layer for Conv2d {
             },
             ConvKernel::Winograd(wino) => format!("winograd {}", wino.tile().name()),
         };
-        let split = match self.parts.len() {
-            1 => String::new(),
-            n => format!(", filters split {n} ways over the stage's threads"),
+        let split = match (self.parts.len(), &self.parts[0].rows) {
+            (1, _) => String::new(),
+            (n, None) => format!(", filters split {n} ways over the stage's threads"),
+            (n, Some(_)) => format!(", rows split {n} ways over the stage's threads"),
         };
         Some(format!("{algorithm}, {}{split}", isa.name()))
     }
