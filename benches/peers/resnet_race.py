@@ -403,7 +403,7 @@ def main():
         plan_yaml = yaml.safe_load(latency_pipeline.read_text())
         threads = max(s.get("threads", 1) for s in plan_yaml["stages"])
         if threads > 1:
-            report["latency_plan"] = f"one stage on {threads} threads, convolutions split by filters"
+            report["latency_plan"] = f"one stage on {threads} threads, convolutions split over them"
         else:
             report["latency_plan"] = (f"{len(plan_yaml.get('shards') or {})} layers in shards, "
                                       f"{len(plan_yaml['stages'])} stages")

@@ -614,7 +614,7 @@ impl Planned {
             if threads > 1 {
                 let _ = writeln!(
                     out,
-                    "latency: one stage on {threads} threads, the convolutions' filters split over them; one chunk of {} predicted {:.3} ms, {:.3} ms unsplit on one core ({:.2}x)",
+                    "latency: one stage on {threads} threads, the convolutions split over them; one chunk of {} predicted {:.3} ms, {:.3} ms unsplit on one core ({:.2}x)",
                     self.batch,
                     split * 1e3,
                     whole * 1e3,
