@@ -498,12 +498,9 @@ enum Algorithm {
 #[derive(Debug)]
 struct Conv2d {
     g: ConvGeometry,
-    /// Consecutive filters, one part per thread of the stage that runs the layer (one part in a
-    /// stage of one thread): a team runs the parts of each image at once, each writing its own
-    /// channels of the output. Each part reads the whole input, so what a part repeats for its
-    /// filters alone (the padded copy of the image, Winograd's input transform) is the price
-    /// of the split.
-    parts: Vec<ConvPart>,
+    /// One part per thread of the stage that runs the layer (one part in a stage of one
+    /// thread): a team runs the parts of each image at once.
+    parts: Parts,
     /// One per filter; zeros for `bias: false`, so every path starts its sums the same way.
     bias: Vec<f32>,
     /// ReLU happens as the kernel writes; other activations after.
@@ -511,13 +508,37 @@ struct Conv2d {
 }
 
 #[derive(Debug)]
+enum Parts {
+    /// Consecutive filters, each part writing its own channels of the output. Each part reads
+    /// the whole input, so what a part repeats for its filters alone (the padded copy of the
+    /// image, Winograd's input transform) is the price of the split.
+    Filters(Vec<ConvPart>),
+    /// A Winograd layer split by output rows, each band for every filter.
+    Rows(Vec<RowBand>),
+}
+
+impl Parts {
+    fn len(&self) -> usize {
+        match self {
+            Parts::Filters(p) => p.len(),
+            Parts::Rows(b) => b.len(),
+        }
+    }
+}
+
+#[derive(Debug)]
 struct ConvPart {
     /// Its filters, of the layer's.
     filters: std::ops::Range<usize>,
-    /// For a Winograd layer split by rows: the output rows it computes, for every filter; its
-    /// kernel is built for the band of input rows they read, the padding rows made explicit.
-    rows: Option<std::ops::Range<usize>>,
     kernel: ConvKernel,
+}
+
+/// A band of a Winograd layer split by rows: the output rows it computes for every filter, and
+/// a kernel built for the band of input rows they read, the padding rows made explicit.
+#[derive(Debug)]
+struct RowBand {
+    rows: std::ops::Range<usize>,
+    wino: Winograd,
 }
 
 /// Output rows a part of a Winograd layer split by rows takes at least: smaller maps split by
@@ -608,7 +629,7 @@ impl Conv2d {
             _ => None,
         };
         if let (Some(bands), Algorithm::Winograd(tile)) = (bands, algorithm) {
-            let parts = bands
+            let bands = bands
                 .into_iter()
                 .map(|rows| {
                     let band = ConvShape {
@@ -617,16 +638,12 @@ impl Conv2d {
                         ..shape
                     };
                     let wino = Winograd::new(band, c.filters, &weight, tile, isa).expect(checked);
-                    ConvPart {
-                        filters: 0..c.filters,
-                        rows: Some(rows),
-                        kernel: ConvKernel::Winograd(wino),
-                    }
+                    RowBand { rows, wino }
                 })
                 .collect();
             return Conv2d {
                 g,
-                parts,
+                parts: Parts::Rows(bands),
                 bias,
                 relu_fused: c.activation == Activation::Relu,
             };
@@ -655,16 +672,12 @@ impl Conv2d {
                         Winograd::new(shape, fp, weight, tile, isa).expect(checked),
                     ),
                 };
-                ConvPart {
-                    filters,
-                    rows: None,
-                    kernel,
-                }
+                ConvPart { filters, kernel }
             })
             .collect();
         Conv2d {
             g,
-            parts,
+            parts: Parts::Filters(parts),
             bias,
             relu_fused: c.activation == Activation::Relu,
         }
@@ -708,12 +721,28 @@ impl ConvPart {
         }
     }
 
-    /// [`ConvPart::run`] for a part of a layer split by rows, over one image: its band of
+    fn scratch(&self, rows: usize) -> ScratchNeed {
+        let checked = "conv2d scratch sizes checked when the kernel was built";
+        match &self.kernel {
+            ConvKernel::Direct(direct, _) => [direct.buffer_len(), 0],
+            ConvKernel::Gemm(im2col, _) => [
+                im2col
+                    .buffer_len(im2col.images().min(rows.max(1)))
+                    .expect(checked),
+                0,
+            ],
+            ConvKernel::Winograd(wino) => wino.scratch(rows.max(1)).expect(checked),
+        }
+    }
+}
+
+impl RowBand {
+    /// [`ConvPart::run`] for a band of a layer split by rows, over one image: its band of
     /// input rows (with zero rows where the band reaches into the padding) through its kernel,
     /// with the same band of `residual` (the image's `[F, oh, ow]`), into `out`, one slice of
     /// the band's rows per filter.
     #[allow(clippy::too_many_arguments)]
-    fn run_rows(
+    fn run(
         &self,
         g: &ConvGeometry,
         image: &[f32],
@@ -723,9 +752,7 @@ impl ConvPart {
         (slot_a, slot_b): (&mut [f32], &mut [f32]),
         out: Vec<&mut [f32]>,
     ) {
-        let (Some(rows), ConvKernel::Winograd(wino)) = (&self.rows, &self.kernel) else {
-            unreachable!("only Winograd layers split by rows");
-        };
+        let (rows, wino) = (&self.rows, &self.wino);
         let [c, h, w] = g.input;
         let [_, oh, ow] = g.output;
         let sub = rows.len() + 2;
@@ -765,20 +792,6 @@ impl ConvPart {
             dst.copy_from_slice(src);
         }
     }
-
-    fn scratch(&self, rows: usize) -> ScratchNeed {
-        let checked = "conv2d scratch sizes checked when the kernel was built";
-        match &self.kernel {
-            ConvKernel::Direct(direct, _) => [direct.buffer_len(), 0],
-            ConvKernel::Gemm(im2col, _) => [
-                im2col
-                    .buffer_len(im2col.images().min(rows.max(1)))
-                    .expect(checked),
-                0,
-            ],
-            ConvKernel::Winograd(wino) => wino.scratch(rows.max(1)).expect(checked),
-        }
-    }
 }
 
 impl Layer for Conv2d {
@@ -796,87 +809,84 @@ impl Layer for Conv2d {
         let mut out = vec![0.0f32; n * f * map];
         // The Winograd output transform adds a residual as it writes; the other kernels leave
         // it, and so the ReLU that must follow it, to one pass after them.
-        let in_kernel =
-            residual.is_none() || matches!(self.parts[0].kernel, ConvKernel::Winograd(_));
+        let in_kernel = residual.is_none()
+            || match &self.parts {
+                Parts::Filters(p) => matches!(p[0].kernel, ConvKernel::Winograd(_)),
+                Parts::Rows(_) => true,
+            };
         let relu = self.relu_fused && in_kernel;
-        if let [part] = &self.parts[..] {
-            part.run(
-                &self.g,
-                &x,
-                &self.bias,
-                residual.as_deref(),
-                relu,
-                (slot_a, slot_b),
-                &mut out,
-            );
-        } else {
-            // Image by image, the parts at once: each writes its channels of the image.
-            let per = self.parts.iter().map(|p| p.scratch(1));
-            let mut slots: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(self.parts.len());
-            let (mut a, mut b) = (slot_a, slot_b);
-            for [na, nb] in per {
-                let (sa, ra) = a.split_at_mut(na);
-                let (sb, rb) = b.split_at_mut(nb);
-                slots.push((sa, sb));
-                (a, b) = (ra, rb);
+        if let Parts::Filters(parts) = &self.parts {
+            if let [part] = &parts[..] {
+                part.run(
+                    &self.g,
+                    &x,
+                    &self.bias,
+                    residual.as_deref(),
+                    relu,
+                    (slot_a, slot_b),
+                    &mut out,
+                );
+                return self.finish(n, out, residual.as_deref(), in_kernel, relu);
             }
-            for (i, record) in out.chunks_exact_mut(f * map).enumerate() {
-                let x = &x[i * image..(i + 1) * image];
-                let residual = residual
-                    .as_deref()
-                    .map(|r| &r[i * f * map..(i + 1) * f * map]);
-                if self.parts[0].rows.is_some() {
-                    // Split by rows: each part writes its band of every filter's map.
-                    let mut bands: Vec<Vec<&mut [f32]>> =
-                        self.parts.iter().map(|_| Vec::new()).collect();
+        }
+        // Image by image, the parts at once: each writes its part of the image's output.
+        let per = self.part_scratch();
+        let mut slots: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(per.len());
+        let (mut a, mut b) = (slot_a, slot_b);
+        for [na, nb] in per {
+            let (sa, ra) = a.split_at_mut(na);
+            let (sb, rb) = b.split_at_mut(nb);
+            slots.push((sa, sb));
+            (a, b) = (ra, rb);
+        }
+        for (i, record) in out.chunks_exact_mut(f * map).enumerate() {
+            let x = &x[i * image..(i + 1) * image];
+            let residual = residual
+                .as_deref()
+                .map(|r| &r[i * f * map..(i + 1) * f * map]);
+            let slots = slots.iter_mut().map(|(a, b)| (&mut **a, &mut **b));
+            match &self.parts {
+                Parts::Rows(bands) => {
+                    // Each band writes its rows of every filter's map.
+                    let mut outs: Vec<Vec<&mut [f32]>> = bands.iter().map(|_| Vec::new()).collect();
                     for map_f in record.chunks_exact_mut(map) {
                         let mut rest = map_f;
-                        for (part, band) in self.parts.iter().zip(bands.iter_mut()) {
-                            let rows = part.rows.as_ref().expect("every part splits by rows");
-                            let (mine, more) = rest.split_at_mut(rows.len() * ow);
-                            band.push(mine);
+                        for (band, o) in bands.iter().zip(outs.iter_mut()) {
+                            let (mine, more) = rest.split_at_mut(band.rows.len() * ow);
+                            o.push(mine);
                             rest = more;
                         }
                     }
-                    let work: Vec<_> = (self.parts.iter().zip(bands))
-                        .zip(slots.iter_mut())
-                        .map(|((part, band), slot)| (part, band, (&mut *slot.0, &mut *slot.1)))
-                        .collect();
-                    team.run(work, |(part, band, slot)| {
-                        part.run_rows(&self.g, x, &self.bias, residual, relu, slot, band)
+                    let work: Vec<_> = bands.iter().zip(outs).zip(slots).collect();
+                    team.run(work, |((band, out), slot)| {
+                        band.run(&self.g, x, &self.bias, residual, relu, slot, out)
                     });
-                    continue;
                 }
-                let mut work = Vec::with_capacity(self.parts.len());
-                let mut rest = &mut record[..];
-                for (part, slot) in self.parts.iter().zip(slots.iter_mut()) {
-                    let (mine, more) = rest.split_at_mut(part.filters.len() * map);
-                    rest = more;
-                    let channels = part.filters.start * map..part.filters.end * map;
-                    let slot = (&mut *slot.0, &mut *slot.1);
-                    work.push((part, mine, residual.map(|r| &r[channels]), slot));
+                Parts::Filters(parts) => {
+                    // Each part writes its channels.
+                    let mut work = Vec::with_capacity(parts.len());
+                    let mut rest = &mut record[..];
+                    for (part, slot) in parts.iter().zip(slots) {
+                        let (mine, more) = rest.split_at_mut(part.filters.len() * map);
+                        rest = more;
+                        let channels = part.filters.start * map..part.filters.end * map;
+                        work.push((part, mine, residual.map(|r| &r[channels]), slot));
+                    }
+                    team.run(work, |(part, out, residual, slot)| {
+                        part.run(
+                            &self.g,
+                            x,
+                            &self.bias[part.filters.clone()],
+                            residual,
+                            relu,
+                            slot,
+                            out,
+                        )
+                    });
                 }
-                team.run(work, |(part, out, residual, slot)| {
-                    part.run(
-                        &self.g,
-                        x,
-                        &self.bias[part.filters.clone()],
-                        residual,
-                        relu,
-                        slot,
-                        out,
-                    )
-                });
             }
         }
-        if let (Some(r), false) = (&residual, in_kernel) {
-            out.iter_mut().zip(r.iter()).for_each(|(o, r)| *o += r);
-        }
-        if !relu {
-            // Activations here are elementwise; softmax would act over the last (width) axis.
-            apply_activation(self.g.op.activation, &mut out, ow);
-        }
-        tensor(batched(n, &self.g.output), out)
+        self.finish(n, out, residual.as_deref(), in_kernel, relu)
     }
 
     fn parts(&self) -> usize {
@@ -885,52 +895,95 @@ impl Layer for Conv2d {
 
     /// One part's need for the chunk, or every part's for one image, one after another.
     fn scratch(&self, rows: usize) -> ScratchNeed {
-        match &self.parts[..] {
-            [part] => part.scratch(rows),
-            parts => parts.iter().fold([0, 0], |[a, b], p| {
-                let [pa, pb] = p.scratch(1);
-                [a + pa, b + pb]
-            }),
+        match &self.parts {
+            Parts::Filters(p) if p.len() == 1 => p[0].scratch(rows),
+            _ => self
+                .part_scratch()
+                .into_iter()
+                .fold([0, 0], |[a, b], [pa, pb]| [a + pa, b + pb]),
         }
     }
 
     fn param_bytes(&self) -> u64 {
-        let weights: u64 = self
-            .parts
-            .iter()
-            .map(|p| match &p.kernel {
-                ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => {
-                    fs.iter().map(PackedFilters::bytes).sum()
-                }
-                ConvKernel::Winograd(wino) => wino.bytes(),
-            })
-            .sum();
+        let packed = |fs: &[PackedFilters]| fs.iter().map(PackedFilters::bytes).sum::<u64>();
+        let weights: u64 = match &self.parts {
+            Parts::Filters(parts) => parts
+                .iter()
+                .map(|p| match &p.kernel {
+                    ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => packed(fs),
+                    ConvKernel::Winograd(wino) => wino.bytes(),
+                })
+                .sum(),
+            Parts::Rows(bands) => bands.iter().map(|b| b.wino.bytes()).sum(),
+        };
         weights + self.bias.len() as u64 * 4
     }
 
     fn describe(&self) -> Option<String> {
-        let kernel = &self.parts[0].kernel;
-        let isa = match kernel {
-            ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => fs[0].isa(),
-            ConvKernel::Winograd(wino) => wino.isa(),
-        };
-        let algorithm = match kernel {
-            ConvKernel::Direct(..) if self.g.op.max_pool => {
-                "direct, 2x2 max pool as it writes".to_string()
+        let (isa, algorithm) = match &self.parts {
+            Parts::Rows(bands) => {
+                let wino = &bands[0].wino;
+                (wino.isa(), format!("winograd {}", wino.tile().name()))
             }
-            ConvKernel::Direct(..) => "direct".to_string(),
-            ConvKernel::Gemm(im2col, _) => match im2col.images() {
-                1 => "gemm (im2col, 1 image a pass)".to_string(),
-                n => format!("gemm (im2col, {n} images a pass)"),
+            Parts::Filters(parts) => match &parts[0].kernel {
+                ConvKernel::Direct(_, fs) if self.g.op.max_pool => {
+                    (fs[0].isa(), "direct, 2x2 max pool as it writes".to_string())
+                }
+                ConvKernel::Direct(_, fs) => (fs[0].isa(), "direct".to_string()),
+                ConvKernel::Gemm(im2col, fs) => (
+                    fs[0].isa(),
+                    match im2col.images() {
+                        1 => "gemm (im2col, 1 image a pass)".to_string(),
+                        n => format!("gemm (im2col, {n} images a pass)"),
+                    },
+                ),
+                ConvKernel::Winograd(wino) => {
+                    (wino.isa(), format!("winograd {}", wino.tile().name()))
+                }
             },
-            ConvKernel::Winograd(wino) => format!("winograd {}", wino.tile().name()),
         };
-        let split = match (self.parts.len(), &self.parts[0].rows) {
-            (1, _) => String::new(),
-            (n, None) => format!(", filters split {n} ways over the stage's threads"),
-            (n, Some(_)) => format!(", rows split {n} ways over the stage's threads"),
+        let split = match (&self.parts, self.parts.len()) {
+            (_, 1) => String::new(),
+            (Parts::Filters(_), n) => format!(", filters split {n} ways over the stage's threads"),
+            (Parts::Rows(_), n) => format!(", rows split {n} ways over the stage's threads"),
         };
         Some(format!("{algorithm}, {}{split}", isa.name()))
+    }
+}
+
+impl Conv2d {
+    /// Each part's scratch for one image, in part order.
+    fn part_scratch(&self) -> Vec<ScratchNeed> {
+        match &self.parts {
+            Parts::Filters(parts) => parts.iter().map(|p| p.scratch(1)).collect(),
+            Parts::Rows(bands) => {
+                let checked = "conv2d scratch sizes checked when the kernel was built";
+                bands
+                    .iter()
+                    .map(|b| b.wino.scratch(1).expect(checked))
+                    .collect()
+            }
+        }
+    }
+
+    /// The residual (where the kernel did not add it) and the activation (where it did not
+    /// apply it), then the tensor.
+    fn finish(
+        &self,
+        n: usize,
+        mut out: Vec<f32>,
+        residual: Option<&[f32]>,
+        in_kernel: bool,
+        relu: bool,
+    ) -> Tensor {
+        if let (Some(r), false) = (residual, in_kernel) {
+            out.iter_mut().zip(r.iter()).for_each(|(o, r)| *o += r);
+        }
+        if !relu {
+            // Activations here are elementwise; softmax would act over the last (width) axis.
+            apply_activation(self.g.op.activation, &mut out, self.g.output[2]);
+        }
+        tensor(batched(n, &self.g.output), out)
     }
 }
 
