@@ -119,6 +119,11 @@ fn layer_benches(c: &mut Criterion) {
             vec![16, 14, 14],
         ),
         (
+            "conv3x3_1to16_28x28_relu",
+            "op: conv2d, filters: 16, kernel: 3, padding: 1, activation: relu",
+            vec![1, 28, 28],
+        ),
+        (
             "conv5x5_1to16_28x28_relu",
             "op: conv2d, filters: 16, kernel: 5, padding: 2, activation: relu",
             vec![1, 28, 28],

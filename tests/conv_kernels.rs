@@ -21,6 +21,7 @@ use std::path::Path;
 use subpass::config::PipelineConfig;
 use subpass::kernels::conv_block::PackedFilters;
 use subpass::kernels::conv_direct::{ConvShape, DirectConv};
+use subpass::kernels::conv_lanes::LaneFilters;
 use subpass::kernels::im2col::Im2col;
 use subpass::kernels::winograd::{TileSize, Winograd};
 use subpass::kernels::Isa;
@@ -490,6 +491,54 @@ fn direct_kernel_with_a_max_pool_is_within_the_summation_bound() {
     }
 }
 
+/// The filter-lane kernel (AVX-512 only: filters along the lanes, pixels broadcast) on the
+/// pooled cases of one group, held to the same bound: its sums run over the same taps in the
+/// same order, only the lanes differ.
+#[test]
+fn filter_lane_kernel_with_a_max_pool_is_within_the_summation_bound() {
+    if !Isa::Avx512.available() {
+        eprintln!(
+            "\n*** SKIPPED: this CPU lacks avx512: the filter-lane kernel is NOT tested here ***\n"
+        );
+        return;
+    }
+    let mut ran = 0;
+    for (i, case) in pooled_cases().iter().enumerate() {
+        if case.groups != 1 {
+            continue;
+        }
+        let d = data(case, i as u64 + 210);
+        let direct = DirectConv::max_pooled(case.shape()).expect("pooled direct geometry");
+        let filters = LaneFilters::new(&d.w, case.filters, case.taps());
+        let [oh, ow] = direct.out();
+        let [c, h, w] = case.input;
+        let record = case.filters * oh * ow;
+        // Poisoned output and scratch, as for the other kernels.
+        let mut got = vec![f32::NAN; case.batch * record];
+        let mut buf = vec![f32::NAN; direct.buffer_len()];
+        for (image, rec) in
+            d.x.chunks_exact(c * h * w)
+                .zip(got.chunks_exact_mut(record))
+        {
+            direct.run_lanes(image, &filters, &d.b, case.relu, &mut buf, rec);
+        }
+        let pooled = Data {
+            want: max_pool(case, &d.want),
+            scale: max_pool(case, &d.scale),
+            x: Vec::new(),
+            w: Vec::new(),
+            b: Vec::new(),
+        };
+        let r = bound_ratio(case, &pooled, &got);
+        assert!(
+            r <= 1.0,
+            "filter-lane pooled direct {case:?}: {r:.3} of the bound"
+        );
+        ran += 1;
+    }
+    assert!(ran >= 10, "only {ran} cases of one group");
+}
+
 fn winograd_fits(case: &Case) -> bool {
     case.kernel == [3, 3] && case.stride == [1, 1] && case.dilation == [1, 1]
 }
@@ -537,10 +586,15 @@ fn conv2d_op_is_within_the_bound_with_every_algorithm() {
 
 /// `validate` prints the algorithm and instruction set of every convolution: forced ones as
 /// forced, `auto` as chosen (Winograd F(4×4) for a 3×3 64-channel layer on 16×16, on 4×4 F(2×2)
-/// at batch 1 and F(4×4) at batch 16, im2col for a 1×1, direct for a 7×7 or 3×3 stride 2).
+/// at batch 1 and F(4×4) at batch 16, im2col for a 1×1, direct for a 7×7 or 3×3 stride 2, and
+/// a convolution with the pool after it folded in on the kernel for the CPU).
 #[test]
 fn validate_shows_each_convolutions_algorithm() {
     let dir = tempfile::tempdir().unwrap();
+    let pooled = match subpass::kernels::isa() {
+        Isa::Avx512 => "direct with filters along the lanes, 2x2 max pool as it writes, avx512",
+        _ => "direct, 2x2 max pool as it writes, ",
+    };
     // small_w's 4×4 map is one F(4×4) tile an image: F(2×2) at batch 1, F(4×4) at batch 16,
     // where a chunk has 16 tiles.
     for (batch, small_w) in [(1, "winograd F(2x2,3x3), "), (16, "winograd F(4x4,3x3), ")] {
@@ -556,7 +610,9 @@ fn validate_shows_each_convolutions_algorithm() {
              - {{name: forced_winograd, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd}}\n\
              - {{name: forced_f4, op: conv2d, filters: 8, kernel: 3, padding: 1, algorithm: winograd_f4}}\n\
              - {{name: small, op: conv2d, filters: 64, kernel: 3, stride: 2, padding: 1}}\n\
-             - {{name: small_w, op: conv2d, filters: 64, kernel: 3, padding: 1}}\n"),
+             - {{name: small_w, op: conv2d, filters: 64, kernel: 3, padding: 1}}\n\
+             - {{name: deep, op: conv2d, filters: 16, kernel: 3, padding: 1}}\n\
+             - {{name: pool, op: maxpool2d, kernel: 2}}\n"),
         )
         .unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_subpass"))
@@ -584,6 +640,9 @@ fn validate_shows_each_convolutions_algorithm() {
             ("forced_gemm", "gemm (im2col"),
             ("forced_winograd", "winograd F(2x2,3x3), "),
             ("forced_f4", "winograd F(4x4,3x3), "),
+            // `deep` folded into the pool that alone reads it, on the filter-lane kernel where
+            // this process's kernels are AVX-512 (a 576-tap patch, 16 filters).
+            ("pool", pooled),
         ] {
             let line = kernels
                 .lines()

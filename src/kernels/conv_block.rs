@@ -235,6 +235,21 @@ impl PooledGrid {
     pub fn positions(&self) -> usize {
         self.positions
     }
+
+    /// Grid positions from a conv row to the next.
+    pub(crate) fn width(&self) -> usize {
+        self.width
+    }
+
+    /// Pooled rows.
+    pub(crate) fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Pooled columns.
+    pub(crate) fn cols(&self) -> usize {
+        self.cols
+    }
 }
 
 /// Where the taps of one filter read: for channel `c` and tap offset `o` (of `offsets`), at
@@ -267,6 +282,18 @@ impl Taps {
             offsets,
             reach,
         }
+    }
+
+    pub(crate) fn channels(&self) -> usize {
+        self.channels
+    }
+
+    pub(crate) fn channel_stride(&self) -> usize {
+        self.channel_stride
+    }
+
+    pub(crate) fn offsets(&self) -> &[usize] {
+        &self.offsets
     }
 
     /// Taps per filter: `channels × offsets`.

@@ -10,6 +10,7 @@
 
 pub mod conv_block;
 pub mod conv_direct;
+pub mod conv_lanes;
 pub mod gemm;
 pub mod im2col;
 pub mod packed;

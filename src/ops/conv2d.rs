@@ -21,6 +21,7 @@ use super::{
 };
 use crate::kernels::conv_block::PackedFilters;
 use crate::kernels::conv_direct::{ConvShape, DirectConv};
+use crate::kernels::conv_lanes::{self, LaneFilters};
 use crate::kernels::im2col::Im2col;
 use crate::kernels::winograd::{TileSize, Winograd};
 use crate::kernels::{isa, Isa};
@@ -566,6 +567,9 @@ fn row_parts(rows: usize, m: usize, threads: usize) -> Option<Vec<std::ops::Rang
 enum ConvKernel {
     /// One image at a time from its padded, phase-split copy; filters packed per group.
     Direct(DirectConv, Vec<PackedFilters>),
+    /// A pooled direct convolution of one group on the filter-lane kernel (AVX-512, deep
+    /// patches: [`conv_lanes::worth_it`]).
+    PooledLanes(DirectConv, LaneFilters),
     /// Several images' patch matrix at a time; filters packed per group.
     Gemm(Im2col, Vec<PackedFilters>),
     /// F(2×2, 3×3) tiles; the transformed filters live inside.
@@ -661,6 +665,14 @@ impl Conv2d {
                         .collect()
                 };
                 let kernel = match algorithm {
+                    Algorithm::Direct
+                        if c.max_pool && conv_lanes::worth_it(isa, c.groups, fp, k) =>
+                    {
+                        ConvKernel::PooledLanes(
+                            DirectConv::max_pooled(shape).expect(checked),
+                            LaneFilters::new(weight, fp, k),
+                        )
+                    }
                     Algorithm::Direct if c.max_pool => {
                         ConvKernel::Direct(DirectConv::max_pooled(shape).expect(checked), pack())
                     }
@@ -712,6 +724,11 @@ impl ConvPart {
                     direct.run(image, filters, bias, relu, slot_a, record);
                 }
             }
+            ConvKernel::PooledLanes(direct, filters) => {
+                for (image, record) in x.chunks_exact(image).zip(out.chunks_exact_mut(record)) {
+                    direct.run_lanes(image, filters, bias, relu, slot_a, record);
+                }
+            }
             ConvKernel::Gemm(im2col, filters) => {
                 im2col.run(x, filters, bias, relu, slot_a, out);
             }
@@ -724,7 +741,9 @@ impl ConvPart {
     fn scratch(&self, rows: usize) -> ScratchNeed {
         let checked = "conv2d scratch sizes checked when the kernel was built";
         match &self.kernel {
-            ConvKernel::Direct(direct, _) => [direct.buffer_len(), 0],
+            ConvKernel::Direct(direct, _) | ConvKernel::PooledLanes(direct, _) => {
+                [direct.buffer_len(), 0]
+            }
             ConvKernel::Gemm(im2col, _) => [
                 im2col
                     .buffer_len(im2col.images().min(rows.max(1)))
@@ -911,6 +930,7 @@ impl Layer for Conv2d {
                 .iter()
                 .map(|p| match &p.kernel {
                     ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => packed(fs),
+                    ConvKernel::PooledLanes(_, fs) => fs.bytes(),
                     ConvKernel::Winograd(wino) => wino.bytes(),
                 })
                 .sum(),
@@ -926,6 +946,10 @@ impl Layer for Conv2d {
                 (wino.isa(), format!("winograd {}", wino.tile().name()))
             }
             Parts::Filters(parts) => match &parts[0].kernel {
+                ConvKernel::PooledLanes(..) => (
+                    Isa::Avx512,
+                    "direct with filters along the lanes, 2x2 max pool as it writes".to_string(),
+                ),
                 ConvKernel::Direct(_, fs) if self.g.op.max_pool => {
                     (fs[0].isa(), "direct, 2x2 max pool as it writes".to_string())
                 }
