@@ -534,7 +534,9 @@ impl Graph {
                 let same = env.get(node.inputs[0]).clone();
                 env.set(ValueId::of_layer(i), same);
                 for v in frees.get(j).into_iter().flatten() {
-                    env.values[v.0] = None;
+                    if let Some(t) = env.values[v.0].take() {
+                        scratch.recycle(t);
+                    }
                 }
                 continue;
             }
@@ -549,9 +551,13 @@ impl Graph {
             drop(inputs);
             env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
             for v in frees.get(j).into_iter().flatten() {
-                env.values[v.0] = None;
+                // Its storage may hold a later layer's output of this chunk.
+                if let Some(t) = env.values[v.0].take() {
+                    scratch.recycle(t);
+                }
             }
         }
+        scratch.end_chunk();
     }
 }
 

@@ -17,7 +17,7 @@
 
 use super::conv_block::{self, Epilogue, Grid, GridShape, PackedFilters, PooledGrid, Taps};
 use super::conv_lanes::{self, LaneFilters};
-use super::span;
+use super::{short, span};
 
 /// Padded images split into stride phases: for each channel, one plane per phase used, each
 /// plane holding `images` images' `rows × cols` one below the other, zeros where the padding
@@ -157,7 +157,7 @@ impl PhaseLayout {
                     for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
                         match (pr * sh + py).checked_sub(ph).filter(|y| *y < h) {
                             Some(y) => self.fill_row(&src[y * w..][..w], dst, px),
-                            None => dst.fill(0.0),
+                            None => short::fill_zero(dst),
                         }
                     }
                 }
@@ -186,8 +186,8 @@ impl PhaseLayout {
             .saturating_sub(px)
             .div_ceil(sw)
             .clamp(lo, dst.len());
-        dst[..lo].fill(0.0);
-        dst[hi..].fill(0.0);
+        short::fill_zero(&mut dst[..lo]);
+        short::fill_zero(&mut dst[hi..]);
         if hi > lo {
             let x0 = lo * sw + px - pw;
             let dst = &mut dst[lo..hi];
@@ -202,46 +202,6 @@ impl PhaseLayout {
                 }
             }
         }
-    }
-}
-
-/// Copies and zero fills of the few floats of a small map's row. `copy_from_slice` and `fill`
-/// of a length the compiler does not know are calls to libc's `memmove` and `memset`, whose
-/// call and dispatch cost more than moving 14 floats: three a row were 8% of the 16→32 3×3
-/// layer's time on 14×14 maps (`perf`). Here lengths are split into pieces of 16, 8, 4, 2 and 1
-/// floats, each a fixed-size move the compiler writes inline.
-mod short {
-    macro_rules! pieces {
-        ($dst:ident, $src:ident, $op:expr) => {
-            while $dst.len() >= 16 {
-                let (d, rest) = std::mem::take(&mut $dst).split_at_mut(16);
-                let (s, more) = $src.split_at(16.min($src.len()));
-                $op(d, s);
-                ($dst, $src) = (rest, more);
-            }
-            for n in [8, 4, 2, 1] {
-                if $dst.len() >= n {
-                    let (d, rest) = std::mem::take(&mut $dst).split_at_mut(n);
-                    let (s, more) = $src.split_at(n.min($src.len()));
-                    $op(d, s);
-                    ($dst, $src) = (rest, more);
-                }
-            }
-        };
-    }
-
-    /// `dst.copy_from_slice(src)`; panics if the lengths differ.
-    #[inline]
-    pub(super) fn copy(mut dst: &mut [f32], mut src: &[f32]) {
-        assert_eq!(dst.len(), src.len(), "short copy: lengths differ");
-        pieces!(dst, src, |d: &mut [f32], s: &[f32]| d.copy_from_slice(s));
-    }
-
-    /// `dst.fill(0.0)`.
-    #[inline]
-    pub(super) fn fill_zero(mut dst: &mut [f32]) {
-        let mut none: &[f32] = &[];
-        pieces!(dst, none, |d: &mut [f32], _: &[f32]| d.fill(0.0));
     }
 }
 

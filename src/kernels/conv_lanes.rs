@@ -11,7 +11,7 @@
 //! float per 4 pixels, a few percent of a call over a 16-channel 3×3 patch (144 taps of 28
 //! FMAs each), and [`worth_it`] keeps this kernel to patches that deep.
 //!
-//! A call computes two conv rows (a pooled row) of up to [`MAX_COLS`] columns for one block of
+//! A call computes two conv rows (a pooled row) of up to `MAX_COLS` (14) columns for one block of
 //! 16 filters: 28 accumulators, the weight vector and a broadcast fill the 32 registers. It
 //! reads the same phase-split padded image [`super::conv_direct::DirectConv`] builds, through
 //! the same [`Taps`], so the layouts, bounds and grid are that kernel's.

@@ -15,6 +15,7 @@ pub mod gemm;
 pub mod im2col;
 pub mod packed;
 pub mod peak;
+mod short;
 pub mod team;
 pub mod winograd;
 

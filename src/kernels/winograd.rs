@@ -17,6 +17,7 @@
 
 use super::conv_block::{self, Epilogue, Grid, GridShape, PackedFilters, Segment, Taps, MAX_LANES};
 use super::conv_direct::{ConvShape, PhaseLayout};
+use super::short;
 use super::Isa;
 
 /// Lanes of the widest transform vector: chunks and `V` rows are padded to a multiple of it.
@@ -789,7 +790,9 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
                 }
             }
             for xi in 0..A * A {
-                vbuf[(xi * cg + ci) * chunk..][count..count.next_multiple_of(L)].fill(0.0);
+                short::fill_zero(
+                    &mut vbuf[(xi * cg + ci) * chunk..][count..count.next_multiple_of(L)],
+                );
             }
         }
         // The products: M[ξ] = U[ξ] · V[ξ].

@@ -756,10 +756,23 @@ impl ConvPart {
 }
 
 impl RowBand {
+    /// Floats of each slot one image takes: the kernel's own, and in slot a also the band of
+    /// input rows, the band of the residual and the band's result ([`RowBand::run`]).
+    fn scratch(&self, g: &ConvGeometry) -> ScratchNeed {
+        let checked = "conv2d scratch sizes checked when the kernel was built";
+        let [a, b] = self.wino.scratch(1).expect(checked);
+        let [c, _, w] = g.input;
+        let [f, _, ow] = g.output;
+        let band = c * (self.rows.len() + 2) * w;
+        let result = f * self.rows.len() * ow;
+        [a + band + 2 * result, b]
+    }
+
     /// [`ConvPart::run`] for a band of a layer split by rows, over one image: its band of
     /// input rows (with zero rows where the band reaches into the padding) through its kernel,
     /// with the same band of `residual` (the image's `[F, oh, ow]`), into `out`, one slice of
-    /// the band's rows per filter.
+    /// the band's rows per filter. The band, its residual and its result live in `slot_a`
+    /// after the kernel's own scratch ([`RowBand::scratch`]), so an image allocates nothing.
     #[allow(clippy::too_many_arguments)]
     fn run(
         &self,
@@ -775,7 +788,13 @@ impl RowBand {
         let [c, h, w] = g.input;
         let [_, oh, ow] = g.output;
         let sub = rows.len() + 2;
-        let mut band = vec![0.0f32; c * sub * w];
+        let span = rows.start * ow..rows.end * ow;
+        let checked = "conv2d scratch sizes checked when the kernel was built";
+        let [own, _] = wino.scratch(1).expect(checked);
+        let (slot_a, rest) = slot_a.split_at_mut(own);
+        let (band, rest) = rest.split_at_mut(c * sub * w);
+        let (res_band, rest) = rest.split_at_mut(out.len() * span.len());
+        let result = &mut rest[..out.len() * span.len()];
         for (plane, dst) in image
             .chunks_exact(h * w)
             .zip(band.chunks_exact_mut(sub * w))
@@ -785,28 +804,22 @@ impl RowBand {
                 let y = (rows.start + s)
                     .checked_sub(g.op.padding[0])
                     .filter(|&y| y < h);
-                if let Some(y) = y {
-                    row.copy_from_slice(&plane[y * w..(y + 1) * w]);
+                match y {
+                    Some(y) => row.copy_from_slice(&plane[y * w..(y + 1) * w]),
+                    None => row.fill(0.0),
                 }
             }
         }
-        let span = rows.start * ow..rows.end * ow;
-        let residual: Option<Vec<f32>> = residual.map(|r| {
-            r.chunks_exact(oh * ow)
-                .flat_map(|map| &map[span.clone()])
-                .copied()
-                .collect()
+        let residual = residual.map(|r| {
+            for (map, dst) in r
+                .chunks_exact(oh * ow)
+                .zip(res_band.chunks_exact_mut(span.len()))
+            {
+                dst.copy_from_slice(&map[span.clone()]);
+            }
+            &*res_band
         });
-        let mut result = vec![0.0f32; out.len() * span.len()];
-        wino.run(
-            &band,
-            bias,
-            residual.as_deref(),
-            relu,
-            slot_a,
-            slot_b,
-            &mut result,
-        );
+        wino.run(band, bias, residual, relu, slot_a, slot_b, result);
         for (dst, src) in out.into_iter().zip(result.chunks_exact(span.len())) {
             dst.copy_from_slice(src);
         }
@@ -823,9 +836,10 @@ impl Layer for Conv2d {
         let map = self.map_len();
         let team = scratch.team();
         let need = self.scratch(n);
+        // Every output value is written by the kernel exactly once (bias, sum and a fused ReLU),
+        // so the storage need not start as zeros.
+        let mut out = scratch.output(n * f * map);
         let (slot_a, slot_b) = scratch.slots(need);
-        // Every output value is written by the kernel exactly once (bias, sum and a fused ReLU).
-        let mut out = vec![0.0f32; n * f * map];
         // The Winograd output transform adds a residual as it writes; the other kernels leave
         // it, and so the ReLU that must follow it, to one pass after them.
         let in_kernel = residual.is_none()
@@ -980,13 +994,7 @@ impl Conv2d {
     fn part_scratch(&self) -> Vec<ScratchNeed> {
         match &self.parts {
             Parts::Filters(parts) => parts.iter().map(|p| p.scratch(1)).collect(),
-            Parts::Rows(bands) => {
-                let checked = "conv2d scratch sizes checked when the kernel was built";
-                bands
-                    .iter()
-                    .map(|b| b.wino.scratch(1).expect(checked))
-                    .collect()
-            }
+            Parts::Rows(bands) => bands.iter().map(|b| b.scratch(&self.g)).collect(),
         }
     }
 

@@ -301,7 +301,8 @@ impl Layer for Pool2d {
     fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[0]);
         let n = inputs[0].shape()[0];
-        let mut out = vec![0.0f32; n * self.output.iter().product::<usize>()];
+        // Both kernels write every output, so the storage need not start as zeros.
+        let mut out = scratch.output(n * self.output.iter().product::<usize>());
         match self.kind {
             KernelKind::Fast => {
                 let (padded, _) = scratch.slots(self.scratch(n));
