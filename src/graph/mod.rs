@@ -533,11 +533,7 @@ impl Graph {
                 // shared, not copied.
                 let same = env.get(node.inputs[0]).clone();
                 env.set(ValueId::of_layer(i), same);
-                for v in frees.get(j).into_iter().flatten() {
-                    if let Some(t) = env.values[v.0].take() {
-                        scratch.recycle(t);
-                    }
-                }
+                self.free(layers, env, frees.get(j), scratch);
                 continue;
             }
             let inputs: Vec<std::sync::Arc<ops::Tensor>> =
@@ -550,14 +546,31 @@ impl Graph {
             let out = self.layers[i].forward(&refs, &chunk, scratch);
             drop(inputs);
             env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
-            for v in frees.get(j).into_iter().flatten() {
-                // Its storage may hold a later layer's output of this chunk.
-                if let Some(t) = env.values[v.0].take() {
+            self.free(layers, env, frees.get(j), scratch);
+        }
+    }
+
+    /// Drop the values no later layer of `layers` reads. The outputs `layers` computed go to
+    /// `scratch` to hold later outputs ([`ops::Scratch::output`]); the stage's inputs (and the
+    /// nodes that pass one on) do not, as the memory bound counts them apart from its outputs.
+    fn free(
+        &self,
+        layers: &[usize],
+        env: &mut Env,
+        frees: Option<&Vec<ValueId>>,
+        scratch: &mut ops::Scratch,
+    ) {
+        for v in frees.into_iter().flatten() {
+            let value = env.values[v.0].take();
+            if let (Some(t), Some(l)) = (value, v.layer()) {
+                // A node that passes its input on holds that input's tensor, not one of its own.
+                let node = &self.nodes[l];
+                let computed = !node.op.passes_through() && node.folded_into.is_none();
+                if computed && layers.contains(&l) {
                     scratch.recycle(t);
                 }
             }
         }
-        scratch.end_chunk();
     }
 }
 

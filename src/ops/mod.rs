@@ -443,14 +443,14 @@ pub struct ChannelAffine {
 pub struct Scratch {
     slots: [Vec<f32>; SCRATCH_SLOTS],
     team: Team,
-    /// Activations of the chunk being evaluated that no layer reads any more
-    /// ([`Scratch::recycle`]). Emptied when the chunk is done ([`Scratch::end_chunk`]), so the
-    /// memory held is never more than the chunk's own outputs, which the bound counts.
+    /// Outputs of the worker's layers that no layer reads any more, kept from chunk to chunk
+    /// to be written over ([`Scratch::output`], [`Scratch::recycle`]). Each holds exactly its
+    /// length, so a recycled output is no bigger than the one it stands for.
     spare: Vec<Vec<f32>>,
 }
 
-/// Dropped activations a worker keeps within a chunk, at most.
-const SPARE_BUFFERS: usize = 8;
+/// Spare outputs a worker keeps, at most: more than ResNet-18's live activations at once.
+const SPARE_BUFFERS: usize = 16;
 
 /// How many independent scratch buffers a layer may use at once.
 pub const SCRATCH_SLOTS: usize = 2;
@@ -486,42 +486,50 @@ impl Scratch {
         (&mut a[..need[0]], &mut b[..need[1]])
     }
 
-    /// `len` floats of unspecified values, for an op that writes every one of them: the
-    /// storage of an activation this chunk has dropped where one is long enough (the shortest
-    /// such), else fresh zeros. Taking a dropped activation saves zeroing the output, a pass
-    /// over memory the kernel then writes again: for ResNet-18 at batch 1, 9 MB an image on
-    /// the stage's thread while the team's other threads wait.
+    /// `len` floats of unspecified values, for an op that writes every one of them: a dropped
+    /// output of exactly that length where there is one, else fresh zeros. Reusing one saves
+    /// zeroing the output, a pass over memory the kernel then writes again: for ResNet-18, 9 MB
+    /// an image, at batch 1 on the stage's thread while its team waits.
+    ///
+    /// Why this stays within the memory bound, which counts every output of the worker's
+    /// layers at the full batch (`S`) once: call `M` what the spare outputs and the chunk's live
+    /// outputs hold. Taking a spare or recycling a dropped output leaves `M` as it is. A fresh
+    /// allocation first gives back at least as much of the spare list, or all of it, so `M`
+    /// either does not grow or becomes the live outputs alone, at most `S`. `M` starts at 0,
+    /// so it is never more than `S`.
     pub fn output(&mut self, len: usize) -> Vec<f32> {
-        let fit = (0..self.spare.len())
-            .filter(|&i| self.spare[i].len() >= len)
-            .min_by_key(|&i| self.spare[i].len());
-        match fit {
-            Some(i) => {
-                let mut v = self.spare.swap_remove(i);
-                v.truncate(len);
-                v
-            }
-            None => vec![0.0; len],
+        if let Some(i) = self.spare.iter().position(|v| v.len() == len) {
+            return self.spare.swap_remove(i);
         }
+        let mut given_back = 0;
+        while given_back < len {
+            match self.spare.pop() {
+                Some(v) => given_back += v.capacity(),
+                None => break,
+            }
+        }
+        vec![0.0; len]
     }
 
-    /// Keep `value`'s storage for [`Scratch::output`] if nothing else holds the tensor (a
-    /// value also sent on to another stage is not), and the spare list is not full.
+    /// Keep the storage of `value`, an output of one of this worker's layers that no layer
+    /// reads any more, for [`Scratch::output`]: if nothing else holds the tensor (one also
+    /// sent on to another stage is not kept), it holds exactly its length, and the spare list
+    /// is not full.
     pub fn recycle(&mut self, value: std::sync::Arc<Tensor>) {
         if self.spare.len() >= SPARE_BUFFERS {
             return;
         }
         if let Ok(t) = std::sync::Arc::try_unwrap(value) {
             let (v, _) = t.into_raw_vec_and_offset();
-            if !v.is_empty() {
+            if !v.is_empty() && v.capacity() == v.len() {
                 self.spare.push(v);
             }
         }
     }
 
-    /// The chunk is done: drop what [`Scratch::recycle`] kept.
-    pub fn end_chunk(&mut self) {
-        self.spare.clear();
+    /// Floats the spare outputs hold.
+    pub fn spare_floats(&self) -> usize {
+        self.spare.iter().map(Vec::capacity).sum()
     }
 
     /// Bytes held now.
@@ -648,5 +656,46 @@ mod tests {
         s.slots([100, 0]);
         s.slots([150, 7]);
         assert_eq!(s.held_bytes(), (150 + 7) * 4);
+    }
+
+    /// A dropped output is reused for the next output of its length, as it is (no zeroing);
+    /// and over chunks of outputs whose sizes change (a full chunk, a short one, full again,
+    /// in a chain and a residual pattern), the spare and live outputs together never hold more
+    /// than the outputs of one full chunk, which is what the memory bound counts.
+    #[test]
+    fn spare_outputs_are_reused_within_the_bound() {
+        let mut s = Scratch::default();
+        let first = s.output(8);
+        let ptr = first.as_ptr();
+        s.recycle(std::sync::Arc::new(tensor(vec![8], first)));
+        let again = s.output(8);
+        assert_eq!(again.as_ptr(), ptr, "the dropped output is taken back");
+        let shared = std::sync::Arc::new(tensor(vec![8], again));
+        let _other_holder = shared.clone();
+        s.recycle(shared);
+        assert_eq!(s.spare_floats(), 0, "a tensor held elsewhere is not kept");
+
+        // Per chunk: outputs of these sizes at the full batch (scaled for a short chunk); each
+        // is freed two layers later, as a residual's input is.
+        let full = [300usize, 80, 80, 80, 40, 40, 10];
+        let bound: usize = full.iter().sum();
+        // Thirds of the full batch: full, full, a third, full, two thirds, full.
+        for scale in [3, 3, 1, 3, 2, 3] {
+            let mut live: Vec<Vec<f32>> = Vec::new();
+            for &n in &full {
+                let out = s.output(n * scale / 3);
+                live.push(out);
+                if live.len() > 2 {
+                    let freed = live.remove(0);
+                    s.recycle(std::sync::Arc::new(tensor(vec![freed.len()], freed)));
+                }
+                let held: usize = live.iter().map(Vec::capacity).sum::<usize>() + s.spare_floats();
+                assert!(held <= bound, "{held} floats held, bound {bound}");
+            }
+            for freed in live {
+                s.recycle(std::sync::Arc::new(tensor(vec![freed.len()], freed)));
+            }
+            assert!(s.spare_floats() <= bound);
+        }
     }
 }
