@@ -123,42 +123,61 @@ impl PhaseLayout {
     /// kernel's margin). Panics if `images` is not n whole images or `buf` is shorter than the
     /// planes.
     pub fn fill(&self, images: &[f32], buf: &mut [f32]) {
+        assert!(
+            buf.len() >= self.len(),
+            "phase layout: buffer of {} for {}",
+            buf.len(),
+            self.len()
+        );
+        let (planes, margin) = buf.split_at_mut(self.len());
+        margin.fill(0.0);
+        self.fill_planes(images, planes, 0..self.planes());
+    }
+
+    /// Planes in the layout: one per channel and kept phase, each `images × rows × cols`
+    /// floats, channel-major, one after another from offset 0.
+    pub fn planes(&self) -> usize {
+        self.input[0] * self.phases.len()
+    }
+
+    /// [`PhaseLayout::fill`] for the planes `range` alone, into `buf`, which holds exactly
+    /// those planes (the layout's floats from `range.start` planes in): so that the threads of
+    /// a team can each fill a part of one buffer. The margin past the planes is not written.
+    /// Panics if `images` is not whole images, or `range` or `buf`'s length disagrees with the
+    /// layout.
+    pub fn fill_planes(&self, images: &[f32], buf: &mut [f32], range: std::ops::Range<usize>) {
         let [c, h, w] = self.input;
         let image_len = c * h * w;
         assert!(
             image_len > 0
                 && images.len().is_multiple_of(image_len)
                 && images.len() / image_len <= self.images
-                && buf.len() >= self.len(),
-            "phase layout: {} floats for images of {:?} (at most {}), buffer of {} for {}",
+                && range.start <= range.end
+                && range.end <= self.planes()
+                && buf.len() == range.len() * self.plane_len,
+            "phase layout: {} floats for images of {:?} (at most {}), buffer of {} for planes {range:?} of {} floats",
             images.len(),
             self.input,
             self.images,
             buf.len(),
-            self.len()
+            self.plane_len
         );
         let given = images.len() / image_len;
         let [sh, _] = self.stride;
         let ph = self.padding[0];
-        let (planes, margin) = buf.split_at_mut(self.len());
-        margin.fill(0.0);
-        for (ci, channel) in planes.chunks_exact_mut(self.channel_stride).enumerate() {
-            for (&[py, px], plane) in self
-                .phases
-                .iter()
-                .zip(channel.chunks_exact_mut(self.plane_len))
-            {
-                for (n, image_rows) in plane.chunks_exact_mut(self.rows * self.cols).enumerate() {
-                    if n >= given {
-                        image_rows.fill(0.0);
-                        continue;
-                    }
-                    let src = &images[(n * c + ci) * h * w..][..h * w];
-                    for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
-                        match (pr * sh + py).checked_sub(ph).filter(|y| *y < h) {
-                            Some(y) => self.fill_row(&src[y * w..][..w], dst, px),
-                            None => short::fill_zero(dst),
-                        }
+        let kept = self.phases.len();
+        for (p, plane) in range.zip(buf.chunks_exact_mut(self.plane_len)) {
+            let (ci, [py, px]) = (p / kept, self.phases[p % kept]);
+            for (n, image_rows) in plane.chunks_exact_mut(self.rows * self.cols).enumerate() {
+                if n >= given {
+                    image_rows.fill(0.0);
+                    continue;
+                }
+                let src = &images[(n * c + ci) * h * w..][..h * w];
+                for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
+                    match (pr * sh + py).checked_sub(ph).filter(|y| *y < h) {
+                        Some(y) => self.fill_row(&src[y * w..][..w], dst, px),
+                        None => short::fill_zero(dst),
                     }
                 }
             }
@@ -384,6 +403,66 @@ impl DirectConv {
         buf: &mut [f32],
         out: &mut [f32],
     ) {
+        self.fill(image, buf);
+        self.run_filled(buf, filters, bias, relu, out);
+    }
+
+    /// The padded image `run` reads, built in `buf` (at least [`DirectConv::buffer_len`]).
+    pub fn fill(&self, image: &[f32], buf: &mut [f32]) {
+        assert!(
+            buf.len() >= self.buffer_len,
+            "direct conv: scratch of {} for {}",
+            buf.len(),
+            self.buffer_len
+        );
+        self.layout.fill(image, &mut buf[..self.buffer_len]);
+    }
+
+    /// `buf` (at least [`DirectConv::buffer_len`]) cut into `parts` pieces that threads can
+    /// fill at once with [`DirectConv::fill_part`], each with the planes it holds, as even as
+    /// whole planes go; the margin past the planes is zeroed here.
+    pub fn fill_parts<'a>(
+        &self,
+        buf: &'a mut [f32],
+        parts: usize,
+    ) -> Vec<(&'a mut [f32], std::ops::Range<usize>)> {
+        assert!(
+            buf.len() >= self.buffer_len,
+            "direct conv: scratch of {} for {}",
+            buf.len(),
+            self.buffer_len
+        );
+        let (mut planes, margin) = buf[..self.buffer_len].split_at_mut(self.layout.len());
+        margin.fill(0.0);
+        let (count, plane_len) = (self.layout.planes(), self.layout.plane_len);
+        let parts = parts.clamp(1, count.max(1));
+        let mut pieces = Vec::with_capacity(parts);
+        let mut start = 0;
+        for p in 0..parts {
+            let end = count * (p + 1) / parts;
+            let (piece, rest) = std::mem::take(&mut planes).split_at_mut((end - start) * plane_len);
+            pieces.push((piece, start..end));
+            (planes, start) = (rest, end);
+        }
+        pieces
+    }
+
+    /// One piece of [`DirectConv::fill_parts`], from `image`.
+    pub fn fill_part(&self, image: &[f32], (buf, planes): (&mut [f32], std::ops::Range<usize>)) {
+        self.layout.fill_planes(image, buf, planes);
+    }
+
+    /// [`DirectConv::run`] after its fill: `buf` holds the padded image (from
+    /// [`DirectConv::fill`] or every piece of [`DirectConv::fill_parts`]). Several parts of a
+    /// layer's filters can read one such buffer at once.
+    pub fn run_filled(
+        &self,
+        buf: &[f32],
+        filters: &[PackedFilters],
+        bias: &[f32],
+        relu: bool,
+        out: &mut [f32],
+    ) {
         assert!(
             filters.len() == self.groups && buf.len() >= self.buffer_len,
             "direct conv: {} filter groups for {}, scratch of {} for {}",
@@ -392,8 +471,7 @@ impl DirectConv {
             buf.len(),
             self.buffer_len
         );
-        let buf = &mut buf[..self.buffer_len];
-        self.layout.fill(image, buf);
+        let buf = &buf[..self.buffer_len];
         let [oh, ow] = self.out();
         let plane = oh * ow;
         let mut f0 = 0;
@@ -425,6 +503,19 @@ impl DirectConv {
         buf: &mut [f32],
         out: &mut [f32],
     ) {
+        self.fill(image, buf);
+        self.run_lanes_filled(buf, filters, bias, relu, out);
+    }
+
+    /// [`DirectConv::run_lanes`] after its fill, as [`DirectConv::run_filled`].
+    pub fn run_lanes_filled(
+        &self,
+        buf: &[f32],
+        filters: &LaneFilters,
+        bias: &[f32],
+        relu: bool,
+        out: &mut [f32],
+    ) {
         let Some(pooled) = &self.pooled else {
             panic!("direct conv: the filter-lane kernel runs pooled convolutions only");
         };
@@ -435,9 +526,8 @@ impl DirectConv {
             buf.len(),
             self.buffer_len
         );
-        let buf = &mut buf[..self.buffer_len];
-        self.layout.fill(image, buf);
         let [oh, ow] = self.out();
+        let buf = &buf[..self.buffer_len];
         conv_lanes::run_pooled(filters, &self.taps, buf, pooled, bias, relu, out, oh * ow);
     }
 }

@@ -701,6 +701,16 @@ impl Conv2d {
     }
 }
 
+impl ConvKernel {
+    /// The direct convolution's geometry, for the two kernels that read its padded image.
+    fn direct(&self) -> Option<&DirectConv> {
+        match self {
+            ConvKernel::Direct(direct, _) | ConvKernel::PooledLanes(direct, _) => Some(direct),
+            ConvKernel::Gemm(..) | ConvKernel::Winograd(_) => None,
+        }
+    }
+}
+
 impl ConvPart {
     /// `out = conv(x)` over this part's filters, with `bias` and `residual` (the residual only
     /// on Winograd; see [`Conv2d::forward`]) and a fused ReLU: `x` holds whole images, `out`
@@ -896,25 +906,39 @@ impl Layer for Conv2d {
                     });
                 }
                 Parts::Filters(parts) => {
+                    let mut slots: Vec<_> = slots.collect();
+                    // Direct parts read one padded image, which the team's threads fill
+                    // together, where each part would fill a whole copy of its own.
+                    let mut shared = None;
+                    if let Some(direct) = parts[0].kernel.direct() {
+                        let (buf, _) = slots.swap_remove(0);
+                        let pieces = direct.fill_parts(buf, team.threads());
+                        team.run(pieces, |piece| direct.fill_part(x, piece));
+                        shared = Some(&*buf);
+                    }
                     // Each part writes its channels.
                     let mut work = Vec::with_capacity(parts.len());
                     let mut rest = &mut record[..];
-                    for (part, slot) in parts.iter().zip(slots) {
+                    let mut slots = slots.into_iter();
+                    for part in parts {
                         let (mine, more) = rest.split_at_mut(part.filters.len() * map);
                         rest = more;
                         let channels = part.filters.start * map..part.filters.end * map;
+                        // With a shared image the parts need no slot (empty ones).
+                        let slot = slots.next().unwrap_or_default();
                         work.push((part, mine, residual.map(|r| &r[channels]), slot));
                     }
                     team.run(work, |(part, out, residual, slot)| {
-                        part.run(
-                            &self.g,
-                            x,
-                            &self.bias[part.filters.clone()],
-                            residual,
-                            relu,
-                            slot,
-                            out,
-                        )
+                        let bias = &self.bias[part.filters.clone()];
+                        match (&part.kernel, shared) {
+                            (ConvKernel::Direct(direct, filters), Some(buf)) => {
+                                direct.run_filled(buf, filters, bias, relu, out)
+                            }
+                            (ConvKernel::PooledLanes(direct, filters), Some(buf)) => {
+                                direct.run_lanes_filled(buf, filters, bias, relu, out)
+                            }
+                            _ => part.run(&self.g, x, bias, residual, relu, slot, out),
+                        }
                     });
                 }
             }
