@@ -210,17 +210,29 @@ fn run_direct(case: &Case, d: &Data, isa: Isa) -> Vec<f32> {
 /// `direct` (plain or pooled) over every image of the case, one `run` call per image.
 fn run_direct_conv(case: &Case, d: &Data, isa: Isa, direct: &DirectConv) -> Vec<f32> {
     let filters = packed(case, &d.w, isa);
+    per_image(case, d, direct, |image, buf, rec| {
+        direct.run(image, &filters, &d.b, case.relu, buf, rec)
+    })
+}
+
+/// `run(image, scratch, output)` for every image of the case, into poisoned output and
+/// scratch: the kernel must write every output and read no stale value.
+fn per_image(
+    case: &Case,
+    d: &Data,
+    direct: &DirectConv,
+    run: impl Fn(&[f32], &mut [f32], &mut [f32]),
+) -> Vec<f32> {
     let [oh, ow] = direct.out();
     let [c, h, w] = case.input;
     let record = case.filters * oh * ow;
-    // Poisoned output and scratch: the kernel must write every output and read no stale value.
     let mut out = vec![f32::NAN; case.batch * record];
     let mut buf = vec![f32::NAN; direct.buffer_len()];
     for (image, rec) in
         d.x.chunks_exact(c * h * w)
             .zip(out.chunks_exact_mut(record))
     {
-        direct.run(image, &filters, &d.b, case.relu, &mut buf, rec);
+        run(image, &mut buf, rec);
     }
     out
 }
@@ -510,18 +522,9 @@ fn filter_lane_kernel_with_a_max_pool_is_within_the_summation_bound() {
         let d = data(case, i as u64 + 210);
         let direct = DirectConv::max_pooled(case.shape()).expect("pooled direct geometry");
         let filters = LaneFilters::new(&d.w, case.filters, case.taps());
-        let [oh, ow] = direct.out();
-        let [c, h, w] = case.input;
-        let record = case.filters * oh * ow;
-        // Poisoned output and scratch, as for the other kernels.
-        let mut got = vec![f32::NAN; case.batch * record];
-        let mut buf = vec![f32::NAN; direct.buffer_len()];
-        for (image, rec) in
-            d.x.chunks_exact(c * h * w)
-                .zip(got.chunks_exact_mut(record))
-        {
-            direct.run_lanes(image, &filters, &d.b, case.relu, &mut buf, rec);
-        }
+        let got = per_image(case, &d, &direct, |image, buf, rec| {
+            direct.run_lanes(image, &filters, &d.b, case.relu, buf, rec)
+        });
         let pooled = Data {
             want: max_pool(case, &d.want),
             scale: max_pool(case, &d.scale),

@@ -464,12 +464,7 @@ pub fn run_pooled(
     if filters.filters == 0 || grid.is_empty() {
         return;
     }
-    let need_out = span(filters.filters - 1, f_stride, grid.len());
-    assert!(
-        need_out.is_some_and(|n| n <= out.len()),
-        "pooled conv kernel: output of {} floats, {need_out:?} needed (filter stride {f_stride})",
-        out.len()
-    );
+    check_pooled_out(filters.filters, grid, out, f_stride);
     let (_, _, lanes) = block_shape(filters.isa);
     for py in 0..grid.rows {
         // A vector of an even row and the one below it; its column pairs are `lanes / 2`
@@ -505,17 +500,44 @@ fn check(filters: &PackedFilters, taps: &Taps, src: &[f32], positions: usize, e:
         "conv kernel: filters packed for {} on a CPU without it",
         filters.isa.name()
     );
-    assert_eq!(filters.taps, taps.count(), "conv kernel: taps disagree");
-    assert_eq!(
-        e.bias.len(),
+    check_sizes(
         filters.filters,
-        "conv kernel: one bias per filter"
+        filters.taps,
+        e.bias.len(),
+        taps,
+        src,
+        positions,
     );
+}
+
+/// The size checks every kernel over [`Taps`] makes before its `unsafe` calls: `filters`
+/// filters of `filter_taps` taps each match the taps, one bias each, and `src` holds what a
+/// grid reading vectors from positions below `positions` needs.
+pub(crate) fn check_sizes(
+    filters: usize,
+    filter_taps: usize,
+    bias: usize,
+    taps: &Taps,
+    src: &[f32],
+    positions: usize,
+) {
+    assert_eq!(filter_taps, taps.count(), "conv kernel: taps disagree");
+    assert_eq!(bias, filters, "conv kernel: one bias per filter");
     let need_src = taps.source_len(positions);
     assert!(
         need_src.is_some_and(|n| n <= src.len()),
         "conv kernel: source of {} floats, {need_src:?} needed",
         src.len()
+    );
+}
+
+/// That `out` holds `filters` (at least one) pooled maps of `grid`, `f_stride` apart.
+pub(crate) fn check_pooled_out(filters: usize, grid: &PooledGrid, out: &[f32], f_stride: usize) {
+    let need_out = span(filters - 1, f_stride, grid.len());
+    assert!(
+        need_out.is_some_and(|n| n <= out.len()),
+        "pooled conv kernel: output of {} floats, {need_out:?} needed (filter stride {f_stride})",
+        out.len()
     );
 }
 

@@ -16,8 +16,8 @@
 //! reads the same phase-split padded image [`super::conv_direct::DirectConv`] builds, through
 //! the same [`Taps`], so the layouts, bounds and grid are that kernel's.
 
-use super::conv_block::{PooledGrid, Taps};
-use super::{span, Isa};
+use super::conv_block::{self, PooledGrid, Taps};
+use super::Isa;
 
 /// Filters per block: one AVX-512 vector of f32.
 pub const LANES: usize = 16;
@@ -105,27 +105,18 @@ pub fn run_pooled(
         Isa::Avx512.available(),
         "filter-lane conv kernel: this CPU lacks AVX-512"
     );
-    assert_eq!(filters.taps, taps.count(), "conv kernel: taps disagree");
-    assert_eq!(
-        bias.len(),
+    conv_block::check_sizes(
         filters.filters,
-        "conv kernel: one bias per filter"
-    );
-    let need_src = taps.source_len(grid.positions());
-    assert!(
-        need_src.is_some_and(|n| n <= src.len()),
-        "conv kernel: source of {} floats, {need_src:?} needed",
-        src.len()
+        filters.taps,
+        bias.len(),
+        taps,
+        src,
+        grid.positions(),
     );
     if filters.filters == 0 || grid.is_empty() {
         return;
     }
-    let need_out = span(filters.filters - 1, f_stride, grid.len());
-    assert!(
-        need_out.is_some_and(|n| n <= out.len()),
-        "pooled conv kernel: output of {} floats, {need_out:?} needed (filter stride {f_stride})",
-        out.len()
-    );
+    conv_block::check_pooled_out(filters.filters, grid, out, f_stride);
     let [width, rows, cols] = [grid.width(), grid.rows(), grid.cols()];
     // Conv columns 0..2·cols in calls of at most MAX_COLS, even, as equal as they go.
     let pairs = cols;
