@@ -230,6 +230,37 @@ fn fma_peak(c: &mut Criterion<ThreadCpuTime>) {
     group.finish();
 }
 
+/// The padded, phase-split copies the direct and Winograd kernels read (`PhaseLayout::fill`), one
+/// image, for ResNet-18's layouts: stride-2 phases for its strided direct convolutions, 4×4
+/// phases for Winograd F(4×4) and 2×2 for F(2×2). Throughput is floats of input per second.
+fn phase_fill(c: &mut Criterion<ThreadCpuTime>) {
+    use subpass::kernels::conv_direct::PhaseLayout;
+    let all = |s: usize| -> Vec<[usize; 2]> { (0..s * s).map(|i| [i / s, i % s]).collect() };
+    /// (name, input, padding, stride = phases a side, minimum plane [rows, cols])
+    type Case = (&'static str, [usize; 3], usize, usize, [usize; 2]);
+    let cases: &[Case] = &[
+        ("s2_3x224_pad3", [3, 224, 224], 3, 2, [0, 0]),
+        ("s2_64x56_pad1", [64, 56, 56], 1, 2, [0, 0]),
+        ("f4_64x56", [64, 56, 56], 1, 4, [15, 15]),
+        ("f4_128x28", [128, 28, 28], 1, 4, [8, 8]),
+        ("f4_256x14", [256, 14, 14], 1, 4, [5, 5]),
+        ("f2_512x7", [512, 7, 7], 1, 2, [5, 5]),
+    ];
+    let mut group = c.benchmark_group("phase_fill");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_millis(1000))
+        .warm_up_time(Duration::from_millis(200));
+    for &(name, input, p, s, min) in cases {
+        let layout = PhaseLayout::new(input, [p, p], [s, s], &all(s), min, 1).unwrap();
+        let x = values(input.iter().product(), 3);
+        let mut buf = vec![0.0f32; layout.len()];
+        group.throughput(Throughput::Elements(x.len() as u64));
+        group.bench_function(name, |b| b.iter(|| layout.fill(black_box(&x), &mut buf)));
+    }
+    group.finish();
+}
+
 fn resnet(c: &mut Criterion<ThreadCpuTime>) {
     bench_shapes(c, RESNET, &[1, 8]);
 }
@@ -241,6 +272,6 @@ fn cnn(c: &mut Criterion<ThreadCpuTime>) {
 criterion_group! {
     name = benches;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = fma_peak, resnet, cnn
+    targets = fma_peak, phase_fill, resnet, cnn
 }
 criterion_main!(benches);

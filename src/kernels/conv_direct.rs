@@ -163,63 +163,179 @@ impl PhaseLayout {
             self.plane_len
         );
         let given = images.len() / image_len;
-        let [sh, _] = self.stride;
-        let ph = self.padding[0];
+        let [_, sw] = self.stride;
         let kept = self.phases.len();
-        for (p, plane) in range.zip(buf.chunks_exact_mut(self.plane_len)) {
+        let (mut p, mut rest) = (range.start, buf);
+        while p < range.end {
             let (ci, [py, px]) = (p / kept, self.phases[p % kept]);
-            for (n, image_rows) in plane.chunks_exact_mut(self.rows * self.cols).enumerate() {
-                if n >= given {
-                    image_rows.fill(0.0);
+            let src = |n: usize| &images[(n * c + ci) * h * w..][..h * w];
+            // The `sw` planes of one channel and row phase, when they are consecutive here
+            // (Winograd keeps every phase, and so do strided convolutions whose taps reach
+            // them all): each padded row is split into all of them at once.
+            let whole = p % kept + sw <= kept
+                && p + sw <= range.end
+                && (0..sw).all(|k| self.phases[p % kept + k] == [py, k]);
+            let planes = match sw {
+                2 | 4 if whole => sw,
+                _ => 1,
+            };
+            let (group, more) = std::mem::take(&mut rest).split_at_mut(planes * self.plane_len);
+            match planes {
+                2 => self.fill_joint::<2>(group, py, given, src),
+                4 => self.fill_joint::<4>(group, py, given, src),
+                _ => self.fill_plane(group, [py, px], given, src),
+            }
+            (p, rest) = (p + planes, more);
+        }
+    }
+
+    /// The image row that plane row `pr` of row phase `py` holds, if it is not padding.
+    fn source_row(&self, pr: usize, py: usize) -> Option<usize> {
+        (pr * self.stride[0] + py)
+            .checked_sub(self.padding[0])
+            .filter(|y| *y < self.input[1])
+    }
+
+    /// One plane, phase `[py, px]`, from `src(n)`, image n's channel (zeros for n ≥ `given`).
+    fn fill_plane<'a>(
+        &self,
+        plane: &mut [f32],
+        [py, px]: [usize; 2],
+        given: usize,
+        src: impl Fn(usize) -> &'a [f32],
+    ) {
+        let w = self.input[2];
+        let (sw, pw) = (self.stride[1], self.padding[1]);
+        // Plane columns lo..hi fall inside the image, from its column x0; those around are
+        // padding. The same for every row, so worked out once (divisions showed per row).
+        let lo = pw.saturating_sub(px).div_ceil(sw).min(self.cols);
+        let hi = (w + pw)
+            .saturating_sub(px)
+            .div_ceil(sw)
+            .clamp(lo, self.cols);
+        let x0 = (lo * sw + px).saturating_sub(pw);
+        for (n, image_rows) in plane.chunks_exact_mut(self.rows * self.cols).enumerate() {
+            if n >= given {
+                image_rows.fill(0.0);
+                continue;
+            }
+            let src = src(n);
+            for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
+                let Some(y) = self.source_row(pr, py) else {
+                    short::fill_zero(dst);
+                    continue;
+                };
+                let (left, rest) = dst.split_at_mut(lo);
+                let (mid, right) = rest.split_at_mut(hi - lo);
+                short::fill_zero(left);
+                short::fill_zero(right);
+                if mid.is_empty() {
                     continue;
                 }
-                let src = &images[(n * c + ci) * h * w..][..h * w];
-                for (pr, dst) in image_rows.chunks_exact_mut(self.cols).enumerate() {
-                    match (pr * sh + py).checked_sub(ph).filter(|y| *y < h) {
-                        Some(y) => self.fill_row(&src[y * w..][..w], dst, px),
-                        None => short::fill_zero(dst),
+                let src = &src[y * w + x0..(y + 1) * w];
+                match sw {
+                    1 => short::copy(mid, &src[..mid.len()]),
+                    2 => strided::<2>(src, mid),
+                    4 => strided::<4>(src, mid),
+                    _ => {
+                        for (d, s) in mid.iter_mut().zip(src.iter().step_by(sw)) {
+                            *d = *s;
+                        }
                     }
                 }
             }
         }
     }
 
-    /// One plane row of column phase `px`: `dst[j]` is padded column `j·s + px` of `src`'s row.
-    fn fill_row(&self, src: &[f32], dst: &mut [f32], px: usize) {
-        let (sw, pw) = (self.stride[1], self.padding[1]);
-        if sw == 1 {
-            // The one phase of stride 1 (most layers), without the divisions below: a 16→32
-            // 3×3 layer on 14×14 fills 256 short rows an image, and they showed in its profile,
-            // first as divisions, then as three libc calls a row (`short`).
-            let (left, rest) = dst.split_at_mut(pw.min(dst.len()));
-            short::fill_zero(left);
-            let n = src.len().min(rest.len());
-            let (mid, right) = rest.split_at_mut(n);
-            short::copy(mid, &src[..n]);
-            short::fill_zero(right);
-            return;
-        }
-        // Plane columns lo..hi fall inside the image; those around are padding.
-        let lo = pw.saturating_sub(px).div_ceil(sw).min(dst.len());
-        let hi = (src.len() + pw)
-            .saturating_sub(px)
-            .div_ceil(sw)
-            .clamp(lo, dst.len());
-        short::fill_zero(&mut dst[..lo]);
-        short::fill_zero(&mut dst[hi..]);
-        if hi > lo {
-            let x0 = lo * sw + px - pw;
-            let dst = &mut dst[lo..hi];
-            match sw {
-                1 => dst.copy_from_slice(&src[x0..x0 + dst.len()]),
-                2 => strided::<2>(&src[x0..], dst),
-                4 => strided::<4>(&src[x0..], dst),
-                _ => {
-                    for (d, s) in dst.iter_mut().zip(src[x0..].iter().step_by(sw)) {
-                        *d = *s;
-                    }
+    /// The `S` consecutive planes `[py, 0..S]` in `group`, from `src(n)` as in `fill_plane`,
+    /// each image row split into all `S` column phases at once ([`split_row`]).
+    fn fill_joint<'a, const S: usize>(
+        &self,
+        group: &mut [f32],
+        py: usize,
+        given: usize,
+        src: impl Fn(usize) -> &'a [f32],
+    ) {
+        let (w, pw, cols) = (self.input[2], self.padding[1], self.cols);
+        let mut it = group.chunks_exact_mut(self.plane_len);
+        let mut planes: [&mut [f32]; S] = std::array::from_fn(|_| it.next().expect("S planes"));
+        for n in 0..self.images {
+            for pr in 0..self.rows {
+                let at = (n * self.rows + pr) * cols;
+                let dst = planes.each_mut().map(|plane| &mut plane[at..at + cols]);
+                match self.source_row(pr, py).filter(|_| n < given) {
+                    Some(y) => split_row(&src(n)[y * w..][..w], pw, dst),
+                    None => dst.into_iter().for_each(short::fill_zero),
                 }
             }
+        }
+    }
+}
+
+/// One image row `src` padded by `pad` zeros on the left (and zeros past its end), split into
+/// its `S` column phases: `dst[p][j]` is padded column `j·S + p`.
+///
+/// On x86-64 with `S` = 2 or 4, four columns at a time: `S` loads of four padded floats, then a
+/// transpose in SSE registers (part of every x86-64; written out because the compiler left the
+/// portable loop scalar). A load that reaches into the padding is built from the row's values
+/// and zeros instead. Laying the padded row out whole first and splitting that cost a copy a
+/// row and a stall on every load from it (the copy's wide stores do not forward to 16-byte
+/// loads); splitting the image row in place with the columns outside whole groups written one
+/// by one took twice as long on ResNet-18's 14-wide rows (`phase_fill` bench).
+#[inline]
+fn split_row<const S: usize>(src: &[f32], pad: usize, mut dst: [&mut [f32]; S]) {
+    let cols = dst[0].len();
+    assert!(
+        dst.iter().all(|d| d.len() == cols),
+        "split_row: rows of unequal length"
+    );
+    let padded = |x: usize| x.checked_sub(pad).and_then(|i| src.get(i)).copied();
+    #[allow(unused_mut)]
+    let mut done = 0;
+    #[cfg(target_arch = "x86_64")]
+    if S == 2 || S == 4 {
+        use std::arch::x86_64::*;
+        // Padded columns x..x + 4.
+        let quad = |x: usize| -> __m128 {
+            match x.checked_sub(pad) {
+                // SAFETY: the four floats src[i..i + 4] are inside `src`.
+                Some(i) if i + 4 <= src.len() => unsafe { _mm_loadu_ps(src[i..].as_ptr()) },
+                _ => {
+                    let q: [f32; 4] = std::array::from_fn(|k| padded(x + k).unwrap_or(0.0));
+                    // SAFETY: `q` holds four floats.
+                    unsafe { _mm_loadu_ps(q.as_ptr()) }
+                }
+            }
+        };
+        done = cols - cols % 4;
+        let [d0, d1, d2, d3] = std::array::from_fn(|p| dst[p % S].as_mut_ptr());
+        for j in (0..done).step_by(4) {
+            let at = |k: usize| quad(S * j + 4 * k);
+            // SAFETY: j + 4 ≤ done ≤ cols, so each store writes [j, j + 4) of a row of `cols`
+            // floats (asserted equal), and rows p < S are distinct slices; SSE is part of the
+            // x86-64 baseline.
+            unsafe {
+                if S == 2 {
+                    // Columns j, j+1 | j+2, j+3, two phases each.
+                    let (a, b) = (at(0), at(1));
+                    _mm_storeu_ps(d0.add(j), _mm_shuffle_ps::<0x88>(a, b));
+                    _mm_storeu_ps(d1.add(j), _mm_shuffle_ps::<0xdd>(a, b));
+                } else {
+                    // Column j + k's four phases in register k, transposed.
+                    let (a, b, c, d) = (at(0), at(1), at(2), at(3));
+                    let (ab_lo, cd_lo) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+                    let (ab_hi, cd_hi) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+                    _mm_storeu_ps(d0.add(j), _mm_movelh_ps(ab_lo, cd_lo));
+                    _mm_storeu_ps(d1.add(j), _mm_movehl_ps(cd_lo, ab_lo));
+                    _mm_storeu_ps(d2.add(j), _mm_movelh_ps(ab_hi, cd_hi));
+                    _mm_storeu_ps(d3.add(j), _mm_movehl_ps(cd_hi, ab_hi));
+                }
+            }
+        }
+    }
+    for j in done..cols {
+        for (p, d) in dst.iter_mut().enumerate() {
+            d[j] = padded(j * S + p).unwrap_or(0.0);
         }
     }
 }
@@ -529,5 +645,91 @@ impl DirectConv {
         let [oh, ow] = self.out();
         let buf = &buf[..self.buffer_len];
         conv_lanes::run_pooled(filters, &self.taps, buf, pooled, bias, relu, out, oh * ow);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::PhaseLayout;
+
+    /// Every float of a phase layout, filled whole or in two pieces cut at any plane (the cut
+    /// may fall inside the planes of one channel and row phase, which are otherwise split
+    /// together), is the padded image's pixel its plane position stands for, or zero: padding,
+    /// the planes' extra rows and columns, images past those given. Strides 1–4 (the joint
+    /// split takes 2 and 4), widths around multiples of four, several paddings, every phase
+    /// kept or a few in another order. The buffer starts poisoned, so a float left unwritten
+    /// fails.
+    #[test]
+    fn phase_planes_hold_the_padded_image_whatever_the_pieces() {
+        let all = |[sh, sw]: [usize; 2]| -> Vec<[usize; 2]> {
+            (0..sh * sw).map(|i| [i / sw, i % sw]).collect()
+        };
+        let mut layouts = 0;
+        for stride in [[1, 1], [2, 2], [4, 4], [3, 3], [2, 4], [1, 2]] {
+            for padding in [[0, 0], [1, 1], [3, 2], [2, 3]] {
+                for w in [1, 3, 4, 5, 7, 8, 9, 13, 14, 17, 23] {
+                    let h = 5;
+                    let mut keeps = vec![all(stride)];
+                    if stride[0] * stride[1] > 1 {
+                        let mut reversed = all(stride);
+                        reversed.reverse();
+                        keeps.push(reversed);
+                        keeps.push(vec![[stride[0] - 1, 0]]);
+                    }
+                    for keep in &keeps {
+                        for min in [[0, 0], [h, w + 3]] {
+                            let layout = PhaseLayout::new([2, h, w], padding, stride, keep, min, 2)
+                                .expect("small layout");
+                            for given in [1, 2] {
+                                check(&layout, given);
+                            }
+                            layouts += 1;
+                        }
+                    }
+                }
+            }
+        }
+        assert!(layouts > 500, "{layouts} layouts");
+    }
+
+    fn check(layout: &PhaseLayout, given: usize) {
+        let [c, h, w] = layout.input;
+        let images: Vec<f32> = (0..given * c * h * w).map(|i| i as f32 + 1.0).collect();
+        let planes = layout.planes();
+        for cut in 0..=planes {
+            let mut buf = vec![f32::NAN; layout.len()];
+            let (a, b) = buf.split_at_mut(cut * layout.plane_len);
+            layout.fill_planes(&images, a, 0..cut);
+            layout.fill_planes(&images, b, cut..planes);
+            for (p, plane) in buf.chunks_exact(layout.plane_len).enumerate() {
+                let (ci, [py, px]) = (
+                    p / layout.phases.len(),
+                    layout.phases[p % layout.phases.len()],
+                );
+                for (i, &got) in plane.iter().enumerate() {
+                    let (n, pr, pc) = (
+                        i / (layout.rows * layout.cols),
+                        i / layout.cols % layout.rows,
+                        i % layout.cols,
+                    );
+                    let y = (pr * layout.stride[0] + py)
+                        .checked_sub(layout.padding[0])
+                        .filter(|y| *y < h);
+                    let x = (pc * layout.stride[1] + px)
+                        .checked_sub(layout.padding[1])
+                        .filter(|x| *x < w);
+                    let want = match (y, x) {
+                        (Some(y), Some(x)) if n < given => images[((n * c + ci) * h + y) * w + x],
+                        _ => 0.0,
+                    };
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{:?} padding {:?} stride {:?} phases {:?}, {given} image(s), cut at plane {cut}: plane {p} image {n} row {pr} col {pc}",
+                        layout.input, layout.padding, layout.stride, layout.phases
+                    );
+                }
+            }
+        }
     }
 }
