@@ -140,6 +140,36 @@ impl PhaseLayout {
         self.input[0] * self.phases.len()
     }
 
+    /// `planes` (exactly [`PhaseLayout::len`] floats) cut into `parts` pieces that threads can
+    /// fill at once with [`PhaseLayout::fill_planes`], each with the planes it holds: as even
+    /// as whole planes go, the cuts at whole groups of column phases where they can be (those
+    /// fill together).
+    pub fn pieces<'a>(
+        &self,
+        mut planes: &'a mut [f32],
+        parts: usize,
+    ) -> Vec<(&'a mut [f32], std::ops::Range<usize>)> {
+        assert_eq!(planes.len(), self.len(), "phase layout: planes to cut");
+        let count = self.planes();
+        let parts = parts.clamp(1, count.max(1));
+        let group = self.stride[1];
+        let mut pieces = Vec::with_capacity(parts);
+        let mut start = 0;
+        for p in 0..parts {
+            let even = count * (p + 1) / parts;
+            let end = if p + 1 == parts || even / group * group <= start {
+                even
+            } else {
+                even / group * group
+            };
+            let (piece, rest) =
+                std::mem::take(&mut planes).split_at_mut((end - start) * self.plane_len);
+            pieces.push((piece, start..end));
+            (planes, start) = (rest, end);
+        }
+        pieces
+    }
+
     /// [`PhaseLayout::fill`] for the planes `range` alone, into `buf`, which holds exactly
     /// those planes (the layout's floats from `range.start` planes in): so that the threads of
     /// a team can each fill a part of one buffer. The margin past the planes is not written.
@@ -548,19 +578,9 @@ impl DirectConv {
             buf.len(),
             self.buffer_len
         );
-        let (mut planes, margin) = buf[..self.buffer_len].split_at_mut(self.layout.len());
+        let (planes, margin) = buf[..self.buffer_len].split_at_mut(self.layout.len());
         margin.fill(0.0);
-        let (count, plane_len) = (self.layout.planes(), self.layout.plane_len);
-        let parts = parts.clamp(1, count.max(1));
-        let mut pieces = Vec::with_capacity(parts);
-        let mut start = 0;
-        for p in 0..parts {
-            let end = count * (p + 1) / parts;
-            let (piece, rest) = std::mem::take(&mut planes).split_at_mut((end - start) * plane_len);
-            pieces.push((piece, start..end));
-            (planes, start) = (rest, end);
-        }
-        pieces
+        self.layout.pieces(planes, parts)
     }
 
     /// One piece of [`DirectConv::fill_parts`], from `image`.

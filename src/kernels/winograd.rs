@@ -18,6 +18,7 @@
 use super::conv_block::{self, Epilogue, Grid, GridShape, PackedFilters, Segment, Taps, MAX_LANES};
 use super::conv_direct::{ConvShape, PhaseLayout};
 use super::short;
+use super::team::Team;
 use super::Isa;
 
 /// Lanes of the widest transform vector: chunks and `V` rows are padded to a multiple of it.
@@ -299,6 +300,11 @@ impl Winograd {
             group,
             epilogue,
         };
+        self.step(&pass, Step::Whole { slot_b, out });
+    }
+
+    /// One step of a pass, on the transforms compiled for the filters' instruction set.
+    fn step(&self, pass: &Pass, step: Step) {
         assert!(
             self.isa.available(),
             "winograd: filters packed for {} on a CPU without it",
@@ -307,20 +313,208 @@ impl Winograd {
         match (self.tile, self.isa) {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX-512F, AVX2 and FMA (`available`, asserted above).
-            (TileSize::F2, Isa::Avx512) => unsafe { pass_avx512::<F2, 4, 2>(&pass, slot_b, out) },
+            (TileSize::F2, Isa::Avx512) => unsafe { step_avx512::<F2, 4, 2>(pass, step) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            (TileSize::F4, Isa::Avx512) => unsafe { pass_avx512::<F4, 6, 4>(&pass, slot_b, out) },
+            (TileSize::F4, Isa::Avx512) => unsafe { step_avx512::<F4, 6, 4>(pass, step) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: the CPU has AVX2 and FMA (`available`, asserted above).
-            (TileSize::F2, Isa::Avx2Fma) => unsafe { pass_avx2::<F2, 4, 2>(&pass, slot_b, out) },
+            (TileSize::F2, Isa::Avx2Fma) => unsafe { step_avx2::<F2, 4, 2>(pass, step) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: as above.
-            (TileSize::F4, Isa::Avx2Fma) => unsafe { pass_avx2::<F4, 6, 4>(&pass, slot_b, out) },
-            (TileSize::F2, _) => pass_portable::<F2, 4, 2>(&pass, slot_b, out),
-            (TileSize::F4, _) => pass_portable::<F4, 6, 4>(&pass, slot_b, out),
+            (TileSize::F4, Isa::Avx2Fma) => unsafe { step_avx2::<F4, 6, 4>(pass, step) },
+            (TileSize::F2, _) => step_portable::<F2, 4, 2>(pass, step),
+            (TileSize::F4, _) => step_portable::<F4, 6, 4>(pass, step),
         }
     }
+
+    /// Floats per vector of the transforms on this instruction set.
+    fn lanes(&self) -> usize {
+        match self.isa {
+            Isa::Avx512 => 16,
+            Isa::Avx2Fma | Isa::Portable => 8,
+        }
+    }
+
+    /// Whether `other` (another part of the same layer's filters) reads the same transformed
+    /// input, chunk for chunk, so that [`Winograd::run_shared`] may transform it once for both.
+    pub fn shares_input_with(&self, other: &Winograd) -> bool {
+        self.shape == other.shape
+            && self.shape.groups == 1
+            && self.tile == other.tile
+            && self.isa == other.isa
+            && self.images == other.images
+            && self.chunk == other.chunk
+    }
+
+    /// [`Winograd::run`] for the parts of one layer split by filters, on a team, with the input
+    /// transformed once: the team's threads fill the phase planes together (by planes), then
+    /// for each chunk of tiles transform the input together (by channels) and run each part's
+    /// products and output transform (by part). Each part used to fill and transform the whole
+    /// input for itself, which at one image costs about what a part's products do.
+    ///
+    /// `parts[k]` computes its filters into `outs[k]` (`[n, its filters, oh, ow]`) with
+    /// `biases[k]` and `residuals[k]`; `slots[k]` is part k's scratch as
+    /// [`Winograd::scratch`] asks: part 0's holds the planes and `V`, every part's its `M`.
+    /// Panics if the parts do not all [`Winograd::shares_input_with`] the first, or a size
+    /// disagrees.
+    #[allow(clippy::too_many_arguments)]
+    pub fn run_shared(
+        team: &Team,
+        parts: &[&Winograd],
+        images: &[f32],
+        biases: &[&[f32]],
+        residuals: &[Option<&[f32]>],
+        relu: bool,
+        mut slots: Vec<(&mut [f32], &mut [f32])>,
+        mut outs: Vec<&mut [f32]>,
+    ) {
+        let w0 = parts[0];
+        let k = parts.len();
+        assert!(
+            parts.iter().all(|p| w0.shares_input_with(p))
+                && biases.len() == k
+                && residuals.len() == k
+                && slots.len() == k
+                && outs.len() == k,
+            "winograd: {k} parts that do not share their input, or sizes for others"
+        );
+        let [c, h, w] = w0.shape.input;
+        let image_len = c * h * w;
+        let map = w0.out[0] * w0.out[1];
+        assert!(image_len > 0 && images.len().is_multiple_of(image_len));
+        let n_all = images.len() / image_len;
+        for (p, part) in parts.iter().enumerate() {
+            let fg = part.filters_per_group;
+            assert!(
+                outs[p].len() == n_all * fg * map
+                    && biases[p].len() == fg
+                    && residuals[p].is_none_or(|r| r.len() == outs[p].len()),
+                "winograd: part {p}: {} output floats for {n_all} images of {fg} filters",
+                outs[p].len()
+            );
+        }
+        let (cg, chunk) = (w0.shape.cg(), w0.chunk);
+        let a2 = w0.tile.alpha() * w0.tile.alpha();
+        let (slot_a, slot_b0) = slots.remove(0);
+        let (vbuf, m0) = slot_b0.split_at_mut(a2 * cg * chunk);
+        let mut ms: Vec<&mut [f32]> = std::iter::once(m0)
+            .chain(slots.into_iter().map(|(_, b)| &mut b[a2 * cg * chunk..]))
+            .collect();
+        for (pass_index, batch) in images.chunks(w0.images * image_len).enumerate() {
+            let n = batch.len() / image_len;
+            let layout = w0.layout(n).expect("checked in new");
+            let planes = &mut slot_a[..layout.len() + MAX_LANES];
+            // The planes together, by whole planes; the margin past them here.
+            let (body, margin) = planes.split_at_mut(layout.len());
+            margin.fill(0.0);
+            team.run(layout.pieces(body, team.threads()), |(buf, range)| {
+                layout.fill_planes(batch, buf, range)
+            });
+            let planes = &*planes;
+            let pass = |p: usize| {
+                let first = pass_index * w0.images;
+                let fg = parts[p].filters_per_group;
+                Pass {
+                    w: parts[p],
+                    layout: &layout,
+                    planes,
+                    images: n,
+                    group: 0,
+                    epilogue: OutputEpilogue {
+                        bias: biases[p],
+                        residual: residuals[p]
+                            .map(|r| &r[first * fg * map..(first + n) * fg * map]),
+                        relu,
+                    },
+                }
+            };
+            let compact = compact_grid(&pass(0));
+            for qa in (0..compact.len()).step_by(chunk) {
+                let qb = compact.len().min(qa + chunk);
+                let Some(tiles) = ChunkTiles::new(&compact, qa, qb, w0.lanes()) else {
+                    continue;
+                };
+                // The input transform, by channels: piece j's rows of every V[ξ].
+                let threads = team.threads().clamp(1, cg);
+                let mut pieces: Vec<(std::ops::Range<usize>, Vec<&mut [f32]>)> = (0..threads)
+                    .map(|j| {
+                        (
+                            cg * j / threads..cg * (j + 1) / threads,
+                            Vec::with_capacity(a2),
+                        )
+                    })
+                    .collect();
+                for v_xi in vbuf.chunks_exact_mut(cg * chunk) {
+                    let mut rest = v_xi;
+                    for (channels, rows) in pieces.iter_mut() {
+                        let (mine, more) =
+                            std::mem::take(&mut rest).split_at_mut(channels.len() * chunk);
+                        rows.push(mine);
+                        rest = more;
+                    }
+                }
+                team.run(pieces, |(channels, v)| {
+                    w0.step(
+                        &pass(0),
+                        Step::Input {
+                            tiles: &tiles,
+                            channels,
+                            v,
+                        },
+                    )
+                });
+                let v = &*vbuf;
+                let work: Vec<_> = ms
+                    .iter_mut()
+                    .zip(outs.iter_mut())
+                    .enumerate()
+                    .map(|(p, (m, out))| {
+                        let fg = parts[p].filters_per_group;
+                        let first = pass_index * w0.images;
+                        (
+                            p,
+                            &mut **m,
+                            &mut out[first * fg * map..(first + n) * fg * map],
+                        )
+                    })
+                    .collect();
+                team.run(work, |(p, m, out)| {
+                    parts[p].step(
+                        &pass(p),
+                        Step::Output {
+                            tiles: &tiles,
+                            v,
+                            m,
+                            out,
+                        },
+                    )
+                });
+            }
+        }
+    }
+}
+
+/// One step of a pass ([`Winograd::step`]).
+enum Step<'s> {
+    /// Every chunk of the pass, by one thread: [`Winograd::run`].
+    Whole {
+        slot_b: &'s mut [f32],
+        out: &'s mut [f32],
+    },
+    /// The input transform of one chunk's tiles for `channels`, into their rows `v[ξ]` of V.
+    Input {
+        tiles: &'s ChunkTiles,
+        channels: std::ops::Range<usize>,
+        v: Vec<&'s mut [f32]>,
+    },
+    /// One chunk's products (from `v`, every channel's V, into `m`) and output transform.
+    Output {
+        tiles: &'s ChunkTiles,
+        v: &'s [f32],
+        m: &'s mut [f32],
+        out: &'s mut [f32],
+    },
 }
 
 /// What the output transform does to each value before writing it: `act(bias + y + residual)`.
@@ -661,30 +855,81 @@ impl Transform<6, 4> for F4 {
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-fn pass_avx512<T: Transform<A, M>, const A: usize, const M: usize>(
-    p: &Pass,
-    slot_b: &mut [f32],
-    out: &mut [f32],
-) {
-    pass_body::<x86::Avx512, T, A, M>(p, slot_b, out)
+fn step_avx512<T: Transform<A, M>, const A: usize, const M: usize>(p: &Pass, step: Step) {
+    step_body::<x86::Avx512, T, A, M>(p, step)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn pass_avx2<T: Transform<A, M>, const A: usize, const M: usize>(
-    p: &Pass,
-    slot_b: &mut [f32],
-    out: &mut [f32],
-) {
-    pass_body::<x86::Avx2, T, A, M>(p, slot_b, out)
+fn step_avx2<T: Transform<A, M>, const A: usize, const M: usize>(p: &Pass, step: Step) {
+    step_body::<x86::Avx2, T, A, M>(p, step)
 }
 
-fn pass_portable<T: Transform<A, M>, const A: usize, const M: usize>(
-    p: &Pass,
-    slot_b: &mut [f32],
-    out: &mut [f32],
-) {
-    pass_body::<Portable, T, A, M>(p, slot_b, out)
+fn step_portable<T: Transform<A, M>, const A: usize, const M: usize>(p: &Pass, step: Step) {
+    step_body::<Portable, T, A, M>(p, step)
+}
+
+#[inline(always)]
+fn step_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(p: &Pass, step: Step) {
+    match step {
+        Step::Whole { slot_b, out } => pass_body::<S, T, A, M>(p, slot_b, out),
+        Step::Input { tiles, channels, v } => input_transform::<S, T, A, M>(p, tiles, channels, v),
+        Step::Output { tiles, v, m, out } => products_and_output::<S, T, A, M>(p, tiles, v, m, out),
+    }
+}
+
+/// The tile grid of a pass: tile (image, ty, tx) is read at grid position
+/// (image·rows + ty)·cols + tx of the phase planes, whose rows and columns past the tiles are
+/// padding; the grid ends at the last image's last tile. The products and the output transform
+/// run on the tiles alone, numbered (image·th + ty)·tw + tx: the grid maps one numbering to the
+/// other.
+fn compact_grid(p: &Pass) -> Grid {
+    let [th, tw] = p.w.tiles;
+    let [rows, cols] = p.layout.plane();
+    Grid::new(GridShape {
+        len: ((p.images - 1) * rows + th - 1) * cols + tw,
+        width: cols,
+        cols: tw,
+        rows,
+        valid_rows: th,
+        row_stride: tw,
+        image_stride: th * tw,
+    })
+}
+
+/// The tiles of one chunk of grid positions `qa..qb`, read `lanes` positions a vector.
+struct ChunkTiles {
+    qa: usize,
+    qb: usize,
+    /// Where each input vector's tiles go among the chunk's tiles `t0..t0 + count`: vector `v`
+    /// has the runs `runs[starts[v]..starts[v + 1]]`.
+    runs: Vec<Segment>,
+    starts: Vec<usize>,
+    t0: usize,
+    count: usize,
+}
+
+impl ChunkTiles {
+    /// `None` when no tile falls in the chunk.
+    fn new(compact: &Grid, qa: usize, qb: usize, lanes: usize) -> Option<ChunkTiles> {
+        let mut runs = Vec::with_capacity((qb - qa).div_ceil(lanes) * 2);
+        let mut starts = Vec::with_capacity((qb - qa).div_ceil(lanes) + 1);
+        for q0 in (qa..qb).step_by(lanes) {
+            starts.push(runs.len());
+            compact.append_runs(q0, lanes.min(qb - q0), &mut runs);
+        }
+        starts.push(runs.len());
+        let (first, last) = (runs.first()?, runs.last()?);
+        let (t0, count) = (first.dest, last.dest + last.count - first.dest);
+        Some(ChunkTiles {
+            qa,
+            qb,
+            runs,
+            starts,
+            t0,
+            count,
+        })
+    }
 }
 
 /// Chunk by chunk of tiles: input transform into `V`, one product per `ξ` into `M`, output
@@ -696,29 +941,38 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
     slot_b: &mut [f32],
     out: &mut [f32],
 ) {
-    let w = p.w;
-    let [oh, ow] = w.out;
-    let [th, tw] = w.tiles;
-    let [rows, cols] = p.layout.plane();
-    let cg = w.shape.cg();
-    let fg = w.filters_per_group;
-    let f = fg * w.shape.groups;
-    let record = f * oh * ow;
-    // Tile (image, ty, tx) is read at grid position (image·rows + ty)·cols + tx of the phase
-    // planes, whose rows and columns past the tiles are padding; the grid ends at the last
-    // image's last tile. The products and the output transform run on the tiles alone,
-    // numbered (image·th + ty)·tw + tx: `compact` maps one numbering to the other.
-    let len = ((p.images - 1) * rows + th - 1) * cols + tw;
-    let compact = Grid::new(GridShape {
-        len,
-        width: cols,
-        cols: tw,
-        rows,
-        valid_rows: th,
-        row_stride: tw,
-        image_stride: th * tw,
-    });
-    let tiles = p.images * th * tw;
+    let (cg, fg, chunk) = (p.w.shape.cg(), p.w.filters_per_group, p.w.chunk);
+    let (vbuf, rest) = slot_b.split_at_mut(A * A * cg * chunk);
+    let mbuf = &mut rest[..A * A * fg * chunk];
+    let compact = compact_grid(p);
+    for qa in (0..compact.len()).step_by(chunk) {
+        let qb = compact.len().min(qa + chunk);
+        let Some(tiles) = ChunkTiles::new(&compact, qa, qb, S::N) else {
+            continue;
+        };
+        let v = vbuf.chunks_exact_mut(cg * chunk).collect();
+        input_transform::<S, T, A, M>(p, &tiles, 0..cg, v);
+        products_and_output::<S, T, A, M>(p, &tiles, vbuf, mbuf, out);
+    }
+}
+
+/// The input transform of one chunk's tiles for the group's channels `channels`: `v[ξ]` holds
+/// those channels' rows of `V[ξ]`, `chunk` floats each. Lanes past the chunk's tiles to the
+/// next 16 are zeroed: the product reads whole 16-lane vectors.
+#[inline(always)]
+fn input_transform<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
+    p: &Pass,
+    tiles: &ChunkTiles,
+    channels: std::ops::Range<usize>,
+    mut v: Vec<&mut [f32]>,
+) {
+    let (cg, chunk, n) = (p.w.shape.cg(), p.w.chunk, S::N);
+    let (t0, count) = (tiles.t0, tiles.count);
+    assert!(
+        v.len() == A * A && v.iter().all(|r| r.len() == channels.len() * chunk),
+        "winograd: V rows for {} channels",
+        channels.len()
+    );
     // Element (k, l) of tile (0, 0): padded row k, column l of image 0.
     let mut at = [[0usize; A]; A];
     for (k, row) in at.iter_mut().enumerate() {
@@ -726,9 +980,58 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
             *o = p.layout.offset(k, l).expect("every phase is kept");
         }
     }
+    for (c, ci) in channels.enumerate() {
+        let base = (p.group * cg + ci) * p.layout.channel_stride();
+        for (vi, q0) in (tiles.qa..tiles.qb).step_by(n).enumerate() {
+            let mut t = [[S::splat(0.0); A]; A];
+            for l in 0..A {
+                let d: [S; A] = std::array::from_fn(|k| S::load(&p.planes[base + at[k][l] + q0..]));
+                for (i, x) in T::input(&d).into_iter().enumerate() {
+                    t[i][l] = x;
+                }
+            }
+            let runs = &tiles.runs[tiles.starts[vi]..tiles.starts[vi + 1]];
+            for (i, ti) in t.iter().enumerate() {
+                for (j, x) in T::input(ti).into_iter().enumerate() {
+                    let row = &mut v[i * A + j][c * chunk..][..chunk];
+                    for r in runs {
+                        let dst = &mut row[r.dest - t0..];
+                        if r.count == n {
+                            x.store(dst);
+                        } else {
+                            x.store_part(r.lane, &mut dst[..r.count]);
+                        }
+                    }
+                }
+            }
+        }
+        for row in v.iter_mut() {
+            short::fill_zero(&mut row[c * chunk..][count..count.next_multiple_of(L)]);
+        }
+    }
+}
+
+/// One chunk's products `M[ξ] = U[ξ] · V[ξ]` (`vbuf`: every channel's `V`, `mbuf`: `M`) and
+/// the output transform, written into `out` with the epilogue.
+#[inline(always)]
+fn products_and_output<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
+    p: &Pass,
+    tiles: &ChunkTiles,
+    vbuf: &[f32],
+    mbuf: &mut [f32],
+    out: &mut [f32],
+) {
+    let w = p.w;
+    let [oh, ow] = w.out;
+    let [th, tw] = w.tiles;
+    let (cg, fg, chunk, n) = (w.shape.cg(), w.filters_per_group, w.chunk, S::N);
+    let f = fg * w.shape.groups;
+    let record = f * oh * ow;
+    let (t0, count) = (tiles.t0, tiles.count);
+    let all_tiles = p.images * th * tw;
     let grids: [Grid; M] = std::array::from_fn(|i| {
         Grid::new(GridShape {
-            len: tiles * M,
+            len: all_tiles * M,
             width: tw * M,
             cols: ow,
             rows: th,
@@ -737,134 +1040,77 @@ fn pass_body<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>(
             image_stride: record,
         })
     });
-    let chunk = w.chunk;
-    let (vbuf, rest) = slot_b.split_at_mut(A * A * cg * chunk);
-    let mbuf = &mut rest[..A * A * fg * chunk];
     let taps = Taps::new(cg, chunk, vec![0]);
     let mut segs: [Vec<Segment>; M] = std::array::from_fn(|_| Vec::with_capacity(8 * L));
     let mut starts = [[0usize; conv_block::MAX_NV + 1]; M];
-    let mut runs: Vec<Segment> = Vec::with_capacity(chunk);
-    let mut run_starts: Vec<usize> = Vec::with_capacity(chunk / L + 1);
-    let n = S::N;
-    for qa in (0..len).step_by(chunk) {
-        let qb = len.min(qa + chunk);
-        // Where each input vector's tiles go among the chunk's tiles t0..t0 + count.
-        runs.clear();
-        run_starts.clear();
-        for q0 in (qa..qb).step_by(n) {
-            run_starts.push(runs.len());
-            compact.append_runs(q0, n.min(qb - q0), &mut runs);
-        }
-        run_starts.push(runs.len());
-        let (Some(first), Some(last)) = (runs.first(), runs.last()) else {
-            continue;
-        };
-        let t0 = first.dest;
-        let count = last.dest + last.count - t0;
-        // Input transform: V[ξ][c][t]. Lanes past `count` to the next 16 are zeroed: the
-        // product reads whole 16-lane vectors.
-        for ci in 0..cg {
-            let base = (p.group * cg + ci) * p.layout.channel_stride();
-            for (v, q0) in (qa..qb).step_by(n).enumerate() {
-                let mut t = [[S::splat(0.0); A]; A];
-                for l in 0..A {
-                    let d: [S; A] =
-                        std::array::from_fn(|k| S::load(&p.planes[base + at[k][l] + q0..]));
-                    for (i, x) in T::input(&d).into_iter().enumerate() {
-                        t[i][l] = x;
-                    }
-                }
-                let runs = &runs[run_starts[v]..run_starts[v + 1]];
-                for (i, ti) in t.iter().enumerate() {
-                    for (j, x) in T::input(ti).into_iter().enumerate() {
-                        let row = &mut vbuf[((i * A + j) * cg + ci) * chunk..][..chunk];
-                        for r in runs {
-                            let dst = &mut row[r.dest - t0..];
-                            if r.count == n {
-                                x.store(dst);
-                            } else {
-                                x.store_part(r.lane, &mut dst[..r.count]);
-                            }
-                        }
-                    }
-                }
-            }
-            for xi in 0..A * A {
-                short::fill_zero(
-                    &mut vbuf[(xi * cg + ci) * chunk..][count..count.next_multiple_of(L)],
-                );
-            }
-        }
-        // The products: M[ξ] = U[ξ] · V[ξ].
-        for (xi, u) in w.filters[p.group].iter().enumerate() {
-            conv_block::run(
-                u,
-                &taps,
-                &vbuf[xi * cg * chunk..(xi + 1) * cg * chunk],
-                &Grid::contiguous(count),
-                Epilogue {
-                    bias: &w.zeros,
-                    relu: false,
-                },
-                &mut mbuf[xi * fg * chunk..(xi + 1) * fg * chunk],
-                chunk,
+    // The products: M[ξ] = U[ξ] · V[ξ].
+    for (xi, u) in w.filters[p.group].iter().enumerate() {
+        conv_block::run(
+            u,
+            &taps,
+            &vbuf[xi * cg * chunk..(xi + 1) * cg * chunk],
+            &Grid::contiguous(count),
+            Epilogue {
+                bias: &w.zeros,
+                relu: false,
+            },
+            &mut mbuf[xi * fg * chunk..(xi + 1) * fg * chunk],
+            chunk,
+        );
+    }
+    // Output transform, written in place.
+    for q0 in (0..count).step_by(n) {
+        for (i, grid) in grids.iter().enumerate() {
+            // Cut at the chunk's last tile: lanes past it hold no product.
+            grid.truncated((t0 + count) * M).segments(
+                (t0 + q0) * M,
+                M,
+                n,
+                &mut segs[i],
+                &mut starts[i],
             );
         }
-        // Output transform, written in place.
-        for q0 in (0..count).step_by(n) {
-            for (i, grid) in grids.iter().enumerate() {
-                // Cut at the chunk's last tile: lanes past it hold no product.
-                grid.truncated((t0 + count) * M).segments(
-                    (t0 + q0) * M,
-                    M,
-                    n,
-                    &mut segs[i],
-                    &mut starts[i],
-                );
-            }
-            for fi in 0..fg {
-                let filter = p.group * fg + fi;
-                let mut s = [[S::splat(0.0); A]; M];
-                for b in 0..A {
-                    let x: [S; A] = std::array::from_fn(|a| {
-                        S::load(&mbuf[((a * A + b) * fg + fi) * chunk + q0..])
-                    });
-                    for (i, v) in T::output(&x).into_iter().enumerate() {
-                        s[i][b] = v;
-                    }
+        for fi in 0..fg {
+            let filter = p.group * fg + fi;
+            let mut s = [[S::splat(0.0); A]; M];
+            for b in 0..A {
+                let x: [S; A] =
+                    std::array::from_fn(|a| S::load(&mbuf[((a * A + b) * fg + fi) * chunk + q0..]));
+                for (i, v) in T::output(&x).into_iter().enumerate() {
+                    s[i][b] = v;
                 }
-                let e = &p.epilogue;
-                let bias = S::splat(e.bias[filter]);
-                for (i, si) in s.iter().enumerate() {
-                    let mut y = T::output(si);
-                    for v in y.iter_mut() {
-                        *v = v.add(bias);
-                    }
-                    let z = S::interleave(y);
-                    let base = filter * oh * ow + i * ow;
-                    let (segs, starts) = (&segs[i], &starts[i]);
-                    for (v, &zv) in z.iter().enumerate() {
-                        for sg in &segs[starts[v]..starts[v + 1]] {
-                            let at = base + sg.dest;
-                            let whole = sg.count == n;
-                            let mut x = zv;
-                            if let Some(r) = e.residual {
-                                // ReLU comes after the sum: `relu(conv + residual)`.
-                                x = x.add(if whole {
-                                    S::load(&r[at..])
-                                } else {
-                                    S::load_part(sg.lane, &r[at..at + sg.count])
-                                });
-                            }
-                            if e.relu {
-                                x = x.max0();
-                            }
-                            let dst = &mut out[at..];
-                            if whole {
-                                x.store(dst);
+            }
+            let e = &p.epilogue;
+            let bias = S::splat(e.bias[filter]);
+            for (i, si) in s.iter().enumerate() {
+                let mut y = T::output(si);
+                for v in y.iter_mut() {
+                    *v = v.add(bias);
+                }
+                let z = S::interleave(y);
+                let base = filter * oh * ow + i * ow;
+                let (segs, starts) = (&segs[i], &starts[i]);
+                for (v, &zv) in z.iter().enumerate() {
+                    for sg in &segs[starts[v]..starts[v + 1]] {
+                        let at = base + sg.dest;
+                        let whole = sg.count == n;
+                        let mut x = zv;
+                        if let Some(r) = e.residual {
+                            // ReLU comes after the sum: `relu(conv + residual)`.
+                            x = x.add(if whole {
+                                S::load(&r[at..])
                             } else {
-                                x.store_part(sg.lane, &mut dst[..sg.count]);
-                            }
+                                S::load_part(sg.lane, &r[at..at + sg.count])
+                            });
+                        }
+                        if e.relu {
+                            x = x.max0();
+                        }
+                        let dst = &mut out[at..];
+                        if whole {
+                            x.store(dst);
+                        } else {
+                            x.store_part(sg.lane, &mut dst[..sg.count]);
                         }
                     }
                 }

@@ -703,6 +703,13 @@ impl Conv2d {
 
 impl ConvKernel {
     /// The direct convolution's geometry, for the two kernels that read its padded image.
+    fn winograd(&self) -> Option<&Winograd> {
+        match self {
+            ConvKernel::Winograd(wino) => Some(wino),
+            _ => None,
+        }
+    }
+
     fn direct(&self) -> Option<&DirectConv> {
         match self {
             ConvKernel::Direct(direct, _) | ConvKernel::PooledLanes(direct, _) => Some(direct),
@@ -873,6 +880,7 @@ impl Layer for Conv2d {
             }
         }
         // Image by image, the parts at once: each writes its part of the image's output.
+        let shared = self.shared_winograd();
         let per = self.part_scratch();
         let mut slots: Vec<(&mut [f32], &mut [f32])> = Vec::with_capacity(per.len());
         let (mut a, mut b) = (slot_a, slot_b);
@@ -906,6 +914,30 @@ impl Layer for Conv2d {
                     });
                 }
                 Parts::Filters(parts) => {
+                    if let Some(winos) = &shared {
+                        // Winograd parts transform the image once, together.
+                        let mut outs = Vec::with_capacity(parts.len());
+                        let mut rest = &mut record[..];
+                        for part in parts {
+                            let (mine, more) = rest.split_at_mut(part.filters.len() * map);
+                            outs.push(mine);
+                            rest = more;
+                        }
+                        let channels = |p: &ConvPart| p.filters.start * map..p.filters.end * map;
+                        let biases: Vec<&[f32]> = parts
+                            .iter()
+                            .map(|p| &self.bias[p.filters.clone()])
+                            .collect();
+                        let residuals: Vec<Option<&[f32]>> = parts
+                            .iter()
+                            .map(|p| residual.map(|r| &r[channels(p)]))
+                            .collect();
+                        let slots = slots.collect();
+                        Winograd::run_shared(
+                            &team, winos, x, &biases, &residuals, relu, slots, outs,
+                        );
+                        continue;
+                    }
                     let mut slots: Vec<_> = slots.collect();
                     // Direct parts read one padded image, which the team's threads fill
                     // together, where each part would fill a whole copy of its own.
@@ -1014,6 +1046,20 @@ impl Layer for Conv2d {
 }
 
 impl Conv2d {
+    /// The parts' Winograd kernels when the layer is split by filters over Winograd parts that
+    /// read the same transformed input ([`Winograd::run_shared`]).
+    fn shared_winograd(&self) -> Option<Vec<&Winograd>> {
+        let Parts::Filters(parts) = &self.parts else {
+            return None;
+        };
+        let winos: Vec<&Winograd> = parts
+            .iter()
+            .map(|p| p.kernel.winograd())
+            .collect::<Option<_>>()?;
+        let shares = winos.len() > 1 && winos.iter().all(|w| winos[0].shares_input_with(w));
+        shares.then_some(winos)
+    }
+
     /// Each part's scratch for one image, in part order.
     fn part_scratch(&self) -> Vec<ScratchNeed> {
         match &self.parts {
