@@ -899,6 +899,8 @@ fn compact_grid(p: &Pass) -> Grid {
 
 /// The tiles of one chunk of grid positions `qa..qb`, read `lanes` positions a vector.
 struct ChunkTiles {
+    /// Positions per input vector, the transforms' lanes.
+    lanes: usize,
     qa: usize,
     qb: usize,
     /// Where each input vector's tiles go among the chunk's tiles `t0..t0 + count`: vector `v`
@@ -922,6 +924,7 @@ impl ChunkTiles {
         let (first, last) = (runs.first()?, runs.last()?);
         let (t0, count) = (first.dest, last.dest + last.count - first.dest);
         Some(ChunkTiles {
+            lanes,
             qa,
             qb,
             runs,
@@ -969,9 +972,10 @@ fn input_transform<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>
     let (cg, chunk, n) = (p.w.shape.cg(), p.w.chunk, S::N);
     let (t0, count) = (tiles.t0, tiles.count);
     assert!(
-        v.len() == A * A && v.iter().all(|r| r.len() == channels.len() * chunk),
-        "winograd: V rows for {} channels",
-        channels.len()
+        tiles.lanes == n && v.len() == A * A && v.iter().all(|r| r.len() == channels.len() * chunk),
+        "winograd: V rows for {} channels, tiles for {} lanes",
+        channels.len(),
+        tiles.lanes
     );
     // Element (k, l) of tile (0, 0): padded row k, column l of image 0.
     let mut at = [[0usize; A]; A];
@@ -1028,6 +1032,10 @@ fn products_and_output<S: Lanes, T: Transform<A, M>, const A: usize, const M: us
     let f = fg * w.shape.groups;
     let record = f * oh * ow;
     let (t0, count) = (tiles.t0, tiles.count);
+    assert_eq!(
+        tiles.lanes, n,
+        "winograd: tiles for another instruction set's lanes"
+    );
     let all_tiles = p.images * th * tw;
     let grids: [Grid; M] = std::array::from_fn(|i| {
         Grid::new(GridShape {
