@@ -991,10 +991,12 @@ fn input_transform<S: Lanes, T: Transform<A, M>, const A: usize, const M: usize>
             *o = p.layout.offset(k, l).expect("every phase is kept");
         }
     }
+    // Every element is written before it is read, each vector of tiles: made once here, since
+    // made in the loop it was zeroed there, a `memset` call per vector.
+    let mut t = [[S::splat(0.0); A]; A];
     for (c, ci) in channels.enumerate() {
         let base = (p.group * cg + ci) * p.layout.channel_stride();
         for (vi, q0) in (tiles.qa..tiles.qb).step_by(n).enumerate() {
-            let mut t = [[S::splat(0.0); A]; A];
             for l in 0..A {
                 // Loops, not `array::from_fn`: its closure, once not inlined, cannot inline
                 // the instruction set's loads (12% of ResNet-18's samples went to a called
@@ -1091,9 +1093,10 @@ fn products_and_output<S: Lanes, T: Transform<A, M>, const A: usize, const M: us
                 &mut starts[i],
             );
         }
+        // As `t` in the input transform: every element written before it is read.
+        let mut s = [[S::splat(0.0); A]; M];
         for fi in 0..fg {
             let filter = p.group * fg + fi;
-            let mut s = [[S::splat(0.0); A]; M];
             for b in 0..A {
                 let mut x = [S::splat(0.0); A];
                 for (a, xa) in x.iter_mut().enumerate() {
