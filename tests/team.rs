@@ -1,8 +1,9 @@
 //! `threads: N` on a stage: its worker runs in a pool of N threads, and a convolution's filters
-//! (or a Winograd layer's rows, on maps of 16 rows and more) are split into parts that run at
-//! once on them (`subpass::ops::Team`). The parts must compute what the unsplit layer computes:
-//! each kind of kernel (direct, direct with a 2×2 max pool folded in, im2col, Winograd F(2×2)
-//! and F(4×4) with a residual added as they write, by filters and by rows), ragged parts, batch
+//! are split into parts that run at once on them (`subpass::ops::Team`), reading one padded
+//! image (and, for Winograd, one input transform) that the team makes together. The parts must
+//! compute what the unsplit layer computes: each kind of kernel (direct, direct with a 2×2 max
+//! pool folded in, im2col, Winograd F(2×2) and F(4×4) with a residual added as they write, on
+//! small maps and on maps of 16 rows and more, with and without padding), ragged parts, batch
 //! 3, against conv2d's reference kernel (plain loops, f64 sums; checked against
 //! numpy in tests/ops_reference.rs), run inside a team's pool so that the parts really run at
 //! once.
@@ -96,23 +97,23 @@ fn a_convolution_split_over_a_team_computes_the_unsplit_layer() {
             "s",
             1e-4,
         ),
-        // Maps of 16 rows and more split by rows: each part transforms its own band.
+        // Maps of 16 rows and more (which once split by rows).
         (
-            "Winograd F(4x4) by rows, bands of 12 and 8, with a residual",
+            "Winograd F(4x4) on 20x17, with a residual and ReLU",
             [32, 20, 17],
             "  - {name: c, op: conv2d, filters: 32, kernel: 3, padding: 1, algorithm: winograd_f4}\n  - {name: s, op: add, inputs: [c, input]}\n  - {name: r, op: relu}\n",
             "s",
             1e-4,
         ),
         (
-            "Winograd F(2x2) by rows, bands of 10 and 9",
+            "Winograd F(2x2) on 19x18, 40 filters: parts of 24 and 16",
             [32, 19, 18],
             "  - {name: c, op: conv2d, filters: 40, kernel: 3, padding: 1, algorithm: winograd, activation: relu}\n",
             "c",
             1e-5,
         ),
         (
-            "Winograd by rows without padding",
+            "Winograd without padding",
             [32, 18, 16],
             "  - {name: c, op: conv2d, filters: 32, kernel: 3, algorithm: winograd}\n",
             "c",

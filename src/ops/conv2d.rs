@@ -500,8 +500,13 @@ enum Algorithm {
 struct Conv2d {
     g: ConvGeometry,
     /// One part per thread of the stage that runs the layer (one part in a stage of one
-    /// thread): a team runs the parts of each image at once.
-    parts: Parts,
+    /// thread): a team runs the parts of each image at once, each writing its filters'
+    /// channels. What every part reads is made once, by the whole team: the direct kernels'
+    /// padded image, Winograd's padded image and input transform. (Winograd layers on maps of
+    /// 16 rows and more used to split by output rows instead, each band transforming its own
+    /// rows; with the transform shared, filters measured faster: one ResNet-18 image on two
+    /// threads 16.0–19.1 ms against 19.1–27.0, five alternated rounds.)
+    parts: Vec<ConvPart>,
     /// One per filter; zeros for `bias: false`, so every path starts its sums the same way.
     bias: Vec<f32>,
     /// ReLU happens as the kernel writes; other activations after.
@@ -509,58 +514,10 @@ struct Conv2d {
 }
 
 #[derive(Debug)]
-enum Parts {
-    /// Consecutive filters, each part writing its own channels of the output. Each part reads
-    /// the whole input, so what a part repeats for its filters alone (the padded copy of the
-    /// image, Winograd's input transform) is the price of the split.
-    Filters(Vec<ConvPart>),
-    /// A Winograd layer split by output rows, each band for every filter.
-    Rows(Vec<RowBand>),
-}
-
-impl Parts {
-    fn len(&self) -> usize {
-        match self {
-            Parts::Filters(p) => p.len(),
-            Parts::Rows(b) => b.len(),
-        }
-    }
-}
-
-#[derive(Debug)]
 struct ConvPart {
     /// Its filters, of the layer's.
     filters: std::ops::Range<usize>,
     kernel: ConvKernel,
-}
-
-/// A band of a Winograd layer split by rows: the output rows it computes for every filter, and
-/// a kernel built for the band of input rows they read, the padding rows made explicit.
-#[derive(Debug)]
-struct RowBand {
-    rows: std::ops::Range<usize>,
-    wino: Winograd,
-}
-
-/// Output rows a part of a Winograd layer split by rows takes at least: smaller maps split by
-/// filters (ResNet's 14×14 and 7×7 layers, whose transformed filters, megabytes, each part then
-/// reads only half of).
-const ROW_PART_MIN: usize = 8;
-
-/// The output row bands of a Winograd layer of `rows` output rows split over `threads`
-/// threads with tiles of `m` rows: whole tiles, as even as they go; `None` when a band would
-/// be shorter than [`ROW_PART_MIN`].
-fn row_parts(rows: usize, m: usize, threads: usize) -> Option<Vec<std::ops::Range<usize>>> {
-    if threads < 2 || rows < ROW_PART_MIN * threads {
-        return None;
-    }
-    let band = rows.div_ceil(threads).next_multiple_of(m);
-    Some(
-        (0..rows)
-            .step_by(band)
-            .map(|r0| r0..rows.min(r0 + band))
-            .collect(),
-    )
 }
 
 #[derive(Debug)]
@@ -624,34 +581,6 @@ impl Conv2d {
             true => Algorithm::Direct,
             false => choose(&op, &shape, g.conv_out),
         };
-        // Winograd layers on large maps split by rows: at one image the input transform costs
-        // about what the products do, and a part of the filters would repeat it whole.
-        let bands = match algorithm {
-            Algorithm::Winograd(tile) if ranges.len() > 1 => {
-                row_parts(g.conv_out[0], tile.m(), c.threads)
-            }
-            _ => None,
-        };
-        if let (Some(bands), Algorithm::Winograd(tile)) = (bands, algorithm) {
-            let bands = bands
-                .into_iter()
-                .map(|rows| {
-                    let band = ConvShape {
-                        input: [g.input[0], rows.len() + 2, g.input[2]],
-                        padding: [0, c.padding[1]],
-                        ..shape
-                    };
-                    let wino = Winograd::new(band, c.filters, &weight, tile, isa).expect(checked);
-                    RowBand { rows, wino }
-                })
-                .collect();
-            return Conv2d {
-                g,
-                parts: Parts::Rows(bands),
-                bias,
-                relu_fused: c.activation == Activation::Relu,
-            };
-        }
         let parts = ranges
             .into_iter()
             .map(|filters| {
@@ -689,7 +618,7 @@ impl Conv2d {
             .collect();
         Conv2d {
             g,
-            parts: Parts::Filters(parts),
+            parts,
             bias,
             relu_fused: c.activation == Activation::Relu,
         }
@@ -772,84 +701,13 @@ impl ConvPart {
     }
 }
 
-impl RowBand {
-    /// Floats of each slot one image takes: the kernel's own, and in slot a also the band of
-    /// input rows, the band of the residual and the band's result ([`RowBand::run`]).
-    fn scratch(&self, g: &ConvGeometry) -> ScratchNeed {
-        let checked = "conv2d scratch sizes checked when the kernel was built";
-        let [a, b] = self.wino.scratch(1).expect(checked);
-        let [c, _, w] = g.input;
-        let [f, _, ow] = g.output;
-        let band = c * (self.rows.len() + 2) * w;
-        let result = f * self.rows.len() * ow;
-        [a + band + 2 * result, b]
-    }
-
-    /// [`ConvPart::run`] for a band of a layer split by rows, over one image: its band of
-    /// input rows (with zero rows where the band reaches into the padding) through its kernel,
-    /// with the same band of `residual` (the image's `[F, oh, ow]`), into `out`, one slice of
-    /// the band's rows per filter. The band, its residual and its result live in `slot_a`
-    /// after the kernel's own scratch ([`RowBand::scratch`]), so an image allocates nothing.
-    #[allow(clippy::too_many_arguments)]
-    fn run(
-        &self,
-        g: &ConvGeometry,
-        image: &[f32],
-        bias: &[f32],
-        residual: Option<&[f32]>,
-        relu: bool,
-        (slot_a, slot_b): (&mut [f32], &mut [f32]),
-        out: Vec<&mut [f32]>,
-    ) {
-        let (rows, wino) = (&self.rows, &self.wino);
-        let [c, h, w] = g.input;
-        let [_, oh, ow] = g.output;
-        let sub = rows.len() + 2;
-        let span = rows.start * ow..rows.end * ow;
-        let checked = "conv2d scratch sizes checked when the kernel was built";
-        let [own, _] = wino.scratch(1).expect(checked);
-        let (slot_a, rest) = slot_a.split_at_mut(own);
-        let (band, rest) = rest.split_at_mut(c * sub * w);
-        let (res_band, rest) = rest.split_at_mut(out.len() * span.len());
-        let result = &mut rest[..out.len() * span.len()];
-        for (plane, dst) in image
-            .chunks_exact(h * w)
-            .zip(band.chunks_exact_mut(sub * w))
-        {
-            for (s, row) in dst.chunks_exact_mut(w).enumerate() {
-                // Input row of band row `s`: rows.start - padding + s, zeros outside the image.
-                let y = (rows.start + s)
-                    .checked_sub(g.op.padding[0])
-                    .filter(|&y| y < h);
-                match y {
-                    Some(y) => row.copy_from_slice(&plane[y * w..(y + 1) * w]),
-                    None => row.fill(0.0),
-                }
-            }
-        }
-        let residual = residual.map(|r| {
-            for (map, dst) in r
-                .chunks_exact(oh * ow)
-                .zip(res_band.chunks_exact_mut(span.len()))
-            {
-                dst.copy_from_slice(&map[span.clone()]);
-            }
-            &*res_band
-        });
-        wino.run(band, bias, residual, relu, slot_a, slot_b, result);
-        for (dst, src) in out.into_iter().zip(result.chunks_exact(span.len())) {
-            dst.copy_from_slice(src);
-        }
-    }
-}
-
 impl Layer for Conv2d {
     fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         let x = contiguous(inputs[self.g.op.input_index()]);
         let residual = self.g.op.residual.map(|i| contiguous(inputs[i]));
         let image = self.g.input.iter().product::<usize>().max(1);
         let n = x.len() / image;
-        let [f, _, ow] = self.g.output;
+        let [f, _, _] = self.g.output;
         let map = self.map_len();
         let team = scratch.team();
         let need = self.scratch(n);
@@ -859,25 +717,21 @@ impl Layer for Conv2d {
         let (slot_a, slot_b) = scratch.slots(need);
         // The Winograd output transform adds a residual as it writes; the other kernels leave
         // it, and so the ReLU that must follow it, to one pass after them.
-        let in_kernel = residual.is_none()
-            || match &self.parts {
-                Parts::Filters(p) => matches!(p[0].kernel, ConvKernel::Winograd(_)),
-                Parts::Rows(_) => true,
-            };
+        let in_kernel =
+            residual.is_none() || matches!(self.parts[0].kernel, ConvKernel::Winograd(_));
         let relu = self.relu_fused && in_kernel;
-        if let Parts::Filters(parts) = &self.parts {
-            if let [part] = &parts[..] {
-                part.run(
-                    &self.g,
-                    &x,
-                    &self.bias,
-                    residual.as_deref(),
-                    relu,
-                    (slot_a, slot_b),
-                    &mut out,
-                );
-                return self.finish(n, out, residual.as_deref(), in_kernel, relu);
-            }
+        let parts = &self.parts;
+        if let [part] = &parts[..] {
+            part.run(
+                &self.g,
+                &x,
+                &self.bias,
+                residual.as_deref(),
+                relu,
+                (slot_a, slot_b),
+                &mut out,
+            );
+            return self.finish(n, out, residual.as_deref(), in_kernel, relu);
         }
         // Image by image, the parts at once: each writes its part of the image's output.
         let shared = self.shared_winograd();
@@ -896,84 +750,62 @@ impl Layer for Conv2d {
                 .as_deref()
                 .map(|r| &r[i * f * map..(i + 1) * f * map]);
             let slots = slots.iter_mut().map(|(a, b)| (&mut **a, &mut **b));
-            match &self.parts {
-                Parts::Rows(bands) => {
-                    // Each band writes its rows of every filter's map.
-                    let mut outs: Vec<Vec<&mut [f32]>> = bands.iter().map(|_| Vec::new()).collect();
-                    for map_f in record.chunks_exact_mut(map) {
-                        let mut rest = map_f;
-                        for (band, o) in bands.iter().zip(outs.iter_mut()) {
-                            let (mine, more) = rest.split_at_mut(band.rows.len() * ow);
-                            o.push(mine);
-                            rest = more;
-                        }
-                    }
-                    let work: Vec<_> = bands.iter().zip(outs).zip(slots).collect();
-                    team.run(work, |((band, out), slot)| {
-                        band.run(&self.g, x, &self.bias, residual, relu, slot, out)
-                    });
+            if let Some(winos) = &shared {
+                // Winograd parts transform the image once, together.
+                let mut outs = Vec::with_capacity(parts.len());
+                let mut rest = &mut record[..];
+                for part in parts {
+                    let (mine, more) = rest.split_at_mut(part.filters.len() * map);
+                    outs.push(mine);
+                    rest = more;
                 }
-                Parts::Filters(parts) => {
-                    if let Some(winos) = &shared {
-                        // Winograd parts transform the image once, together.
-                        let mut outs = Vec::with_capacity(parts.len());
-                        let mut rest = &mut record[..];
-                        for part in parts {
-                            let (mine, more) = rest.split_at_mut(part.filters.len() * map);
-                            outs.push(mine);
-                            rest = more;
-                        }
-                        let channels = |p: &ConvPart| p.filters.start * map..p.filters.end * map;
-                        let biases: Vec<&[f32]> = parts
-                            .iter()
-                            .map(|p| &self.bias[p.filters.clone()])
-                            .collect();
-                        let residuals: Vec<Option<&[f32]>> = parts
-                            .iter()
-                            .map(|p| residual.map(|r| &r[channels(p)]))
-                            .collect();
-                        let slots = slots.collect();
-                        Winograd::run_shared(
-                            &team, winos, x, &biases, &residuals, relu, slots, outs,
-                        );
-                        continue;
-                    }
-                    let mut slots: Vec<_> = slots.collect();
-                    // Direct parts read one padded image, which the team's threads fill
-                    // together, where each part would fill a whole copy of its own.
-                    let mut shared = None;
-                    if let Some(direct) = parts[0].kernel.direct() {
-                        let (buf, _) = slots.swap_remove(0);
-                        let pieces = direct.fill_parts(buf, team.threads());
-                        team.run(pieces, |piece| direct.fill_part(x, piece));
-                        shared = Some(&*buf);
-                    }
-                    // Each part writes its channels.
-                    let mut work = Vec::with_capacity(parts.len());
-                    let mut rest = &mut record[..];
-                    let mut slots = slots.into_iter();
-                    for part in parts {
-                        let (mine, more) = rest.split_at_mut(part.filters.len() * map);
-                        rest = more;
-                        let channels = part.filters.start * map..part.filters.end * map;
-                        // With a shared image the parts need no slot (empty ones).
-                        let slot = slots.next().unwrap_or_default();
-                        work.push((part, mine, residual.map(|r| &r[channels]), slot));
-                    }
-                    team.run(work, |(part, out, residual, slot)| {
-                        let bias = &self.bias[part.filters.clone()];
-                        match (&part.kernel, shared) {
-                            (ConvKernel::Direct(direct, filters), Some(buf)) => {
-                                direct.run_filled(buf, filters, bias, relu, out)
-                            }
-                            (ConvKernel::PooledLanes(direct, filters), Some(buf)) => {
-                                direct.run_lanes_filled(buf, filters, bias, relu, out)
-                            }
-                            _ => part.run(&self.g, x, bias, residual, relu, slot, out),
-                        }
-                    });
-                }
+                let channels = |p: &ConvPart| p.filters.start * map..p.filters.end * map;
+                let biases: Vec<&[f32]> = parts
+                    .iter()
+                    .map(|p| &self.bias[p.filters.clone()])
+                    .collect();
+                let residuals: Vec<Option<&[f32]>> = parts
+                    .iter()
+                    .map(|p| residual.map(|r| &r[channels(p)]))
+                    .collect();
+                let slots = slots.collect();
+                Winograd::run_shared(&team, winos, x, &biases, &residuals, relu, slots, outs);
+                continue;
             }
+            let mut slots: Vec<_> = slots.collect();
+            // Direct parts read one padded image, which the team's threads fill
+            // together, where each part would fill a whole copy of its own.
+            let mut shared = None;
+            if let Some(direct) = parts[0].kernel.direct() {
+                let (buf, _) = slots.swap_remove(0);
+                let pieces = direct.fill_parts(buf, team.threads());
+                team.run(pieces, |piece| direct.fill_part(x, piece));
+                shared = Some(&*buf);
+            }
+            // Each part writes its channels.
+            let mut work = Vec::with_capacity(parts.len());
+            let mut rest = &mut record[..];
+            let mut slots = slots.into_iter();
+            for part in parts {
+                let (mine, more) = rest.split_at_mut(part.filters.len() * map);
+                rest = more;
+                let channels = part.filters.start * map..part.filters.end * map;
+                // With a shared image the parts need no slot (empty ones).
+                let slot = slots.next().unwrap_or_default();
+                work.push((part, mine, residual.map(|r| &r[channels]), slot));
+            }
+            team.run(work, |(part, out, residual, slot)| {
+                let bias = &self.bias[part.filters.clone()];
+                match (&part.kernel, shared) {
+                    (ConvKernel::Direct(direct, filters), Some(buf)) => {
+                        direct.run_filled(buf, filters, bias, relu, out)
+                    }
+                    (ConvKernel::PooledLanes(direct, filters), Some(buf)) => {
+                        direct.run_lanes_filled(buf, filters, bias, relu, out)
+                    }
+                    _ => part.run(&self.g, x, bias, residual, relu, slot, out),
+                }
+            });
         }
         self.finish(n, out, residual.as_deref(), in_kernel, relu)
     }
@@ -984,8 +816,8 @@ impl Layer for Conv2d {
 
     /// One part's need for the chunk, or every part's for one image, one after another.
     fn scratch(&self, rows: usize) -> ScratchNeed {
-        match &self.parts {
-            Parts::Filters(p) if p.len() == 1 => p[0].scratch(rows),
+        match &self.parts[..] {
+            [part] => part.scratch(rows),
             _ => self
                 .part_scratch()
                 .into_iter()
@@ -995,51 +827,40 @@ impl Layer for Conv2d {
 
     fn param_bytes(&self) -> u64 {
         let packed = |fs: &[PackedFilters]| fs.iter().map(PackedFilters::bytes).sum::<u64>();
-        let weights: u64 = match &self.parts {
-            Parts::Filters(parts) => parts
-                .iter()
-                .map(|p| match &p.kernel {
-                    ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => packed(fs),
-                    ConvKernel::PooledLanes(_, fs) => fs.bytes(),
-                    ConvKernel::Winograd(wino) => wino.bytes(),
-                })
-                .sum(),
-            Parts::Rows(bands) => bands.iter().map(|b| b.wino.bytes()).sum(),
-        };
+        let weights: u64 = self
+            .parts
+            .iter()
+            .map(|p| match &p.kernel {
+                ConvKernel::Direct(_, fs) | ConvKernel::Gemm(_, fs) => packed(fs),
+                ConvKernel::PooledLanes(_, fs) => fs.bytes(),
+                ConvKernel::Winograd(wino) => wino.bytes(),
+            })
+            .sum();
         weights + self.bias.len() as u64 * 4
     }
 
     fn describe(&self) -> Option<String> {
-        let (isa, algorithm) = match &self.parts {
-            Parts::Rows(bands) => {
-                let wino = &bands[0].wino;
-                (wino.isa(), format!("winograd {}", wino.tile().name()))
+        let (isa, algorithm) = match &self.parts[0].kernel {
+            ConvKernel::PooledLanes(..) => (
+                Isa::Avx512,
+                "direct with filters along the lanes, 2x2 max pool as it writes".to_string(),
+            ),
+            ConvKernel::Direct(_, fs) if self.g.op.max_pool => {
+                (fs[0].isa(), "direct, 2x2 max pool as it writes".to_string())
             }
-            Parts::Filters(parts) => match &parts[0].kernel {
-                ConvKernel::PooledLanes(..) => (
-                    Isa::Avx512,
-                    "direct with filters along the lanes, 2x2 max pool as it writes".to_string(),
-                ),
-                ConvKernel::Direct(_, fs) if self.g.op.max_pool => {
-                    (fs[0].isa(), "direct, 2x2 max pool as it writes".to_string())
-                }
-                ConvKernel::Direct(_, fs) => (fs[0].isa(), "direct".to_string()),
-                ConvKernel::Gemm(im2col, fs) => (
-                    fs[0].isa(),
-                    match im2col.images() {
-                        1 => "gemm (im2col, 1 image a pass)".to_string(),
-                        n => format!("gemm (im2col, {n} images a pass)"),
-                    },
-                ),
-                ConvKernel::Winograd(wino) => {
-                    (wino.isa(), format!("winograd {}", wino.tile().name()))
-                }
-            },
+            ConvKernel::Direct(_, fs) => (fs[0].isa(), "direct".to_string()),
+            ConvKernel::Gemm(im2col, fs) => (
+                fs[0].isa(),
+                match im2col.images() {
+                    1 => "gemm (im2col, 1 image a pass)".to_string(),
+                    n => format!("gemm (im2col, {n} images a pass)"),
+                },
+            ),
+            ConvKernel::Winograd(wino) => (wino.isa(), format!("winograd {}", wino.tile().name())),
         };
-        let split = match (&self.parts, self.parts.len()) {
-            (_, 1) => String::new(),
-            (Parts::Filters(_), n) => format!(", filters split {n} ways over the stage's threads"),
-            (Parts::Rows(_), n) => format!(", rows split {n} ways over the stage's threads"),
+        let split = match self.parts.len() {
+            1 => String::new(),
+            n => format!(", filters split {n} ways over the stage's threads"),
         };
         Some(format!("{algorithm}, {}{split}", isa.name()))
     }
@@ -1049,10 +870,8 @@ impl Conv2d {
     /// The parts' Winograd kernels when the layer is split by filters over Winograd parts that
     /// read the same transformed input ([`Winograd::run_shared`]).
     fn shared_winograd(&self) -> Option<Vec<&Winograd>> {
-        let Parts::Filters(parts) = &self.parts else {
-            return None;
-        };
-        let winos: Vec<&Winograd> = parts
+        let winos: Vec<&Winograd> = self
+            .parts
             .iter()
             .map(|p| p.kernel.winograd())
             .collect::<Option<_>>()?;
@@ -1062,10 +881,7 @@ impl Conv2d {
 
     /// Each part's scratch for one image, in part order.
     fn part_scratch(&self) -> Vec<ScratchNeed> {
-        match &self.parts {
-            Parts::Filters(parts) => parts.iter().map(|p| p.scratch(1)).collect(),
-            Parts::Rows(bands) => bands.iter().map(|b| b.scratch(&self.g)).collect(),
-        }
+        self.parts.iter().map(|p| p.scratch(1)).collect()
     }
 
     /// The residual (where the kernel did not add it) and the activation (where it did not
