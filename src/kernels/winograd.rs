@@ -304,14 +304,9 @@ impl Winograd {
         let a2 = self.tile.alpha() * self.tile.alpha();
         let (vbuf, rest) = slot_b.split_at_mut(a2 * cg * chunk);
         let m = &mut rest[..a2 * fg * chunk];
-        let compact = compact_grid(&pass);
         // Chunk by chunk of tiles: the input transform into V, one product per ξ into M, the
         // output transform into `out`.
-        for qa in (0..compact.len()).step_by(chunk) {
-            let qb = compact.len().min(qa + chunk);
-            let Some(tiles) = ChunkTiles::new(&compact, qa, qb, self.lanes()) else {
-                continue;
-            };
+        for tiles in self.chunks(&pass) {
             let v = vbuf.chunks_exact_mut(cg * chunk).collect();
             self.step(
                 &pass,
@@ -357,6 +352,15 @@ impl Winograd {
             (TileSize::F2, _) => step_portable::<F2, 4, 2>(pass, step),
             (TileSize::F4, _) => step_portable::<F4, 6, 4>(pass, step),
         }
+    }
+
+    /// The chunks of `pass`'s tiles that hold a tile, as the steps read them.
+    fn chunks(&self, pass: &Pass) -> impl Iterator<Item = ChunkTiles> {
+        let compact = compact_grid(pass);
+        let (chunk, lanes) = (self.chunk, self.lanes());
+        (0..compact.len()).step_by(chunk).filter_map(move |qa| {
+            ChunkTiles::new(&compact, qa, compact.len().min(qa + chunk), lanes)
+        })
     }
 
     /// Floats per vector of the transforms on this instruction set.
@@ -460,12 +464,7 @@ impl Winograd {
                     },
                 }
             };
-            let compact = compact_grid(&pass(0));
-            for qa in (0..compact.len()).step_by(chunk) {
-                let qb = compact.len().min(qa + chunk);
-                let Some(tiles) = ChunkTiles::new(&compact, qa, qb, w0.lanes()) else {
-                    continue;
-                };
+            for tiles in w0.chunks(&pass(0)) {
                 // The input transform, by channels: piece j's rows of every V[ξ].
                 let threads = team.threads().clamp(1, cg);
                 let mut pieces: Vec<(std::ops::Range<usize>, Vec<&mut [f32]>)> = (0..threads)
