@@ -26,9 +26,12 @@ const KC: usize = 256;
 /// Rows per AVX-512 micro-kernel call: 8 × 2 accumulators + 2 weight vectors + 1 broadcast.
 /// Eight divides the batch sizes pipelines use, so a chunk rarely leaves a ragged row group.
 const MR_512: usize = 8;
-/// Deepest k block of the AVX-512 path: the two panels' slices it keeps in L1 take 16 KiB at
-/// this depth, half of L1, leaving room for the rows of `x` streaming past.
-const KC_512: usize = 128;
+/// Deepest k block of the AVX-512 path. Every block ends with a masked load, add and store of
+/// each of the 16 accumulators, so a deeper block spends more of its time in FMAs: 784 as 4 ×
+/// 196 ran 3–5% faster than as 7 × 112 (`cargo bench --bench kernels -- packed_subpass`, two
+/// alternated rounds), though the two panels' slices then take 25 of L1's 32 KiB and the rows
+/// of `x` stream from L2.
+const KC_512: usize = 200;
 /// Rows of one row block: its `MC × KC` slice of the left operand (120 KiB) stays in L2 while
 /// every panel passes over it. Without it a chunk of ~1000 tokens re-read its whole left operand
 /// (1.5 MiB, more than L2) from L3 once per panel.
@@ -44,11 +47,29 @@ pub struct DenseWeights {
     layout: Layout,
 }
 
+/// One depth step of one panel: 16 weights on one 64-byte cache line. A plain `Vec<f32>` of
+/// this size comes from `mmap` 16 bytes past a page boundary, so every 512-bit load of a panel
+/// would straddle two lines.
+#[derive(Debug, Clone, Copy)]
+#[repr(C, align(64))]
+struct PanelRow([f32; NR]);
+
+impl PanelRow {
+    /// The rows' weights as one slice, in order.
+    fn floats(rows: &[PanelRow]) -> &[f32] {
+        const { assert!(std::mem::size_of::<PanelRow>() == NR * std::mem::size_of::<f32>()) };
+        // SAFETY: `PanelRow` is `repr(C)` over `[f32; NR]` and has no padding (asserted above:
+        // 64 bytes, a multiple of its alignment), so `rows.len()` rows are `rows.len()·NR`
+        // contiguous, initialised `f32`s, borrowed for as long as `rows`.
+        unsafe { std::slice::from_raw_parts(rows.as_ptr().cast::<f32>(), rows.len() * NR) }
+    }
+}
+
 #[derive(Debug)]
 enum Layout {
     /// Panels `[n/16][k][16]`, zero-padded to a multiple of 16 columns, for the AVX2+FMA kernel
     /// or (`wide`) the AVX-512 one.
-    Packed { panels: Vec<f32>, wide: bool },
+    Packed { panels: Vec<PanelRow>, wide: bool },
     /// PyTorch's `[n, k]`, for the portable path.
     Plain(Vec<f32>),
 }
@@ -77,12 +98,12 @@ impl DenseWeights {
             };
         }
         let panels_n = n.div_ceil(NR);
-        let mut panels = vec![0.0f32; panels_n * k * NR];
+        let mut panels = vec![PanelRow([0.0; NR]); panels_n * k];
         for (col, row) in weight.chunks_exact(k).enumerate() {
             let (p, c) = (col / NR, col % NR);
-            let panel = &mut panels[p * k * NR..(p + 1) * k * NR];
+            let panel = &mut panels[p * k..(p + 1) * k];
             for (kk, w) in row.iter().enumerate() {
-                panel[kk * NR + c] = *w;
+                panel[kk].0[c] = *w;
             }
         }
         DenseWeights {
@@ -108,10 +129,11 @@ impl DenseWeights {
 
     /// Bytes the weights hold in their packed layout (padding included).
     pub fn bytes(&self) -> u64 {
-        let len = match &self.layout {
-            Layout::Packed { panels: v, .. } | Layout::Plain(v) => v.len(),
+        let bytes = match &self.layout {
+            Layout::Packed { panels, .. } => std::mem::size_of_val(panels.as_slice()),
+            Layout::Plain(v) => std::mem::size_of_val(v.as_slice()),
         };
-        (len * std::mem::size_of::<f32>()) as u64
+        bytes as u64
     }
 
     /// `y += x · Wᵀ` where element `(r, d)` of `x` is at `r·x.row + d·x.depth` (so an im2col
@@ -164,6 +186,7 @@ impl DenseWeights {
                 // (m-1)·y_row + n-1, inside the slices; partial panels write only
                 // `cols ≤ n - p·16` columns, and `y_row ≥ n` keeps rows from overlapping.
                 unsafe {
+                    let panels = PanelRow::floats(panels);
                     if *wide && m > 1 {
                         packed_acc_512(m, n, k, x, xl, panels, y, y_row)
                     } else {
@@ -325,8 +348,8 @@ unsafe fn kernel<const R: usize>(
 }
 
 /// [`packed_acc`] on AVX-512: `y[m×n] += x · panels`, 8 rows × 2 panels per micro-kernel call.
-/// Depth is cut into equal blocks of at most [`KC_512`] (784 is 7 × 112, not 6 × 128 + 16: a
-/// shallow last block pays a whole pass over `y` for a few steps).
+/// Depth is cut into equal blocks of at most [`KC_512`] (1,001 is 6 × 167, not 5 × 200 + 1:
+/// a shallow last block pays a whole pass over `y` for a few steps).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -498,9 +521,11 @@ mod tests {
             (13, 10, 64),
             (64, 100, 785),
             // Row groups of 8 and ragged ones, pairs of panels and a lone partial one, depths
-            // cut into equal blocks (300 = 3 × 100) and a depth of one block plus one.
-            (16, 48, 300),
-            (19, 40, 129),
+            // cut into equal blocks (600 = 3 × 200, 401 = 134 + 134 + 133) and a depth of one
+            // block plus one.
+            (16, 48, 600),
+            (16, 48, 401),
+            (19, 40, 201),
             (9, 15, 7),
             (130, 33, 256),
         ] {
