@@ -115,6 +115,8 @@ const CASES: &[Case] = &[
     Case { file: "image_first_layer_mismatch.yaml", path: "layers[0]|layers[0].params", lines: &[5], cols: &[], facts: &["conv.weight", "[3, 3, 3, 3]", "[3, 2, 3, 3]"] },
     Case { file: "labels_wrong_count.yaml", path: "output.labels", lines: &[7], cols: &[], facts: &["labels_three.txt", "3 classes", "4 values"] },
     Case { file: "top_k_too_large.yaml", path: "output.top_k", lines: &[8], cols: &[], facts: &["5", "4 values"] },
+    Case { file: "parse_two_stages.yaml", path: "stages[1].parse", lines: &[10], cols: &[32], facts: &["left", "one stage"] },
+    Case { file: "parse_on_a_later_stage.yaml", path: "stages[1].parse", lines: &[9], cols: &[33], facts: &["fed by the pipeline input alone"] },
     Case { file: "stage_cycle.yaml", path: "stages|stages[0]|stages[0].layers|stages[1]|stages[1].layers", lines: &[8, 9, 10], cols: &[], facts: &["outer", "inner", "cycle|circular"] },
 ];
 

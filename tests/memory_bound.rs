@@ -319,8 +319,27 @@ fn peak_heap_stays_within_the_printed_bound() {
             "std: [0.229, 0.224, 0.225], max_side: 640, max_bytes: 200000}",
         );
     assert!(yaml.contains("max_side: 640"));
-    std::fs::write(images.path().join("classifier.yaml"), yaml).unwrap();
+    std::fs::write(images.path().join("classifier.yaml"), &yaml).unwrap();
     configs.push(images.path().join("classifier.yaml"));
+    // Stages whose replicas parse (`parse: true`): the MLP as `subpass plan` writes it, and the
+    // classifier decoding its images on its two workers instead of parser threads.
+    let parsing =
+        "stages:\n  - {name: all, layers: [\"conv..probs\"], replicas: 2, parse: true}\nbatch:";
+    std::fs::write(
+        images.path().join("classifier-parsing.yaml"),
+        yaml.replace("batch:", parsing),
+    )
+    .unwrap();
+    configs.push(images.path().join("classifier-parsing.yaml"));
+    let mlp = std::fs::read_to_string(root.join("configs/mlp.yaml")).unwrap();
+    let (head, tail) = mlp.split_once("stages:").unwrap();
+    let tail = &tail[tail.find("batch:").unwrap()..];
+    std::fs::write(
+        images.path().join("mlp-parsing.yaml"),
+        format!("{head}stages:\n  - {{name: all, layers: [\"fc1..logits\"], replicas: 2, parse: true}}\n{tail}"),
+    )
+    .unwrap();
+    configs.push(images.path().join("mlp-parsing.yaml"));
     let mut failures = Vec::new();
     for path in &configs {
         // A text pipeline's model is fetched, not committed (`tools/fetch_models.sh`).

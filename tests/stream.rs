@@ -538,3 +538,89 @@ fn stats_interval_logs_while_the_stream_is_open() {
     assert!(wait_with_timeout(&mut child, Duration::from_secs(10)).success());
     assert!(seen, "no periodic stats line with records_in=1 before EOF");
 }
+
+/// `parse: true`: the stage's replicas parse the records in place of a parser thread. The
+/// output is the parser thread's, line for line: the records' outputs in input order, an error
+/// line for every bad line, the other tower fed the input by the parsing stage.
+#[test]
+fn a_stage_that_parses_writes_what_a_parser_thread_writes() {
+    let dir = tempdir();
+    let pipeline = |parse: bool| {
+        let path = dir.path().join(format!("towers-{parse}.yaml"));
+        let flag = if parse { ", parse: true" } else { "" };
+        std::fs::write(
+            &path,
+            format!(
+                "input: {{shape: [16]}}
+init: {{seed: 3}}
+layers:
+  - {{name: a, op: dense, units: 8, activation: relu}}
+  - {{name: b, op: dense, units: 8, inputs: [input]}}
+  - {{name: join, op: concat, inputs: [a, b]}}
+  - {{name: head, op: dense, units: 3}}
+stages:
+  - {{name: left, layers: [a], replicas: 2{flag}}}
+  - {{name: right, layers: [b]}}
+  - {{name: tail, layers: [join, head]}}
+batch: {{size: 8, max_delay_ms: 60000}}
+"
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let mut input = String::new();
+    for i in 0..403 {
+        match i % 50 {
+            7 => input.push_str("[1, 2, 3]\n"),
+            19 => input.push_str("not json\n"),
+            _ => {
+                let values: Vec<String> = (0..16)
+                    .map(|j| format!("{:.3}", ((i * 16 + j) % 97) as f32 / 97.0 - 0.5))
+                    .collect();
+                input.push_str(&format!("[{}]\n", values.join(",")));
+            }
+        }
+    }
+    let records = dir.path().join("records.jsonl");
+    std::fs::write(&records, &input).unwrap();
+    let run = |parse: bool| {
+        let stats = dir.path().join(format!("stats-{parse}.json"));
+        let errors = dir.path().join(format!("errors-{parse}.jsonl"));
+        let out = subpass()
+            .arg("run")
+            .arg(pipeline(parse))
+            .arg("--input")
+            .arg(&records)
+            .arg("--stats")
+            .arg(&stats)
+            .arg("--errors")
+            .arg(&errors)
+            .output()
+            .unwrap();
+        let errors = std::fs::read_to_string(&errors).unwrap();
+        (out, errors, read_json(&stats))
+    };
+    let (threaded, threaded_errors, _) = run(false);
+    let (parsing, errors, stats) = run(true);
+    assert!(parsing.status.success() && threaded.status.success());
+    let text = String::from_utf8(parsing.stdout).unwrap();
+    assert_eq!(text, String::from_utf8(threaded.stdout).unwrap());
+    assert_eq!(text.lines().count(), 403 - 16);
+    assert_eq!(errors, threaded_errors);
+    assert_eq!(errors.lines().count(), 16, "{errors}");
+    assert!(
+        errors.lines().next().unwrap().starts_with("{\"line\":8,"),
+        "{errors}"
+    );
+    // The parse is counted as the source's work, done by the stage's two replicas.
+    let parse = stats["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "source.parse")
+        .unwrap()
+        .clone();
+    assert_eq!(parse["replicas"], 2, "{stats}");
+    assert_eq!(parse["chunks"], 51, "{stats}");
+}

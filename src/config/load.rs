@@ -877,6 +877,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
                 "threads",
                 "max_restarts",
                 "core",
+                "parse",
             ],
         ) else {
             ok = false;
@@ -906,6 +907,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
             .get("core")
             .and_then(|v| r.integer_in(v, &m.key_path("core"), 0, MAX_WORKERS - 1))
             .map(|n| n as usize);
+        let parse = optional_bool(r, &m, "parse", false).unwrap_or(false);
         if let (Some(t), Some(_)) = (threads, core) {
             if t > 1 {
                 // The pool's threads go where the OS puts them; pinning only the worker, which
@@ -926,6 +928,7 @@ fn parse_stages(r: &mut Reader, v: &Value, layer_names: &[String]) -> Option<Vec
                 threads: threads.unwrap_or(1),
                 max_restarts,
                 core,
+                parse,
                 path,
             }),
             _ => ok = false,

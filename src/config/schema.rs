@@ -167,6 +167,10 @@ pub struct StageConfig {
     /// The core this stage's threads run on (`core: N`, Linux), as `plan --objective latency`
     /// writes; `None`: wherever the OS puts them.
     pub core: Option<usize>,
+    /// Its workers parse the records themselves (`parse: true`), in place of a parser thread:
+    /// a stage fed by the input alone, whose replicas take every core, then runs as many busy
+    /// threads as there are cores instead of one more.
+    pub parse: bool,
     pub path: String,
 }
 

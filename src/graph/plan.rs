@@ -71,6 +71,9 @@ pub struct StagePlan {
     pub max_restarts: Option<u32>,
     /// The core its threads run on, if pinned (`core: N`).
     pub core: Option<usize>,
+    /// Its workers parse the records (`parse: true`): in `run` they take the chunker's chunks
+    /// of lines, and no parser thread runs. (`bench` feeds them parsed chunks from memory.)
+    pub parses: bool,
 }
 
 /// The single bound on work in flight: chunks are admitted only while fewer than `chunks` are
@@ -141,6 +144,7 @@ pub struct Plan {
     /// Producers of the pipeline outputs, which the sink joins per chunk.
     pub sink_producers: Vec<Producer>,
     pub input_field: String,
+    /// Parser threads: `input.parsers`, or none when a stage's workers parse ([`Plan::parsing_stage`]).
     pub parsers: usize,
     pub batch: BatchConfig,
     pub output: OutputConfig,
@@ -216,6 +220,7 @@ impl Plan {
                 threads: 1,
                 max_restarts: None,
                 core: None,
+                parse: false,
                 path: "stages".into(),
             }],
         };
@@ -304,6 +309,7 @@ impl Plan {
                 isolation_bytes: isolation,
                 max_restarts: sc.max_restarts,
                 core: sc.core,
+                parses: sc.parse,
                 layers,
                 inputs,
                 producers,
@@ -352,16 +358,30 @@ impl Plan {
         }
 
         check_stage_cycles(&stages, &stage_configs)?;
+        check_parsing_stage(&stages, &stage_configs)?;
+        let parsing = stages.iter().find(|s| s.parses);
+        let parsers = if parsing.is_some() {
+            0
+        } else {
+            config.input.parsers
+        };
 
         // Enough chunks for every queue to be full and every worker busy at once, plus the
         // parser's and the one the sink is writing: the most a fully overlapped pipeline uses.
-        let chunks = stages.iter().map(|s| s.queue + s.replicas).sum::<usize>()
+        // (A parsing stage's queue stays empty in a run: its workers take lines from the
+        // chunker's queue.)
+        let chunks = stages
+            .iter()
+            .map(|s| if s.parses { 0 } else { s.queue } + s.replicas)
+            .sum::<usize>()
             + PARSE_QUEUE
-            + config.input.parsers
+            + parsers
             + 1;
-        let mut bytes = activation_bytes(&graph, &stages, &source_routes, chunks, config);
+        let mut bytes = activation_bytes(&graph, &stages, &source_routes, chunks, parsers, config);
         if let Some(image) = &image {
-            bytes.decoding = config.input.parsers as u64 * image.working_bytes();
+            // Whoever parses decodes: the parser threads, or the parsing stage's workers.
+            let decoders = parsing.map_or(parsers, |s| s.replicas);
+            bytes.decoding = decoders as u64 * image.working_bytes();
         }
         Ok(Plan {
             name: config.name.clone().unwrap_or_else(|| "pipeline".into()),
@@ -370,7 +390,7 @@ impl Plan {
             source_routes,
             sink_producers: sink_producers.into_iter().collect(),
             input_field: config.input.field.clone(),
-            parsers: config.input.parsers,
+            parsers,
             batch: config.batch,
             output: config.output.clone(),
             budget: InFlightBudget { chunks, bytes },
@@ -387,6 +407,11 @@ impl Plan {
     /// Values per record of the model input.
     pub fn input_len(&self) -> usize {
         self.graph.input_shape.iter().product()
+    }
+
+    /// The stage whose workers parse the records (`parse: true`), if one does.
+    pub fn parsing_stage(&self) -> Option<usize> {
+        self.stages.iter().position(|s| s.parses)
     }
 
     /// Records the pipeline may have taken from its input before their output is written:
@@ -742,6 +767,7 @@ fn activation_bytes(
     stages: &[StagePlan],
     source_routes: &[Route],
     chunks: usize,
+    parsers: usize,
     config: &PipelineConfig,
 ) -> ActivationBytes {
     let values_bytes = |vs: &[ValueId]| {
@@ -760,7 +786,7 @@ fn activation_bytes(
         }
     }
     let mut b = ActivationBytes {
-        parsers: config.input.parsers as u64 * values_bytes(&[ValueId::INPUT]),
+        parsers: parsers as u64 * values_bytes(&[ValueId::INPUT]),
         sink: chunks as u64 * values_bytes(&graph.outputs),
         ..ActivationBytes::default()
     };
@@ -769,7 +795,9 @@ fn activation_bytes(
     let holds = |s: &StagePlan| (s.queue + s.replicas + usize::from(s.producers.len() > 1)) as u64;
     for (s, stage) in stages.iter().enumerate() {
         let (queue, replicas) = (stage.queue as u64, stage.replicas as u64);
-        b.queues += queue * stage.input_bytes_per_chunk;
+        if !stage.parses {
+            b.queues += queue * stage.input_bytes_per_chunk;
+        }
         b.workers += replicas * stage.activation_bytes_per_chunk;
         b.scratch += replicas * stage.scratch_bytes;
         b.isolation = b.isolation.max(stage.isolation_bytes);
@@ -782,7 +810,7 @@ fn activation_bytes(
                 .iter()
                 .map(|&a| holds(&stages[a]))
                 .sum::<u64>()
-                + config.input.parsers as u64;
+                + parsers as u64;
             let waiting = upstream.min(chunks as u64);
             b.joins += queue * largest + waiting * (stage.input_bytes_per_chunk - smallest);
             b.queues += stage.input_bytes_per_chunk;
@@ -902,6 +930,35 @@ fn check_stage_membership(config: &PipelineConfig) -> Result<HashMap<usize, usiz
 }
 
 /// Stages whose dependencies loop would deadlock on their bounded channels: refuse them.
+/// `parse: true` on one stage at most, fed by the input alone: a stage that also waited on
+/// another stage's values would hold the records unparsed until they came, and every stage
+/// that reads the input would wait on it.
+fn check_parsing_stage(stages: &[StagePlan], configs: &[StageConfig]) -> Result<(), ConfigErrors> {
+    let mut errors = Vec::new();
+    let mut first: Option<&str> = None;
+    for (s, c) in stages.iter().zip(configs).filter(|(s, _)| s.parses) {
+        let message = if let Some(f) = first {
+            format!("stage `{f}` parses the records already; one stage can")
+        } else if s.producers != [Producer::Source] {
+            first = Some(&s.name);
+            "only a stage fed by the pipeline input alone can parse the records: this one waits on other stages' values, and would hold its records unparsed meanwhile".to_string()
+        } else {
+            first = Some(&s.name);
+            continue;
+        };
+        errors.push(ConfigError {
+            path: format!("{}.parse", c.path),
+            location: None,
+            message,
+        });
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(ConfigErrors(errors))
+    }
+}
+
 fn check_stage_cycles(stages: &[StagePlan], configs: &[StageConfig]) -> Result<(), ConfigErrors> {
     // Kahn's algorithm: whatever is left once no stage is free to run lies on a cycle.
     let n = stages.len();

@@ -276,6 +276,7 @@ pub fn one_stage(plan: &Plan) -> PlannedStage {
         threads: 1,
         seconds_per_record: 0.0,
         core: None,
+        parse: false,
     }
 }
 
@@ -300,6 +301,7 @@ fn stage(index: usize, layers: Vec<String>, seconds_per_record: f64, core: usize
         threads: 1,
         seconds_per_record,
         core: Some(core),
+        parse: false,
     }
 }
 

@@ -17,7 +17,7 @@ use std::path::Path;
 use crate::config::{Located, PipelineConfig, StageConfig, DEFAULT_QUEUE};
 use crate::graph::Plan;
 use crate::io::InputFormat;
-use partition::{choose, predict_stages, Choice, Machine};
+use partition::{choose, parse_in_first_stage, predict_parsed, predict_stages, Choice, Machine};
 pub use profile::Profile;
 
 /// What `subpass plan` is asked.
@@ -73,6 +73,8 @@ pub struct PlannedStage {
     pub seconds_per_record: f64,
     /// The core it is pinned to (latency plans), or `None`.
     pub core: Option<usize>,
+    /// Its workers parse the records (`parse: true`), in place of a parser thread.
+    pub parse: bool,
 }
 
 /// The decomposition the planner chose, and what it predicts.
@@ -160,6 +162,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
             threads: 1,
             seconds_per_record: stage_cost(&seg.clone().collect::<Vec<_>>()),
             core: None,
+            parse: false,
         })
         .collect();
     let mut best: Choice = chosen;
@@ -167,6 +170,13 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
     let costs_of = |stages: &[PlannedStage]| -> Vec<f64> {
         stages.iter().map(|s| s.seconds_per_record).collect()
     };
+    if let Some(parsing) = parse_in_first_stage(&costs_of(&stages), &best.replicas, &machine, TIE) {
+        best = Choice {
+            segments: best.segments,
+            ..parsing
+        };
+        stages[0].parse = true;
+    }
     // The stages as written (their costs and replicas), rated by the same model: kept unless
     // the plan beats them.
     let written_stages = (plan.config.stages.is_some() && !plan.config.auto_stages).then(|| {
@@ -176,7 +186,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
     });
     let written = written_stages
         .as_ref()
-        .map(|(costs, replicas)| predict_stages(costs, replicas, &machine));
+        .map(|(costs, replicas)| predict_parsed(costs, replicas, plan.parsing_stage(), &machine));
     let as_written = || -> Vec<PlannedStage> {
         plan.stages
             .iter()
@@ -187,6 +197,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
                 threads: s.threads,
                 seconds_per_record: stage_cost(&s.layers),
                 core: s.core,
+                parse: s.parses,
             })
             .collect()
     };
@@ -445,6 +456,7 @@ fn stage_configs(stages: &[PlannedStage]) -> Vec<StageConfig> {
             // Chosen stages take the run's restart budget (`--max-restarts`).
             max_restarts: None,
             core: s.core,
+            parse: s.parse,
             path: format!("stages[{i}]"),
         })
         .collect()
@@ -485,9 +497,10 @@ impl Planned {
                 1 => String::new(),
                 t => format!(", threads: {t}"),
             };
+            let parse = if s.parse { ", parse: true" } else { "" };
             let _ = writeln!(
                 y,
-                "  - {{name: {}, layers: [\"{layers}\"], replicas: {}{threads}{core}}}",
+                "  - {{name: {}, layers: [\"{layers}\"], replicas: {}{threads}{core}{parse}}}",
                 s.name, s.replicas
             );
         }
@@ -539,7 +552,7 @@ impl Planned {
         for s in &self.stages {
             let _ = writeln!(
                 out,
-                "  {}: {} layer(s) [{}], replicas {}, {:.3} µs/record on one core{}",
+                "  {}: {} layer(s) [{}], replicas {}, {:.3} µs/record on one core{}{}",
                 s.name,
                 s.layers.len(),
                 match s.layers.as_slice() {
@@ -549,6 +562,11 @@ impl Planned {
                 },
                 s.replicas,
                 s.seconds_per_record * 1e6,
+                if s.parse {
+                    ", and its workers parse the records"
+                } else {
+                    ""
+                },
                 if self.bottleneck.as_deref() == Some(s.name.as_str()) {
                     "  <- bottleneck"
                 } else {

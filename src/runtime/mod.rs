@@ -185,6 +185,16 @@ impl Emitter {
         self.emit_some(tags, env, meta, |_| true)
     }
 
+    /// This emitter without its routes to `to`.
+    pub fn without(&self, to: Destination) -> Emitter {
+        Emitter {
+            routes: (self.routes.iter())
+                .filter(|(_, _, d)| *d != to)
+                .cloned()
+                .collect(),
+        }
+    }
+
     /// For each route, the position in `layers` (a stage's nodes, in order) of the last layer
     /// whose output it carries: the route can be sent once that layer has run (`None`: it
     /// carries only values the stage received).

@@ -14,17 +14,19 @@ use super::budget::InFlight;
 use super::label::Label;
 use super::metrics::{Exporter, Probe, Publication, QueueProbe};
 use super::sink::{run_sink, ChunkOutput, CompletedChunk};
-use super::source::{record_parser, run_chunker, ChunkTarget, ParserWorker, RawChunk, TokenBudget};
+use super::source::{
+    record_parser, run_chunker, ChunkTarget, ParserWorker, ParsingInbox, RawChunk, TokenBudget,
+};
 use super::stage::{run_join, StageWorker};
 use super::stats::{Counters, RecordCounters, RunStats};
 use super::supervise::{RestartBudget, Supervisor, DEFAULT_MAX_RESTARTS};
 use super::trace::Tracer;
 use super::{channels, ChunkTags, Emitter, Failure, Inboxes, Part, StageChannels};
-use crate::graph::plan::PARSE_QUEUE;
+use crate::graph::plan::{Destination, PARSE_QUEUE};
 use crate::graph::Plan;
 use crate::io::{
     self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
-    RecordMeta, Rejection,
+    RecordMeta, RecordParser, Rejection,
 };
 
 /// How `run` treats its input and reports.
@@ -165,8 +167,12 @@ fn spawn_stages(
     records: Arc<RecordCounters>,
     failures_tx: &Sender<Failure>,
     max_restarts: u32,
+    lines: Option<(&Receiver<RawChunk>, &RecordParser)>,
 ) -> Running {
-    let mut stage_names = vec![("source.parse".to_string(), plan.parsers)];
+    // The threads that parse: the parser threads, or the parsing stage's workers.
+    let parsing = plan.parsing_stage();
+    let parse_threads = parsing.map_or(plan.parsers, |s| plan.stages[s].replicas);
+    let mut stage_names = vec![("source.parse".to_string(), parse_threads)];
     stage_names.extend(plan.stages.iter().map(|s| (s.name.clone(), s.replicas)));
     let counters = Counters::sharing(stage_names, records);
     let (inboxes, stage_channels, sink_rx): (Inboxes, Vec<StageChannels>, _) = channels(plan);
@@ -180,9 +186,19 @@ fn spawn_stages(
     let queues = (stage_channels.iter().enumerate())
         .map(|(s, ch)| (s + 1, ch.queue_probe()))
         .collect();
+    let source = inboxes.emitter(&plan.source_routes);
     for (s, (stage, ch)) in plan.stages.iter().zip(stage_channels).enumerate() {
         let emitter = inboxes.emitter(&stage.routes);
         for replica in 0..stage.replicas {
+            // In a run, the parsing stage takes lines; fed from memory, parsed chunks as any.
+            let parsing = match lines {
+                Some((rx, parser)) if parsing == Some(s) => Some(ParsingInbox {
+                    rx: rx.clone(),
+                    parser: parser.clone(),
+                    others: source.without(Destination::Stage(s)),
+                }),
+                _ => None,
+            };
             let worker = StageWorker {
                 plan: plan.clone(),
                 stage: s,
@@ -193,6 +209,7 @@ fn spawn_stages(
                 failures: failures_tx.clone(),
                 tracer: tracer.clone(),
                 supervisor: supervisor.clone(),
+                parsing,
             };
             let (core, name) = (stage.core, stage.name.clone());
             threads.push(spawn_named(
@@ -216,7 +233,6 @@ fn spawn_stages(
             ));
         }
     }
-    let source = inboxes.emitter(&plan.source_routes);
     // `inboxes` drops here: only emitters hold senders now, so the cascade can close every channel.
     Running {
         counters,
@@ -320,17 +336,18 @@ fn start_version(
     writer_in: Receiver<Result<JsonOutput, RunError>>,
     started: Instant,
 ) -> (Version, ChunkTarget) {
+    let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
+    let parser = record_parser(&plan, &plan.output.passthrough, options.format);
     let running = spawn_stages(
         &plan,
         tracer,
         records.clone(),
         failures,
         options.max_restarts,
+        Some((&chunks_rx, &parser)),
     );
     let budget = InFlight::new(plan.budget.chunks);
-    let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
     let mut threads = running.threads;
-    let parser = record_parser(&plan, &plan.output.passthrough, options.format);
     for replica in 0..plan.parsers {
         let worker = ParserWorker {
             plan: plan.clone(),
@@ -755,6 +772,7 @@ pub fn run_bench_pipeline(
         Arc::default(),
         &failures_tx,
         DEFAULT_MAX_RESTARTS,
+        None,
     );
     let budget = InFlight::new(in_flight.unwrap_or(plan.budget.chunks).max(1));
     let size = plan.batch.size;

@@ -10,8 +10,8 @@ use super::budget::InFlight;
 use super::stats::Counters;
 use super::trace::Tracer;
 use super::{ChunkId, ChunkTags, Emitter};
-use crate::graph::Plan;
-use crate::io::{token_estimate, InputFormat, LineText, RawLine, RecordParser};
+use crate::graph::{Env, Plan};
+use crate::io::{token_estimate, ChunkMeta, InputFormat, LineText, RawLine, RecordParser};
 
 /// A chunk's raw lines, admitted into the pipeline.
 pub(super) struct RawChunk {
@@ -196,6 +196,43 @@ pub(super) struct ParserWorker {
     pub replica: usize,
 }
 
+/// A parsing stage's way in (`parse: true`): the chunker's chunks of lines, which its workers
+/// parse themselves, handing the source's other consumers their part (the sink its metadata,
+/// any other stage that reads the input) before they compute.
+pub(super) struct ParsingInbox {
+    pub rx: Receiver<RawChunk>,
+    pub parser: RecordParser,
+    /// The source's routes but the one to this stage.
+    pub others: Emitter,
+}
+
+/// A chunk of lines parsed: what every part of it carries, the model input, and the records'
+/// metadata for the sink (rejected lines included).
+pub(super) struct Parsed {
+    pub tags: ChunkTags,
+    pub env: Env,
+    pub meta: Box<ChunkMeta>,
+}
+
+/// Parse `chunk`'s lines into `plan`'s input: on a parser thread, or on a worker of the stage
+/// that parses (`parse: true`).
+pub(super) fn parse(plan: &Plan, parser: &RecordParser, chunk: &RawChunk) -> Parsed {
+    let parsed = parser.parse_chunk(&chunk.lines, chunk.admitted_at, chunk.id == 0);
+    let rows = parsed.meta.records.len();
+    let env = plan.graph.input_env(rows, parsed.values, parsed.seqs);
+    let tags = ChunkTags {
+        chunk: chunk.id,
+        rows,
+        lines: parsed.meta.records.iter().map(|r| r.line).collect(),
+        poisoned: Vec::new(),
+    };
+    Parsed {
+        tags,
+        env,
+        meta: Box::new(parsed.meta),
+    }
+}
+
 impl ParserWorker {
     pub fn run(self) {
         let counters = &self.counters.stages[0].2;
@@ -205,23 +242,9 @@ impl ParserWorker {
                 return;
             };
             let t1 = Instant::now();
-            let parsed = self
-                .parser
-                .parse_chunk(&chunk.lines, chunk.admitted_at, chunk.id == 0);
-            let rows = parsed.meta.records.len();
-            let env = self.plan.graph.input_env(rows, parsed.values, parsed.seqs);
-            let tags = ChunkTags {
-                chunk: chunk.id,
-                rows,
-                lines: parsed.meta.records.iter().map(|r| r.line).collect(),
-                poisoned: Vec::new(),
-            };
+            let Parsed { tags, env, meta } = parse(&self.plan, &self.parser, &chunk);
             let t2 = Instant::now();
-            if self
-                .emitter
-                .emit(&tags, &env, Some(Box::new(parsed.meta)))
-                .is_err()
-            {
+            if self.emitter.emit(&tags, &env, Some(meta)).is_err() {
                 return;
             }
             counters.record(t1 - t0, t2 - t1, t2.elapsed());

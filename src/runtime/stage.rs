@@ -7,11 +7,12 @@ use std::ops::Range;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use ndarray::{ArrayD, Axis, IxDyn, Slice};
 
+use super::source::{parse, Parsed, ParsingInbox};
 use super::stats::StageCounters;
 use super::supervise::{bisect, even_split, Supervisor};
 use super::trace::Tracer;
@@ -31,6 +32,9 @@ pub(super) struct StageWorker {
     pub failures: Sender<Failure>,
     pub tracer: Option<Tracer>,
     pub supervisor: Arc<Supervisor>,
+    /// For the stage that parses (`parse: true`) in a run: where its lines come from. `rx`
+    /// then stays empty.
+    pub parsing: Option<ParsingInbox>,
 }
 
 /// A computation that panicked.
@@ -73,21 +77,10 @@ impl StageWorker {
         let patience = super::patience(stage.core);
         let mut sent = vec![false; ready.len()];
         loop {
-            let t0 = Instant::now();
-            let Ok(part) = super::recv_with_patience(&self.rx, patience) else {
+            let Some((mut tags, mut env, waited)) = self.next_chunk(patience) else {
                 break;
             };
             let t1 = Instant::now();
-            let mut tags = ChunkTags {
-                chunk: part.chunk,
-                rows: part.rows,
-                lines: part.lines,
-                poisoned: part.poisoned,
-            };
-            let mut env = Env::new(self.plan.graph.nodes.len(), part.rows, part.seqs);
-            for (v, t) in part.values {
-                env.set(v, t);
-            }
             let whole = Attempt {
                 from: 0,
                 rows: 0..tags.rows,
@@ -137,11 +130,44 @@ impl StageWorker {
                 return; // downstream is gone: the pipeline is stopping
             }
             let t3 = Instant::now();
-            counters.record(t1 - t0, t2 - t1, t3 - t2);
+            counters.record(waited, t2 - t1, t3 - t2);
             if let Some(tracer) = &self.tracer {
                 tracer.span(&stage.name, self.replica, tags.chunk, t1, t2);
             }
         }
+    }
+
+    /// The next chunk to compute and how long the worker waited for it: from the stage's queue,
+    /// or (the parsing stage in a run) parsed here from the chunker's lines, its parse counted
+    /// as the source's work. `None` once the input has ended or the pipeline is stopping.
+    fn next_chunk(&self, patience: usize) -> Option<(ChunkTags, Env, Duration)> {
+        let t0 = Instant::now();
+        let Some(inbox) = &self.parsing else {
+            let part = super::recv_with_patience(&self.rx, patience).ok()?;
+            let tags = ChunkTags {
+                chunk: part.chunk,
+                rows: part.rows,
+                lines: part.lines,
+                poisoned: part.poisoned,
+            };
+            let mut env = Env::new(self.plan.graph.nodes.len(), part.rows, part.seqs);
+            for (v, t) in part.values {
+                env.set(v, t);
+            }
+            return Some((tags, env, t0.elapsed()));
+        };
+        let chunk = super::recv_with_patience(&inbox.rx, patience).ok()?;
+        let t1 = Instant::now();
+        let Parsed { tags, env, meta } = parse(&self.plan, &inbox.parser, &chunk);
+        let t2 = Instant::now();
+        inbox.others.emit(&tags, &env, Some(meta)).ok()?;
+        self.counters.stages[0]
+            .2
+            .record(Duration::ZERO, t2 - t1, t2.elapsed());
+        if let Some(t) = &self.tracer {
+            t.span("parse", self.replica, tags.chunk, t1, t2);
+        }
+        Some((tags, env, t1 - t0))
     }
 
     /// Evaluate the stage's layers from `run.from` on, counting in `done` the layers that
