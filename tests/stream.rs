@@ -601,6 +601,16 @@ batch: {{size: 8, max_delay_ms: 60000}}
         let errors = std::fs::read_to_string(&errors).unwrap();
         (out, errors, read_json(&stats))
     };
+    let validated = subpass()
+        .arg("validate")
+        .arg(pipeline(true))
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&validated.stdout);
+    assert!(
+        shown.contains("fed by source (its workers parse the records)"),
+        "{shown}"
+    );
     let (threaded, threaded_errors, _) = run(false);
     let (parsing, errors, stats) = run(true);
     assert!(parsing.status.success() && threaded.status.success());

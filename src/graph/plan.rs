@@ -528,6 +528,9 @@ impl Plan {
                 .producers
                 .iter()
                 .map(|p| match p {
+                    Producer::Source if s.parses => {
+                        "source (its workers parse the records)".to_string()
+                    }
                     Producer::Source => "source".to_string(),
                     Producer::Stage(j) => self.stages[*j].name.clone(),
                 })

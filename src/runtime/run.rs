@@ -170,8 +170,8 @@ fn spawn_stages(
     lines: Option<(&Receiver<RawChunk>, &RecordParser)>,
 ) -> Running {
     // The threads that parse: the parser threads, or the parsing stage's workers.
-    let parsing = plan.parsing_stage();
-    let parse_threads = parsing.map_or(plan.parsers, |s| plan.stages[s].replicas);
+    let parsing_stage = plan.parsing_stage();
+    let parse_threads = parsing_stage.map_or(plan.parsers, |s| plan.stages[s].replicas);
     let mut stage_names = vec![("source.parse".to_string(), parse_threads)];
     stage_names.extend(plan.stages.iter().map(|s| (s.name.clone(), s.replicas)));
     let counters = Counters::sharing(stage_names, records);
@@ -192,7 +192,7 @@ fn spawn_stages(
         for replica in 0..stage.replicas {
             // In a run, the parsing stage takes lines; fed from memory, parsed chunks as any.
             let parsing = match lines {
-                Some((rx, parser)) if parsing == Some(s) => Some(ParsingInbox {
+                Some((rx, parser)) if parsing_stage == Some(s) => Some(ParsingInbox {
                     rx: rx.clone(),
                     parser: parser.clone(),
                     others: source.without(Destination::Stage(s)),
