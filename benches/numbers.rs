@@ -22,9 +22,15 @@ type Writer = fn(f32) -> String;
 /// A JSON number parser: the number at a start index, its value and where it ends.
 type NumberParser = fn(&[u8], usize) -> Result<(f32, usize), String>;
 
-const KINDS: [(&str, Writer); 5] = [
+const KINDS: [(&str, Writer); 6] = [
     // Pixel intensities as datasets ship them.
     ("decimals_3", |v| format!("{:.3}", (v + 1.0) / 2.0)),
+    // The same rounded to 3 decimals but written as Python's json.dumps writes floats, trailing
+    // zeros dropped (0.5, 0.56, 0.506): benches/peers/race.py's stdin records.
+    ("rounded_3", |v| {
+        let r = (((v as f64 + 1.0) / 2.0) * 1000.0).round() / 1000.0;
+        ryu::Buffer::new().format(r).to_string()
+    }),
     // Shortest round-trip f32, as subpass and most f32 writers print.
     ("shortest_f32", |v| ryu::Buffer::new().format(v).to_string()),
     // Fixed precision from a float64 tool.

@@ -196,6 +196,36 @@ mod tests {
     }
 
     #[test]
+    fn numbers_inside_a_line_parse_as_alone() {
+        // A number followed by the rest of its line ends where it should and reads as alone.
+        let mut next = crate::weights::seeded_stream(4, "in-a-line");
+        let mut texts: Vec<String> = (0..20000)
+            .map(|i| {
+                let v = next();
+                match i % 4 {
+                    0 => format!("{v:.3}"),
+                    1 => format!("{v}"),
+                    2 => format!("{:.12}", v as f64),
+                    _ => format!("{:.2e}", v * 1e3),
+                }
+            })
+            .collect();
+        texts.extend(["0.12345678901", "1.5", "-0.0", "0.00000000012", "12.0e1"].map(String::from));
+        for text in &texts {
+            for after in [",0.25]\n", "]", "\n", " ,1"] {
+                let line = format!("[{text}{after}");
+                let (got, end) = parse_json_number(line.as_bytes(), 1).unwrap();
+                let want: f32 = text.parse().unwrap();
+                assert_eq!(got.to_bits(), want.to_bits(), "{line:?}");
+                assert_eq!(end, 1 + text.len(), "{line:?}");
+            }
+        }
+        for bad in ["[1.2.3,4]", "[0.5x,1]", "[1.,2]", "[0.123456789a]"] {
+            assert!(parse_json_number(bad.as_bytes(), 1).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
     fn numbers_parse_to_the_nearest_f32() {
         // The fast path and the full parser must agree with Rust's own correctly rounded parse.
         let cases = [
