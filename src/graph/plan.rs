@@ -932,7 +932,6 @@ fn check_stage_membership(config: &PipelineConfig) -> Result<HashMap<usize, usiz
     }
 }
 
-/// Stages whose dependencies loop would deadlock on their bounded channels: refuse them.
 /// `parse: true` on one stage at most, fed by the input alone: a stage that also waited on
 /// another stage's values would hold the records unparsed until they came, and every stage
 /// that reads the input would wait on it.
@@ -962,6 +961,7 @@ fn check_parsing_stage(stages: &[StagePlan], configs: &[StageConfig]) -> Result<
     }
 }
 
+/// Stages whose dependencies loop would deadlock on their bounded channels: refuse them.
 fn check_stage_cycles(stages: &[StagePlan], configs: &[StageConfig]) -> Result<(), ConfigErrors> {
     // Kahn's algorithm: whatever is left once no stage is free to run lies on a cycle.
     let n = stages.len();

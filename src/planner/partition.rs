@@ -127,14 +127,14 @@ pub fn predict_parsed(
     m: &Machine,
 ) -> Choice {
     let mut stage: Vec<f64> = stage.iter().map(|t| t * m.contention + m.hop).collect();
-    let parsers = match parsing {
+    // Seconds a record costs the parser threads: their own bound, and their share of the cores.
+    let (parsers, parse_thread) = match parsing {
         Some(s) => {
             stage[s] += m.parse;
-            0.0
+            (0.0, 0.0)
         }
-        None => m.parse / m.parsers.max(1) as f64,
+        None => (m.parse / m.parsers.max(1) as f64, m.parse),
     };
-    let parse_thread = if parsing.is_some() { 0.0 } else { m.parse };
     let (slowest, per_stage) = stage
         .iter()
         .zip(replicas)
