@@ -5,6 +5,7 @@
 //!
 //! Nothing here knows about stages; the runtime moves what this module produces.
 
+mod flat_avx512;
 mod format;
 mod image;
 mod number;

@@ -11,6 +11,7 @@ use std::time::Instant;
 
 use serde_json::value::RawValue;
 
+use super::flat_avx512::parse_flat;
 use super::format::RecordKey;
 use super::number::{parse_csv_number, parse_json_number};
 use super::reader::{LineText, RawLine};
@@ -679,6 +680,15 @@ impl Scanner<'_> {
 
     /// `[n, n, ...]`: returns how many numbers it appended.
     fn flat(&mut self, out: &mut Vec<f32>) -> Result<usize, String> {
+        if let Some((n, end)) = parse_flat(self.bytes, self.pos, out) {
+            self.pos = end;
+            return Ok(n);
+        }
+        self.flat_one_by_one(out)
+    }
+
+    /// [`Self::flat`] without the AVX-512 path: one number at a time, and the errors' wording.
+    fn flat_one_by_one(&mut self, out: &mut Vec<f32>) -> Result<usize, String> {
         self.expect(b'[')?;
         self.skip_ws();
         if self.bytes.get(self.pos) == Some(&b']') {

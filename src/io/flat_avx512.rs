@@ -1,0 +1,499 @@
+//! Flat JSON arrays of short decimals, eight numbers at a time with AVX-512: the hot path of a
+//! JSON-lines stream (`[0.506, 0.565, …]`), where parsing numbers one byte at a time took a
+//! quarter of the CPU of `subpass run` on the MLP.
+//!
+//! Two steps per 64-byte block of the array:
+//! 1. **Where the numbers are.** One load and five byte compares give the block's commas and
+//!    whitespace; every other byte belongs to a number. Bit tricks on those masks give each
+//!    number's start and end, and the commas before each start prove the array's structure
+//!    (number `i` has exactly `i` commas before it, and there are `n - 1` in all), without
+//!    looking at a byte twice.
+//! 2. **What they are worth.** Eight numbers at once: a gather brings each one's first eight bytes
+//!    into a 64-bit lane, where the sign, the JSON grammar (one dot inside the digits, no leading
+//!    zero, nothing else) and the digits' value are worked out for all eight lanes together, and
+//!    `digits × 10^-fraction` is worked out in f64, then rounded to f32: the same correctly
+//!    rounded value as [`super::parse_json_number`] (the f64 product is within 4 of its ulps of
+//!    the exact value, so it rounds as the exact value does unless an f32 rounding midpoint is
+//!    that close; such rare numbers are left to the scalar parser).
+//!
+//! Anything else is not decided here. A number this path does not take (longer than 8 bytes, an
+//! exponent, a midpoint) goes to [`super::parse_json_number`] on its own. A line whose structure
+//! or any number is wrong, or where most numbers are of the kind this path does not take, is
+//! handed back whole (`None`), and the scalar scanner parses it again and words any error
+//! exactly as it always has. So this path can make a line faster but never changes what a line
+//! means.
+
+/// Parses the flat array whose `[` is at `bytes[open]`, appending its values to `out`: the
+/// number of values and the index just past its `]`. `None` (with `out` as it was) when the CPU
+/// lacks AVX-512, `SUBPASS_KERNELS` caps the kernels below it, or the array is anything but a
+/// well-formed non-empty flat array of numbers: the caller's scalar scanner then takes it.
+pub(super) fn parse_flat(bytes: &[u8], open: usize, out: &mut Vec<f32>) -> Option<(usize, usize)> {
+    #[cfg(target_arch = "x86_64")]
+    if x86::available() && bytes.get(open) == Some(&b'[') {
+        let close = open + 1 + memchr::memchr(b']', &bytes[open + 1..])?;
+        let mark = out.len();
+        // SAFETY: `available()` checked that this CPU has every feature `flat` enables;
+        // `open + 1 <= close < bytes.len()`.
+        match unsafe { x86::flat(bytes, open + 1, close, out) } {
+            Some(n) => return Some((n, close + 1)),
+            None => out.truncate(mark),
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (bytes, open, out);
+    None
+}
+
+/// Whether [`parse_flat`] can take lines on this machine: what the tests expect of it.
+#[cfg(test)]
+fn enabled() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    return x86::available();
+    #[cfg(not(target_arch = "x86_64"))]
+    false
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+    use std::sync::OnceLock;
+
+    use crate::io::number::parse_json_number;
+    use crate::kernels::{isa, Isa};
+
+    /// AVX-512 with the byte (BW), 64-bit conversion (DQ), conflict-detection (`lzcnt`, CD) and
+    /// 256-bit mask (VL) extensions, BMI1/2 for the bit scans; and the kernels not capped below
+    /// AVX-512, so that `SUBPASS_KERNELS=avx2` runs the other path on this machine too.
+    pub(super) fn available() -> bool {
+        static OK: OnceLock<bool> = OnceLock::new();
+        *OK.get_or_init(|| {
+            isa() == Isa::Avx512
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512dq")
+                && is_x86_feature_detected!("avx512cd")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("bmi1")
+                && is_x86_feature_detected!("bmi2")
+                && is_x86_feature_detected!("popcnt")
+        })
+    }
+
+    /// Numbers whose place is known but whose value is not yet: at most 7 left from the last
+    /// group of eight, plus 32 starts from each of two blocks (a number takes a byte and so does
+    /// the comma or space after it), plus the end at `to`.
+    const PENDING: usize = 80;
+
+    /// The values of the numbers in `bytes[from..to]` (an array's inside), or `None`.
+    ///
+    /// # Safety
+    /// The CPU must have the features `available()` checks, and `from <= to <= bytes.len()`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512cd,avx512vl,bmi1,bmi2,popcnt")]
+    pub(super) unsafe fn flat(
+        bytes: &[u8],
+        from: usize,
+        to: usize,
+        out: &mut Vec<f32>,
+    ) -> Option<usize> {
+        debug_assert!(from <= to && to <= bytes.len());
+        // Positions fit the gather's 32-bit offsets (lines are far shorter; longer ones go to
+        // the scalar scanner).
+        if to > i32::MAX as usize - 64 {
+            return None;
+        }
+        let mut starts = [0u32; PENDING];
+        let mut ends = [0u32; PENDING];
+        let (mut pending_starts, mut pending_ends) = (0usize, 0usize);
+        let mut done = 0usize; // numbers already valued
+        let mut commas = 0usize; // commas in the blocks before this one
+        let mut structure_ok = true;
+        let mut carry = 0u64; // 1 when the last block ended inside a number
+        let mut complete_before = 0usize; // pending numbers whose end an earlier block found
+        let (comma, space, tab, lf, cr) = (
+            _mm512_set1_epi8(b',' as i8),
+            _mm512_set1_epi8(b' ' as i8),
+            _mm512_set1_epi8(b'\t' as i8),
+            _mm512_set1_epi8(b'\n' as i8),
+            _mm512_set1_epi8(b'\r' as i8),
+        );
+        let mut pos = from;
+        while pos < to {
+            let n = (to - pos).min(64);
+            let valid = if n == 64 { !0u64 } else { (1u64 << n) - 1 };
+            // SAFETY: the mask selects bytes pos..pos + n, all below `to <= bytes.len()`; masked
+            // lanes are not read (and cannot fault).
+            let x = unsafe { _mm512_maskz_loadu_epi8(valid, bytes.as_ptr().add(pos).cast()) };
+            let commas_here = _mm512_cmpeq_epi8_mask(x, comma) & valid;
+            let white = (_mm512_cmpeq_epi8_mask(x, space)
+                | _mm512_cmpeq_epi8_mask(x, tab)
+                | _mm512_cmpeq_epi8_mask(x, lf)
+                | _mm512_cmpeq_epi8_mask(x, cr))
+                & valid;
+            let number = valid & !(commas_here | white);
+            let after_number = (number << 1) | carry;
+            carry = number >> 63;
+            // Number `i` of the array must have exactly `i` commas before it.
+            let mut bits = number & !after_number;
+            while bits != 0 {
+                let at = bits.trailing_zeros();
+                let before = commas + (commas_here & ((1u64 << at) - 1)).count_ones() as usize;
+                structure_ok &= before == done + pending_starts;
+                starts[pending_starts] = (pos + at as usize) as u32;
+                pending_starts += 1;
+                bits &= bits - 1;
+            }
+            // A number ends at the first byte after it that is not its own (bits past `n` count
+            // as such, so a number running to `to` ends there unless the block was full).
+            let mut bits = !number & after_number;
+            while bits != 0 {
+                ends[pending_ends] = (pos + bits.trailing_zeros() as usize) as u32;
+                pending_ends += 1;
+                bits &= bits - 1;
+            }
+            commas += commas_here.count_ones() as usize;
+            pos += n;
+            if carry == 1 && pos == to {
+                ends[pending_ends] = to as u32;
+                pending_ends += 1;
+            }
+            // Value every whole group of eight numbers that were complete before this block, and
+            // keep the rest for later. A block's positions wait one block before they are read
+            // back as vectors: read at once, the eight 32-bit stores still in flight stall the
+            // 256-bit load (no store forwarding), which cost 12% of this function.
+            let whole = complete_before / 8 * 8;
+            complete_before = pending_ends - whole;
+            for group in (0..whole).step_by(8) {
+                eight(
+                    bytes,
+                    &starts[group..group + 8],
+                    &ends[group..group + 8],
+                    out,
+                )?;
+            }
+            starts.copy_within(whole..pending_starts, 0);
+            ends.copy_within(whole..pending_ends, 0);
+            pending_starts -= whole;
+            pending_ends -= whole;
+            done += whole;
+        }
+        let whole = pending_ends / 8 * 8;
+        for group in (0..whole).step_by(8) {
+            eight(
+                bytes,
+                &starts[group..group + 8],
+                &ends[group..group + 8],
+                out,
+            )?;
+        }
+        let count = done + pending_starts;
+        if !structure_ok || count == 0 || commas != count - 1 || pending_ends != pending_starts {
+            return None;
+        }
+        for i in whole..pending_ends {
+            one(bytes, starts[i], ends[i], out)?;
+        }
+        Some(count)
+    }
+
+    /// The number at `bytes[start..end]` through the scalar parser, which must agree on its end.
+    fn one(bytes: &[u8], start: u32, end: u32, out: &mut Vec<f32>) -> Option<()> {
+        let (value, stop) = parse_json_number(bytes, start as usize).ok()?;
+        (stop == end as usize).then(|| out.push(value))
+    }
+
+    /// Appends the values of eight numbers (`bytes[starts[j]..ends[j]]`, in order), or `None`
+    /// when one is not a number.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512cd,avx512vl,bmi1,bmi2,popcnt")]
+    fn eight(bytes: &[u8], starts: &[u32], ends: &[u32], out: &mut Vec<f32>) -> Option<()> {
+        let (starts, ends): (&[u32; 8], &[u32; 8]) =
+            (starts.try_into().ok()?, ends.try_into().ok()?);
+        // The gather reads eight bytes from each start; the last start is the largest.
+        if starts[7] as usize + 8 > bytes.len() {
+            for j in 0..8 {
+                one(bytes, starts[j], ends[j], out)?;
+            }
+            return Some(());
+        }
+        // SAFETY: `starts` and `ends` are arrays of eight u32, the 256 bits each load reads.
+        let (at, end) = unsafe {
+            (
+                _mm256_loadu_si256(starts.as_ptr().cast()),
+                _mm256_loadu_si256(ends.as_ptr().cast()),
+            )
+        };
+        // SAFETY: every start + 8 <= bytes.len() (the largest was checked above, and starts are
+        // below i32::MAX, checked by `flat`), so each lane's eight bytes lie inside `bytes`.
+        let x = unsafe { _mm512_i32gather_epi64::<1>(at, bytes.as_ptr().cast()) };
+        let (values, valid) = value_lanes(x, _mm512_cvtepu32_epi64(_mm256_sub_epi32(end, at)));
+        if valid == 0xFF {
+            out.extend_from_slice(&values);
+        } else if valid.count_ones() < 4 {
+            // Mostly numbers this path does not take (long decimals, exponents): the line is
+            // the scalar scanner's, which reads those faster without this path's work around it
+            // (shortest f32 reprs ran 15% slower through here).
+            return None;
+        } else {
+            for j in 0..8 {
+                if valid & (1 << j) != 0 {
+                    out.push(values[j]);
+                } else {
+                    one(bytes, starts[j], ends[j], out)?;
+                }
+            }
+        }
+        Some(())
+    }
+
+    /// Eight numbers, one per 64-bit lane of `x` (first byte lowest), `len` bytes each: their
+    /// f32 values, and a bit per lane that is set where the lane was a JSON number of at most
+    /// eight bytes (after its sign) whose value this computed.
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512cd,avx512vl")]
+    fn value_lanes(x: __m512i, len: __m512i) -> ([f32; 8], u8) {
+        let zero = _mm512_setzero_si512();
+        let one = _mm512_set1_epi64(1);
+        let low_byte = _mm512_set1_epi64(0xFF);
+        // The sign: drop it, and flip the value's sign bit at the end.
+        let negative = _mm512_cmpeq_epi64_mask(
+            _mm512_and_si512(x, low_byte),
+            _mm512_set1_epi64(b'-' as i64),
+        );
+        let x = _mm512_mask_srli_epi64(x, negative, x, 8);
+        let len = _mm512_mask_sub_epi64(len, negative, len, one);
+        let len_ok =
+            _mm512_cmpge_epu64_mask(len, one) & _mm512_cmple_epu64_mask(len, _mm512_set1_epi64(8));
+        // The number's bytes: the low `len` of the lane (a shift by 64 or more gives 0).
+        let inside = _mm512_andnot_si512(
+            _mm512_sllv_epi64(_mm512_set1_epi64(-1), _mm512_slli_epi64(len, 3)),
+            _mm512_set1_epi64(-1),
+        );
+        let in_number = _mm512_test_epi8_mask(inside, inside);
+        let digit = _mm512_sub_epi8(x, _mm512_set1_epi8(b'0' as i8));
+        let is_digit = _mm512_cmplt_epu8_mask(digit, _mm512_set1_epi8(10)) & in_number;
+        let is_dot = _mm512_cmpeq_epi8_mask(x, _mm512_set1_epi8(b'.' as i8)) & in_number;
+        let stray = _mm512_movm_epi8(in_number & !(is_digit | is_dot));
+        let has_stray = _mm512_test_epi64_mask(stray, stray);
+        // At most one dot, not first, not last.
+        let dots = _mm512_movm_epi8(is_dot);
+        let first_dot = _mm512_and_si512(dots, _mm512_sub_epi64(zero, dots)); // its lowest bit
+        let first_dot_byte = _mm512_sub_epi64(_mm512_slli_epi64(first_dot, 8), first_dot);
+        let has_dot = _mm512_test_epi64_mask(dots, dots);
+        let two_dots = _mm512_cmpneq_epi64_mask(dots, first_dot_byte);
+        let dot_first = _mm512_test_epi64_mask(dots, low_byte);
+        let dot_last = has_dot & !_mm512_test_epi64_mask(_mm512_slli_epi64(first_dot, 8), inside);
+        // No leading zero: `0` then a digit.
+        let digits_at = _mm512_movm_epi8(is_digit);
+        let leading_zero = _mm512_cmpeq_epi64_mask(_mm512_and_si512(digit, low_byte), zero)
+            & _mm512_test_epi64_mask(digits_at, _mm512_set1_epi64(0xFF00));
+        // The digits without the dot, then moved to the top of the lane so that the bytes below
+        // them are leading zeros: byte 0 is the most significant of eight digits.
+        let before_dot = _mm512_sub_epi64(first_dot, one); // all ones when there is no dot
+        let digits = _mm512_or_si512(
+            _mm512_and_si512(digit, before_dot),
+            _mm512_andnot_si512(before_dot, _mm512_srli_epi64(digit, 8)),
+        );
+        let count = _mm512_mask_sub_epi64(len, has_dot, len, one);
+        let digits = _mm512_and_si512(digits, _mm512_mask_srli_epi64(inside, has_dot, inside, 8));
+        let digits = _mm512_sllv_epi64(
+            digits,
+            _mm512_sub_epi64(_mm512_set1_epi64(64), _mm512_slli_epi64(count, 3)),
+        );
+        // Pairs (×10 + next), quads (×100 + next pair), then the two quads of the lane.
+        let pairs = _mm512_maddubs_epi16(digits, _mm512_set1_epi16(0x010A));
+        let quads = _mm512_madd_epi16(pairs, _mm512_set1_epi32(0x0001_0064));
+        let mantissa = _mm512_add_epi64(
+            _mm512_mul_epu32(quads, _mm512_set1_epi64(10_000)),
+            _mm512_srli_epi64(quads, 32),
+        );
+        // Digits after the dot: len - 1 - (the dot's byte index).
+        let dot_index = _mm512_srli_epi64(
+            _mm512_sub_epi64(_mm512_set1_epi64(63), _mm512_lzcnt_epi64(first_dot)),
+            3,
+        );
+        let fraction = _mm512_maskz_sub_epi64(has_dot, _mm512_sub_epi64(len, one), dot_index);
+        // digits × 10^-fraction in f64, then to f32. The mantissa (< 10^8) is exact in f64, and
+        // the product is within 2^-52 of the exact value (two roundings of 2^-53 each), so
+        // within 4 f64 ulps (2 in its binade, 4 across a power of two). f32 keeps 24 of f64's 53
+        // significand bits: rounding the product gives the exact value's f32 unless an f32
+        // rounding midpoint (dropped bits 1000…0) lies that close; those lanes go to the
+        // scalar parser. (With at most eight digits that happens only where the product is
+        // exact, on odd integers from 2^24, whose tie rounds to even either way; the guard keeps
+        // correctness from resting on that count.) A multiply, not a divide: `vdivpd` takes 16
+        // cycles per eight lanes.
+        let tenths = _mm512_setr_pd(1e0, 1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6, 1e-7);
+        let value = _mm512_mul_pd(
+            _mm512_cvtepu64_pd(mantissa),
+            _mm512_permutexvar_pd(fraction, tenths),
+        );
+        let dropped =
+            _mm512_and_si512(_mm512_castpd_si512(value), _mm512_set1_epi64((1 << 29) - 1));
+        let near_midpoint = _mm512_cmple_epu64_mask(
+            _mm512_sub_epi64(dropped, _mm512_set1_epi64((1 << 28) - 4)),
+            _mm512_set1_epi64(8),
+        );
+        let value = _mm256_castps_si256(_mm512_cvtpd_ps(value));
+        let value = _mm256_mask_xor_epi32(value, negative, value, _mm256_set1_epi32(i32::MIN));
+        let mut values = [0f32; 8];
+        // SAFETY: `values` is eight f32, the 256 bits the store writes.
+        unsafe { _mm256_storeu_si256(values.as_mut_ptr().cast(), value) };
+        let valid = len_ok
+            & !has_stray
+            & !two_dots
+            & !dot_first
+            & !dot_last
+            & !leading_zero
+            & !near_midpoint;
+        (values, valid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `[tokens joined by sep]` through the fast path: its values, or `None`.
+    fn fast(tokens: &[String], sep: &str) -> Option<Vec<f32>> {
+        let line = format!("[{}]\n", tokens.join(sep));
+        let mut out = vec![7.0];
+        match parse_flat(line.as_bytes(), 0, &mut out) {
+            Some((n, end)) => {
+                assert_eq!(end, line.len() - 1, "{line}");
+                assert_eq!(n, tokens.len());
+                assert_eq!(out.remove(0), 7.0, "what was in `out` stays");
+                Some(out)
+            }
+            None => {
+                assert_eq!(out, [7.0], "`out` is left as it was");
+                None
+            }
+        }
+    }
+
+    /// Each token's value as Rust's correctly rounded `str::parse::<f32>` reads it.
+    fn rust(tokens: &[String]) -> Vec<u32> {
+        tokens
+            .iter()
+            .map(|t| t.parse::<f32>().unwrap().to_bits())
+            .collect()
+    }
+
+    #[test]
+    fn short_decimals_read_as_rust_reads_them() {
+        // Every 4-decimal value in [-1, 1], written as Python writes rounded floats; integers
+        // 0..=255; eight significant digits with the dot anywhere, and -0.
+        let mut tokens: Vec<String> = (-10000..=10000)
+            .map(|i| format!("{}", f64::from(i) / 10000.0))
+            .chain((0..=255).map(|i: i32| i.to_string()))
+            .collect();
+        let mut next = crate::weights::seeded_stream(11, "eight-digits");
+        for i in 0..40000 {
+            // Eight bytes after the sign: eight digits, or seven and the dot.
+            let digits = format!("{}", (next().abs() * 1e8) as u32 % 100_000_000 + 1);
+            let at = 1 + i % digits.len();
+            let digits = if at < digits.len() {
+                &digits[..digits.len().min(7)]
+            } else {
+                &digits
+            };
+            let at = at.min(digits.len());
+            let sign = if i % 3 == 0 { "-" } else { "" };
+            tokens.push(match at == digits.len() {
+                true => format!("{sign}{digits}"),
+                false => format!("{sign}{}.{}", &digits[..at], &digits[at..]),
+            });
+        }
+        tokens.extend(["-0", "0", "-0.0", "16777217", "0.5", "9999999.5"].map(String::from));
+        for (i, line) in tokens.chunks(784).enumerate() {
+            let sep = [",", ", ", " , ", ",\t", "\r\n,"][i % 5];
+            match fast(line, sep) {
+                Some(values) => {
+                    let got: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+                    assert_eq!(got, rust(line), "line {i}");
+                }
+                None => assert!(
+                    !enabled(),
+                    "line {i}: the fast path must take short decimals"
+                ),
+            }
+        }
+    }
+
+    #[test]
+    fn long_or_odd_numbers_among_short_ones_are_valued_too() {
+        // Numbers this path hands to the scalar parser one by one, a few per line.
+        let odd = [
+            "0.123456789",
+            "1e5",
+            "-2.5E-3",
+            "123456789",
+            "3.4028235e38",
+            "0.30000001",
+        ];
+        let mut tokens: Vec<String> = (0..100).map(|i| format!("0.{i}")).collect();
+        for (i, t) in odd.iter().enumerate() {
+            tokens[i * 13 + 5] = t.to_string();
+        }
+        let got = fast(&tokens, ",");
+        assert_eq!(got.is_some(), enabled());
+        if let Some(values) = got {
+            let got: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+            assert_eq!(got, rust(&tokens));
+        }
+    }
+
+    #[test]
+    fn anything_but_a_well_formed_array_is_handed_back() {
+        let good: Vec<String> = (0..40).map(|i| format!("0.{i}")).collect();
+        let broken = |at: usize, with: &str| {
+            let mut t = good.clone();
+            t[at] = with.to_string();
+            t
+        };
+        let lines: Vec<(Vec<String>, &str)> = vec![
+            (broken(3, "01"), ","),
+            (broken(9, "1."), ","),
+            (broken(17, ".5"), ","),
+            (broken(20, "1.2.3"), ","),
+            (broken(21, "--1"), ","),
+            (broken(22, "-"), ","),
+            (broken(23, "+1"), ","),
+            (broken(24, "1x"), ","),
+            (broken(25, "1 2"), ","),
+            (broken(26, ""), ","),
+            (broken(27, "NaN"), ","),
+            (broken(28, "\"1\""), ","),
+            (broken(29, "1e999"), ","),
+            (broken(30, "[1"), ","),
+            (broken(39, "0.5,"), ","),
+            (broken(0, ",0.5"), ","),
+            // A missing comma made up for by a doubled one, or by a leading one: the right
+            // number of commas, in the wrong places.
+            (broken(5, "1 2"), ","),
+            (
+                {
+                    let mut t = broken(5, "1 2");
+                    t[30] = String::new();
+                    t
+                },
+                ",",
+            ),
+            (
+                {
+                    let mut t = broken(0, ",0.5");
+                    t[39] = "0.5 0.6".into();
+                    t
+                },
+                ",",
+            ),
+            (good.clone(), " "),
+            (good.clone(), ",,"),
+            (vec![], ","),
+        ];
+        for (tokens, sep) in &lines {
+            assert_eq!(fast(tokens, sep), None, "{tokens:?} joined by {sep:?}");
+        }
+        // And the control: the unbroken line goes through.
+        assert_eq!(fast(&good, ",").is_some(), enabled());
+        // Mostly long numbers: the scalar scanner's (see `eight`).
+        let long: Vec<String> = (0..40).map(|i| format!("0.12345678{i}")).collect();
+        assert_eq!(fast(&long, ","), None);
+    }
+}
