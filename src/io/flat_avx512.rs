@@ -4,24 +4,25 @@
 //!
 //! Two steps per 64-byte block of the array:
 //! 1. **Where the numbers are.** One load and five byte compares give the block's commas and
-//!    whitespace; every other byte belongs to a number. Bit tricks on those masks give each
-//!    number's start and end, and the commas before each start prove the array's structure
-//!    (number `i` has exactly `i` commas before it, and there are `n - 1` in all), without
-//!    looking at a byte twice.
-//! 2. **What they are worth.** Eight numbers at once: a gather brings each one's first eight bytes
-//!    into a 64-bit lane, where the sign, the JSON grammar (one dot inside the digits, no leading
-//!    zero, nothing else) and the digits' value are worked out for all eight lanes together, and
+//!    whitespace; every other byte belongs to a number. Bit tricks on those masks mark each
+//!    number's first byte and the byte after its last; a byte compress (`vpcompressb`) turns the
+//!    marks into offsets, and another, of one byte per token, checks that numbers and commas
+//!    alternate, which is the array's whole structure. No byte is looked at twice.
+//! 2. **What they are worth.** Eight numbers at once: one byte permute (a gather where they are
+//!    spread wide) brings each one's first eight or sixteen bytes into a 64-bit lane or two,
+//!    where the sign, the JSON grammar (one dot inside the digits, no leading zero, nothing
+//!    else) and the digits' value are worked out for all eight lanes together, and
 //!    `digits × 10^-fraction` is worked out in f64, then rounded to f32: the same correctly
 //!    rounded value as [`super::parse_json_number`] (the f64 product is within 4 of its ulps of
 //!    the exact value, so it rounds as the exact value does unless an f32 rounding midpoint is
 //!    that close; such rare numbers are left to the scalar parser).
 //!
-//! Anything else is not decided here. A number this path does not take (longer than 8 bytes, an
-//! exponent, a midpoint) goes to [`super::parse_json_number`] on its own. A line whose structure
-//! or any number is wrong, or where most numbers are of the kind this path does not take, is
-//! handed back whole (`None`), and the scalar scanner parses it again and words any error
-//! exactly as it always has. So this path can make a line faster but never changes what a line
-//! means.
+//! Anything else is not decided here. A number this path does not take (longer than 16 bytes,
+//! an exponent, a midpoint) goes to [`super::parse_json_number`] on its own. A line whose
+//! structure or any number is wrong, or where most numbers are of the kind this path does not
+//! take, is handed back whole (`None`), and the scalar scanner parses it again and words any
+//! error exactly as it always has. So this path can make a line faster but never changes what a
+//! line means.
 
 /// Parses the flat array whose `[` is at `bytes[open]`, appending its values to `out`: the
 /// number of values and the index just past its `]`. `None` (with `out` as it was) when the CPU
@@ -190,8 +191,9 @@ mod x86 {
             }
             // Value every whole group of eight numbers that were complete before this block, and
             // keep the rest for later. A block's positions wait one block before they are read
-            // back as vectors: read at once, the eight 32-bit stores still in flight stall the
-            // 256-bit load (no store forwarding), which cost 12% of this function.
+            // back as vectors: read at once, the 256-bit loads stall on the stores still in
+            // flight, which cannot forward to them (it cost 12% of this function when the
+            // positions were stored one u32 at a time).
             let whole = complete_before / 8 * 8;
             complete_before = pending_ends - whole;
             for group in (0..whole).step_by(8) {
