@@ -264,7 +264,14 @@ mod x86 {
         // Eight bytes a number where they all fit (most records), else sixteen (shortest f32
         // reprs, up to 15 digits); longer ones are the scalar parser's, one by one.
         let short = _mm512_cmple_epu64_mask(len, _mm512_set1_epi64(8)) == 0xFF;
-        let width = if short { 8 } else { 16 };
+        let sixteen = _mm512_cmple_epu64_mask(len, _mm512_set1_epi64(16)) == 0xFF;
+        let width = if short {
+            8
+        } else if sixteen {
+            16
+        } else {
+            24
+        };
         // Each lane reads `width` bytes from its start; the last start is the largest.
         if starts[7] as usize + width > bytes.len() {
             for j in 0..8 {
@@ -278,6 +285,10 @@ mod x86 {
             value_lanes_16(
                 bytes_at(bytes, starts, width, 0),
                 bytes_at(bytes, starts, width, 8),
+                match width {
+                    24 => bytes_at(bytes, starts, width, 16),
+                    _ => _mm512_setzero_si512(),
+                },
                 len,
             )
         };
@@ -409,7 +420,7 @@ mod x86 {
         // Digits after the dot: len - 1 - (the dot's byte index).
         let fraction =
             _mm512_maskz_sub_epi64(has_dot, _mm512_sub_epi64(len, one), byte_index(first_dot));
-        let (values, near_midpoint) = to_f32(mantissa, fraction, negative);
+        let (values, near_midpoint) = to_f32(mantissa, fraction, negative, 0);
         let valid = len_ok
             & !has_stray
             & !two_dots
@@ -424,21 +435,36 @@ mod x86 {
     /// `low`, 8..16 in `high`; up to 15 digits with a dot, 16 without, and a mantissa below
     /// 2^53 (exact in f64).
     #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512cd,avx512vl")]
-    fn value_lanes_16(low: __m512i, high: __m512i, len: __m512i) -> ([f32; 8], u8) {
+    fn value_lanes_16(low: __m512i, high: __m512i, tail: __m512i, len: __m512i) -> ([f32; 8], u8) {
         let zero = _mm512_setzero_si512();
         let one = _mm512_set1_epi64(1);
         let ones = _mm512_set1_epi64(-1);
         let low_byte = _mm512_set1_epi64(0xFF);
         let eight = _mm512_set1_epi64(8);
-        // The sign: the sixteen bytes move down one.
+        let sixteen = _mm512_set1_epi64(16);
+        // The sign: the twenty-four bytes move down one.
         let negative = _mm512_cmpeq_epi64_mask(
             _mm512_and_si512(low, low_byte),
             _mm512_set1_epi64(b'-' as i64),
         );
-        let (low, high) = down_one_byte(low, high, negative);
+        let (low, _) = down_one_byte(low, high, negative);
+        let (high, tail) = down_one_byte(high, tail, negative);
         let len = _mm512_mask_sub_epi64(len, negative, len, one);
         let len_ok =
-            _mm512_cmpge_epu64_mask(len, one) & _mm512_cmple_epu64_mask(len, _mm512_set1_epi64(16));
+            _mm512_cmpge_epu64_mask(len, one) & _mm512_cmple_epu64_mask(len, _mm512_set1_epi64(24));
+        // Past sixteen bytes, only digits after a dot in the first sixteen (Python's 17-digit
+        // reprs): they are dropped, and the value is known to lie less than one unit of the
+        // last kept digit above the kept digits' (see `to_f32`).
+        let truncated = _mm512_cmpgt_epu64_mask(len, sixteen);
+        let inside_tail = low_bytes(_mm512_subs_epu16(len, sixteen));
+        let in_tail = _mm512_test_epi8_mask(inside_tail, inside_tail);
+        let tail_digits = _mm512_cmplt_epu8_mask(
+            _mm512_sub_epi8(tail, _mm512_set1_epi8(b'0' as i8)),
+            _mm512_set1_epi8(10),
+        );
+        let tail_stray = _mm512_movm_epi8(in_tail & !tail_digits);
+        let tail_stray = _mm512_test_epi64_mask(tail_stray, tail_stray);
+        let len = _mm512_min_epu64(len, sixteen);
         let (inside_low, inside_high) = low_bytes_16(len);
         let in_low = _mm512_test_epi8_mask(inside_low, inside_low);
         let in_high = _mm512_test_epi8_mask(inside_high, inside_high);
@@ -523,7 +549,10 @@ mod x86 {
             _mm512_mul_epu32(eight_digits(bottom), _mm512_set1_epi64(100_000_000)),
             eight_digits(top),
         );
-        let exact = _mm512_cmplt_epu64_mask(mantissa, _mm512_set1_epi64(1 << 53));
+        // Exact in f64; and where digits were dropped, at least 11 kept, so that they move the
+        // value by less than 10^-10 of it (f32 needs 9 to round right).
+        let exact = _mm512_cmplt_epu64_mask(mantissa, _mm512_set1_epi64(1 << 53))
+            & !(truncated & _mm512_cmplt_epu64_mask(mantissa, _mm512_set1_epi64(10_000_000_000)));
         let dot_index = _mm512_mask_add_epi64(
             byte_index(first_low),
             !dot_in_low,
@@ -531,9 +560,10 @@ mod x86 {
             eight,
         );
         let fraction = _mm512_maskz_sub_epi64(has_dot, _mm512_sub_epi64(len, one), dot_index);
-        let (values, near_midpoint) = to_f32(mantissa, fraction, negative);
+        let (values, near_midpoint) = to_f32(mantissa, fraction, negative, truncated);
         let valid = len_ok
             & !has_stray
+            & !(truncated & (tail_stray | !has_dot))
             & !two_dots
             & !dot_first
             & !dot_last
@@ -612,7 +642,12 @@ mod x86 {
     /// the `negative` lanes; and the lanes where that rounding may differ from the exact
     /// value's, which the scalar parser must take.
     #[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-    fn to_f32(mantissa: __m512i, fraction: __m512i, negative: __mmask8) -> ([f32; 8], __mmask8) {
+    fn to_f32(
+        mantissa: __m512i,
+        fraction: __m512i,
+        negative: __mmask8,
+        truncated: __mmask8,
+    ) -> ([f32; 8], __mmask8) {
         // The mantissa is exact in f64, and the product is within 2^-52 of the exact value
         // (two roundings of 2^-53 each), so within 4 f64 ulps (2 in its binade, 4 across a
         // power of two). f32 keeps 24 of f64's 53 significand bits: rounding the product gives
@@ -628,9 +663,24 @@ mod x86 {
         );
         let dropped =
             _mm512_and_si512(_mm512_castpd_si512(value), _mm512_set1_epi64((1 << 29) - 1));
+        // Where digits were dropped (`truncated`), the exact value lies up to 10^-10 of it
+        // above the product too: under 2^20 of the product's ulps (10^-10 · 2^53 = 900,720),
+        // so 2^20 + 4 below the midpoint to 4 above it goes to the scalar parser (0.2% of
+        // such numbers).
         let near_midpoint = _mm512_cmple_epu64_mask(
-            _mm512_sub_epi64(dropped, _mm512_set1_epi64((1 << 28) - 4)),
-            _mm512_set1_epi64(8),
+            _mm512_sub_epi64(
+                dropped,
+                _mm512_mask_blend_epi64(
+                    truncated,
+                    _mm512_set1_epi64((1 << 28) - 4),
+                    _mm512_set1_epi64((1 << 28) - (1 << 20) - 4),
+                ),
+            ),
+            _mm512_mask_blend_epi64(
+                truncated,
+                _mm512_set1_epi64(8),
+                _mm512_set1_epi64((1 << 20) + 8),
+            ),
         );
         let value = _mm256_castps_si256(_mm512_cvtpd_ps(value));
         let value = _mm256_mask_xor_epi32(value, negative, value, _mm256_set1_epi32(i32::MIN));
@@ -697,6 +747,22 @@ mod tests {
             });
         }
         tokens.extend(["-0", "0", "-0.0", "16777217", "0.5", "9999999.5"].map(String::from));
+        // Up to 24 bytes, digits past the sixteenth dropped: Python's reprs of f32 values
+        // widened to f64 (17 digits), and decimals cut just below or above an f32 rounding
+        // midpoint, where dropping digits must not change the rounding.
+        let mut next = crate::weights::seeded_stream(13, "python-reprs");
+        for i in 0..30000 {
+            let v = next() * 10f32.powi(i % 5 - 2);
+            let midpoint = (f64::from(v) + f64::from(v.next_up())) / 2.0;
+            // One in four near a midpoint, so that most groups still take this path.
+            tokens.push(match i % 8 {
+                1 => format!("{midpoint:.21}")[..19]
+                    .trim_end_matches('.')
+                    .to_string(),
+                5 => format!("{:.17}", midpoint + midpoint.abs() * 1e-16),
+                _ => format!("{}", f64::from(v)),
+            });
+        }
         // Up to sixteen bytes: shortest f32 reprs (Rust's, with no exponent) from 1e-3 to 1e4,
         // 13 decimals from a float64 tool, and odd integers past 2^24 (midpoints, exact).
         let mut next = crate::weights::seeded_stream(12, "sixteen-bytes");
@@ -715,10 +781,7 @@ mod tests {
                     let got: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
                     assert_eq!(got, rust(line), "line {i}");
                 }
-                None => assert!(
-                    !enabled(),
-                    "line {i}: the fast path must take short decimals"
-                ),
+                None => assert!(!enabled(), "line {i}: the fast path must take these"),
             }
         }
     }
@@ -756,7 +819,9 @@ mod tests {
             check_broken_lines(&good);
         }
         // Mostly long numbers: the scalar scanner's (see `eight`).
-        let long: Vec<String> = (0..40).map(|i| format!("0.1234567890123456{i}")).collect();
+        let long: Vec<String> = (0..40)
+            .map(|i| format!("0.123456789012345678901234{i}"))
+            .collect();
         assert_eq!(fast(&long, ","), None);
     }
 
