@@ -9,15 +9,17 @@
 //!    marks into offsets, and another, of one byte per token, checks that numbers and commas
 //!    alternate, which is the array's whole structure. No byte is looked at twice.
 //! 2. **What they are worth.** Eight numbers at once: one byte permute (a gather where they are
-//!    spread wide) brings each one's first eight or sixteen bytes into a 64-bit lane or two,
+//!    spread wide) brings each one's first 8, 16 or 24 bytes into one to three 64-bit lanes,
 //!    where the sign, the JSON grammar (one dot inside the digits, no leading zero, nothing
 //!    else) and the digits' value are worked out for all eight lanes together, and
 //!    `digits × 10^-fraction` is worked out in f64, then rounded to f32: the same correctly
 //!    rounded value as [`super::parse_json_number`] (the f64 product is within 4 of its ulps of
 //!    the exact value, so it rounds as the exact value does unless an f32 rounding midpoint is
-//!    that close; such rare numbers are left to the scalar parser).
+//!    that close; such rare numbers are left to the scalar parser). Past 16 bytes (Python's
+//!    17-digit reprs) the digits after the sixteenth byte only bound the value from above, which
+//!    widens that window (see `to_f32`).
 //!
-//! Anything else is not decided here. A number this path does not take (longer than 16 bytes,
+//! Anything else is not decided here. A number this path does not take (longer than 24 bytes,
 //! an exponent, a midpoint) goes to [`super::parse_json_number`] on its own. A line whose
 //! structure or any number is wrong, or where most numbers are of the kind this path does not
 //! take, is handed back whole (`None`), and the scalar scanner parses it again and words any
