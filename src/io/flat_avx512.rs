@@ -196,31 +196,15 @@ mod x86 {
             // back as vectors: read at once, the 256-bit loads stall on the stores still in
             // flight, which cannot forward to them (it cost 12% of this function when the
             // positions were stored one u32 at a time).
-            let whole = complete_before / 8 * 8;
+            let whole = groups_of_eight(bytes, &starts, &ends, complete_before, out)?;
             complete_before = pending_ends - whole;
-            for group in (0..whole).step_by(8) {
-                eight(
-                    bytes,
-                    &starts[group..group + 8],
-                    &ends[group..group + 8],
-                    out,
-                )?;
-            }
             starts.copy_within(whole..pending_starts, 0);
             ends.copy_within(whole..pending_ends, 0);
             pending_starts -= whole;
             pending_ends -= whole;
             done += whole;
         }
-        let whole = pending_ends / 8 * 8;
-        for group in (0..whole).step_by(8) {
-            eight(
-                bytes,
-                &starts[group..group + 8],
-                &ends[group..group + 8],
-                out,
-            )?;
-        }
+        let whole = groups_of_eight(bytes, &starts, &ends, pending_ends, out)?;
         let count = done + pending_starts;
         // Ending on a number (`expect_comma`) means one comma fewer than numbers.
         if !structure_ok || count == 0 || expect_comma == 0 || pending_ends != pending_starts {
@@ -230,6 +214,30 @@ mod x86 {
             one(bytes, starts[i], ends[i], out)?;
         }
         Some(count)
+    }
+
+    /// Values the whole groups of eight among the first `complete` numbers of `starts`/`ends`:
+    /// how many it valued, or `None` when one is not a number.
+    #[target_feature(
+        enable = "avx512f,avx512bw,avx512dq,avx512cd,avx512vl,avx512vbmi,avx512vbmi2,bmi1,bmi2,popcnt"
+    )]
+    fn groups_of_eight(
+        bytes: &[u8],
+        starts: &[u32],
+        ends: &[u32],
+        complete: usize,
+        out: &mut Vec<f32>,
+    ) -> Option<usize> {
+        let whole = complete / 8 * 8;
+        for group in (0..whole).step_by(8) {
+            eight(
+                bytes,
+                &starts[group..group + 8],
+                &ends[group..group + 8],
+                out,
+            )?;
+        }
+        Some(whole)
     }
 
     /// The lowest `count` bits set (`count <= 64`).
