@@ -127,6 +127,10 @@ enum Command {
         json: bool,
         #[arg(long)]
         trace: Option<PathBuf>,
+        /// Run (a) and (b) this many times, alternated, and report their medians (and each
+        /// round's figures): on a shared machine one run can land in a neighbour's busy moment.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=100))]
+        rounds: u16,
     },
     /// Write the pipeline's weights (from `weights` or `init`) as an F32 safetensors file.
     Export { pipeline: PathBuf, out: PathBuf },
@@ -272,6 +276,7 @@ fn main() -> ExitCode {
             io,
             json,
             trace,
+            rounds,
         } => {
             let Some(plan) = load_plan_with(&pipeline, batch_size).and_then(planned) else {
                 return ExitCode::from(EXIT_CONFIG);
@@ -284,6 +289,7 @@ fn main() -> ExitCode {
                     io,
                     trace,
                     progress: !json,
+                    rounds: rounds.into(),
                 },
             ) {
                 Ok(report) => {

@@ -63,3 +63,51 @@ fn bench_json_has_every_figure() {
         .is_some_and(|b| (0.0..=100.5).contains(&b))));
     assert!(names.contains(&r["bottleneck"].as_str().unwrap()));
 }
+
+/// `--rounds N` alternates (a) and (b) N times: the figures reported are the medians of the
+/// rounds it lists, so a user can read both the figure and its spread.
+#[test]
+fn bench_rounds_report_their_medians() {
+    let out = subpass()
+        .args([
+            "bench",
+            "configs/digits-mlp.yaml",
+            "--records",
+            "2000",
+            "--rounds",
+            "3",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let rounds = r["rounds"].as_array().expect("`rounds` is a list");
+    assert_eq!(rounds.len(), 3, "{r}");
+    for key in ["monolithic_records_per_s", "pipeline_records_per_s"] {
+        let mut each: Vec<f64> = rounds.iter().map(|x| x[key].as_f64().unwrap()).collect();
+        assert!(
+            each.iter().all(|v| *v > 0.0 && v.is_finite()),
+            "{key}: {each:?}"
+        );
+        each.sort_by(f64::total_cmp);
+        assert_eq!(
+            r[key].as_f64(),
+            Some(each[1]),
+            "{key} is not the median of {each:?}"
+        );
+    }
+
+    // Zero rounds would measure nothing: refused, with the flag named.
+    let out = subpass()
+        .args(["bench", "configs/digits-mlp.yaml", "--rounds", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--rounds"));
+}

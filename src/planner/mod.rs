@@ -18,7 +18,7 @@ use crate::config::{Located, PipelineConfig, StageConfig, DEFAULT_QUEUE};
 use crate::graph::Plan;
 use crate::io::InputFormat;
 use partition::{choose, parse_in_first_stage, predict_parsed, predict_stages, Choice, Machine};
-pub use profile::Profile;
+pub use profile::{median, Profile};
 
 /// What `subpass plan` is asked.
 #[derive(Debug, Clone)]

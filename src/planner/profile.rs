@@ -71,7 +71,8 @@ fn rounds(mut f: impl FnMut(bool)) -> usize {
     n
 }
 
-pub(super) fn median(mut v: Vec<f64>) -> f64 {
+/// The median of `v`: the middle value, or the upper of the middle two.
+pub fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v.get(v.len() / 2).copied().unwrap_or(0.0)
 }
