@@ -96,14 +96,14 @@ impl RecordParser {
         self
     }
 
-    /// Records are text, tokenized by `tokenizer` (in `--format text`, or in the string of a
-    /// JSON object's field).
     /// Whether a line may be a bare array of the record's numbers: JSON lines of a numeric
     /// input (not text, not images).
     fn bare_arrays(&self) -> bool {
         self.format == InputFormat::JsonLines && self.tokenizer.is_none() && self.image.is_none()
     }
 
+    /// Records are text, tokenized by `tokenizer` (in `--format text`, or in the string of a
+    /// JSON object's field).
     pub fn with_tokenizer(mut self, tokenizer: std::sync::Arc<super::TextTokenizer>) -> Self {
         self.tokenizer = Some(tokenizer);
         self
