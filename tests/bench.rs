@@ -4,17 +4,12 @@ mod common;
 
 use common::*;
 
-#[test]
-fn bench_json_has_every_figure() {
+/// `subpass bench ARGS --json`, which must succeed: its one JSON object.
+fn bench_json(args: &[&str]) -> serde_json::Value {
     let out = subpass()
-        .args([
-            "bench",
-            "configs/digits-cnn.yaml",
-            "--records",
-            "3000",
-            "--io",
-            "--json",
-        ])
+        .arg("bench")
+        .args(args)
+        .arg("--json")
         .output()
         .unwrap();
     assert!(
@@ -22,8 +17,12 @@ fn bench_json_has_every_figure() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let r: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    serde_json::from_slice(&out.stdout).expect("stdout is one JSON object")
+}
+
+#[test]
+fn bench_json_has_every_figure() {
+    let r = bench_json(&["configs/digits-cnn.yaml", "--records", "3000", "--io"]);
     for key in [
         "monolithic_records_per_s",
         "pipeline_records_per_s",
@@ -68,25 +67,13 @@ fn bench_json_has_every_figure() {
 /// rounds it lists, so a user can read both the figure and its spread.
 #[test]
 fn bench_rounds_report_their_medians() {
-    let out = subpass()
-        .args([
-            "bench",
-            "configs/digits-mlp.yaml",
-            "--records",
-            "2000",
-            "--rounds",
-            "3",
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let r: serde_json::Value =
-        serde_json::from_slice(&out.stdout).expect("stdout is one JSON object");
+    let r = bench_json(&[
+        "configs/digits-mlp.yaml",
+        "--records",
+        "2000",
+        "--rounds",
+        "3",
+    ]);
     let rounds = r["rounds"].as_array().expect("`rounds` is a list");
     assert_eq!(rounds.len(), 3, "{r}");
     for key in ["monolithic_records_per_s", "pipeline_records_per_s"] {
