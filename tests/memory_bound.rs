@@ -336,7 +336,7 @@ fn peak_heap_stays_within_the_printed_bound() {
     let tail = &tail[tail.find("batch:").unwrap()..];
     std::fs::write(
         images.path().join("mlp-parsing.yaml"),
-        format!("{head}stages:\n  - {{name: all, layers: [\"fc1..logits\"], replicas: 2, parse: true}}\n{tail}"),
+        format!("{head}stages:\n  - {{name: all, layers: [\"fc1..logits\"], replicas: 2, parse: true, queue: 6}}\n{tail}"),
     )
     .unwrap();
     configs.push(images.path().join("mlp-parsing.yaml"));

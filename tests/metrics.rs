@@ -9,7 +9,7 @@ use std::process::{Child, ChildStdin, Stdio};
 use std::sync::mpsc::Receiver;
 use std::time::{Duration, Instant};
 
-use common::{run_with_metrics, stage_names, subpass, wait_with_timeout};
+use common::{run_with_metrics, stage_names, subpass, validate_budget, wait_with_timeout};
 use prometheus_parse::{Scrape, Value};
 
 const PIPELINE: &str = "configs/mlp.yaml";
@@ -99,19 +99,6 @@ fn counter(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
     }
 }
 
-/// The in-flight budget as `subpass validate` prints it: "…, N chunks at most".
-fn validate_budget(pipeline: &str) -> f64 {
-    let out = subpass().args(["validate", pipeline]).output().unwrap();
-    assert!(out.status.success());
-    let text = String::from_utf8(out.stdout).unwrap();
-    let before = text
-        .split(" chunks at most")
-        .next()
-        .filter(|b| b.len() < text.len())
-        .unwrap_or_else(|| panic!("no budget in:\n{text}"));
-    before.rsplit(' ').next().unwrap().parse().unwrap()
-}
-
 fn mlp_record(i: usize) -> String {
     let values: Vec<String> = (0..784)
         .map(|j| format!("{}", ((i + j) % 17) as f32 / 17.0))
@@ -121,7 +108,7 @@ fn mlp_record(i: usize) -> String {
 
 #[test]
 fn scrapes_during_a_run_agree_with_what_was_fed() {
-    let budget = validate_budget(PIPELINE);
+    let budget = validate_budget(PIPELINE) as f64;
     let stages = stage_names(PIPELINE);
     let hash =
         subpass::runtime::stats::file_hash(&std::fs::read(common::root().join(PIPELINE)).unwrap());

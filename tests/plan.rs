@@ -346,3 +346,49 @@ fn a_latency_plan_runs_convolutions_on_a_team_of_threads() {
     );
     common::assert_verifies(&[out.to_str().unwrap(), "--records", "4"]);
 }
+
+/// A stage whose workers parse takes its lines from the chunker's queue, so its `queue:` sizes
+/// that queue: the in-flight budget and the records read ahead grow with it. (It was ignored, and
+/// the planned MLP's workers waited for input 16% of a run while the chunker waited for a core.)
+/// The planner gives the stage the source feeds a queue of about 6 ms of its work.
+#[test]
+fn a_parsing_stage_queue_sizes_the_chunkers_queue() {
+    let dir = tempdir();
+    let mlp = std::fs::read_to_string(common::root().join("configs/mlp.yaml")).unwrap();
+    let (head, tail) = mlp.split_once("stages:").unwrap();
+    let tail = &tail[tail.find("batch:").unwrap()..];
+    let with_queue = |queue: &str| {
+        let path = dir.path().join(format!("mlp-q{queue}.yaml"));
+        let stages = format!(
+            "stages:\n  - {{name: all, layers: [\"fc1..logits\"], replicas: 2, parse: true{queue}}}\n"
+        );
+        std::fs::write(&path, format!("{head}{stages}{tail}")).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    // Two replicas each hold a chunk, the queue its chunks, the sink one.
+    assert_eq!(common::validate_budget(&with_queue("")), 2 + 2 + 1);
+    assert_eq!(
+        common::validate_budget(&with_queue(", queue: 6")),
+        6 + 2 + 1
+    );
+
+    let out = dir.path().join("planned.yaml");
+    plan_and_write("configs/mlp.yaml", &out, &[]);
+    let text = std::fs::read_to_string(&out).unwrap();
+    let stages = &text[text
+        .find("\nstages:")
+        .unwrap_or_else(|| panic!("no stages in:\n{text}"))..];
+    let stage = stages
+        .lines()
+        .find(|l| l.trim_start().starts_with("- {name:"))
+        .unwrap_or_else(|| panic!("no stage in:\n{text}"));
+    let queue: usize = stage
+        .split("queue: ")
+        .nth(1)
+        .and_then(|q| q.split(['}', ',']).next())
+        .unwrap_or_else(|| panic!("the fed stage has no queue: {stage}"))
+        .parse()
+        .unwrap();
+    // A chunk of 64 MLP records takes a worker a millisecond or more on any machine this runs.
+    assert!((3..=16).contains(&queue), "{stage}");
+}

@@ -130,7 +130,7 @@ impl InFlightBudget {
     }
 }
 
-/// Capacity, in chunks, of the parser's input queue.
+/// Capacity, in chunks, of the parser threads' input queue.
 pub const PARSE_QUEUE: usize = 2;
 
 /// Everything needed to run a pipeline: immutable, shared by every actor.
@@ -149,6 +149,9 @@ pub struct Plan {
     pub batch: BatchConfig,
     pub output: OutputConfig,
     pub budget: InFlightBudget,
+    /// Capacity, in chunks, of the chunker's queue of raw lines: [`PARSE_QUEUE`] for parser
+    /// threads, the parsing stage's `queue:` when its workers parse.
+    pub parse_queue: usize,
     /// The parsed file the plan was made from (`verify` builds its reference graph from it).
     pub config: PipelineConfig,
     /// For text records: the tokenizer the parsers share.
@@ -366,15 +369,17 @@ impl Plan {
             config.input.parsers
         };
 
+        // A parsing stage's workers take lines from the chunker's queue, so its `queue:` sizes
+        // that queue (in a run, the stage's own queue stays empty). Its raw lines are what the
+        // workers fall back on while the chunker waits for a core behind them.
+        let parse_queue = parsing.map_or(PARSE_QUEUE, |s| s.queue);
         // Enough chunks for every queue to be full and every worker busy at once, plus the
         // parser's and the one the sink is writing: the most a fully overlapped pipeline uses.
-        // (A parsing stage's queue stays empty in a run: its workers take lines from the
-        // chunker's queue.)
         let chunks = stages
             .iter()
             .map(|s| if s.parses { 0 } else { s.queue } + s.replicas)
             .sum::<usize>()
-            + PARSE_QUEUE
+            + parse_queue
             + parsers
             + 1;
         let mut bytes = activation_bytes(&graph, &stages, &source_routes, chunks, parsers, config);
@@ -394,6 +399,7 @@ impl Plan {
             batch: config.batch,
             output: config.output.clone(),
             budget: InFlightBudget { chunks, bytes },
+            parse_queue,
             config: config.clone(),
             tokenizer,
             image,

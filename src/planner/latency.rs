@@ -28,7 +28,7 @@ use std::collections::HashMap;
 
 use super::profile::{self, Profile};
 use super::PlannedStage;
-use crate::config::{shard_layer, LayerConfig, PipelineConfig};
+use crate::config::{shard_layer, LayerConfig, PipelineConfig, DEFAULT_QUEUE};
 use crate::graph::Plan;
 use crate::io::InputFormat;
 
@@ -277,6 +277,7 @@ pub fn one_stage(plan: &Plan) -> PlannedStage {
         seconds_per_record: 0.0,
         core: None,
         parse: false,
+        queue: DEFAULT_QUEUE,
     }
 }
 
@@ -302,6 +303,7 @@ fn stage(index: usize, layers: Vec<String>, seconds_per_record: f64, core: usize
         seconds_per_record,
         core: Some(core),
         parse: false,
+        queue: DEFAULT_QUEUE,
     }
 }
 

@@ -22,7 +22,7 @@ use super::stats::{Counters, RecordCounters, RunStats};
 use super::supervise::{RestartBudget, Supervisor, DEFAULT_MAX_RESTARTS};
 use super::trace::Tracer;
 use super::{channels, ChunkTags, Emitter, Failure, Inboxes, Part, StageChannels};
-use crate::graph::plan::{Destination, PARSE_QUEUE};
+use crate::graph::plan::Destination;
 use crate::graph::Plan;
 use crate::io::{
     self as rio, output_names, write_rejection, InputFormat, OutputFormatter, RecordKey,
@@ -336,7 +336,7 @@ fn start_version(
     writer_in: Receiver<Result<JsonOutput, RunError>>,
     started: Instant,
 ) -> (Version, ChunkTarget) {
-    let (chunks_tx, chunks_rx) = bounded::<RawChunk>(PARSE_QUEUE);
+    let (chunks_tx, chunks_rx) = bounded::<RawChunk>(plan.parse_queue);
     let parser = record_parser(&plan, &plan.output.passthrough, options.format);
     let running = spawn_stages(
         &plan,

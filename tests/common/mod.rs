@@ -128,3 +128,16 @@ pub fn stage_names(pipeline: &str) -> Vec<String> {
     names.extend(plan.stages.iter().map(|s| s.name.clone()));
     names
 }
+
+/// The in-flight budget as `subpass validate` prints it: "…, N chunks at most".
+pub fn validate_budget(pipeline: &str) -> usize {
+    let out = subpass().args(["validate", pipeline]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let before = text
+        .split(" chunks at most")
+        .next()
+        .filter(|b| b.len() < text.len())
+        .unwrap_or_else(|| panic!("no budget in:\n{text}"));
+    before.rsplit(' ').next().unwrap().parse().unwrap()
+}
