@@ -52,10 +52,13 @@ const HOP_SECONDS: f64 = 5e-6;
 /// CPU a chunk costs outside the stages: fed in (from memory or the chunker), reordered and
 /// written by the sink, and the wake-ups of the threads in between. Fit to the configs whose
 /// layers cost least (`python3 tools/plan_accuracy.py`: `configs/residual.yaml` and
-/// `digits-mlp.yaml` at batch 32 on 2 cores left 6 to 19 µs of CPU a chunk unexplained by
-/// their layers, from one run to the next); it is noise for any model whose layers take a
-/// millisecond a chunk.
-const OUTSIDE_SECONDS: f64 = 10e-6;
+/// `digits-mlp.yaml` at batch 32 on 2 cores). With a queue of 2 chunks on the fed stage they
+/// left 6 to 19 µs of CPU a chunk unexplained by their layers, from one run to the next, and
+/// this was 10 µs; since the plan queues about 6 ms of work there (the hand-offs no longer
+/// stall), two runs of `plan_accuracy.py` measured `digits-mlp` at 2.57M records/s both times,
+/// 11 µs a chunk above its layers, one [`HOP_SECONDS`] and this. It is noise for any model whose
+/// layers take a millisecond a chunk.
+const OUTSIDE_SECONDS: f64 = 6e-6;
 
 /// Work, in seconds, the queue of the stage the source feeds holds when the plan sizes it. On a
 /// machine whose cores all run workers, the threads that feed them (reader, chunker, parsers)
