@@ -235,6 +235,13 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
             stages = as_written();
         }
     }
+    // The first stage is the one the source feeds: its queue covers its feeders' waits for a
+    // core. Set before the check run, which then measures what `--write` writes.
+    if !kept {
+        if let Some(first) = stages.first_mut() {
+            first.queue = feed_queue(first, &machine, plan.batch.size);
+        }
+    }
     // When the model prefers its own stages to the file's, a short run of each, fed from memory,
     // has the last word: the model knows no cache effects, and a plan must never be slower than
     // what the user wrote. (Text pipelines are not fed from memory: the model decides alone.)
@@ -260,11 +267,6 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
                 best = w.clone();
                 stages = as_written();
             }
-        }
-    }
-    if !kept {
-        if let Some(first) = stages.first_mut() {
-            first.queue = feed_queue(first, &machine, plan.batch.size);
         }
     }
     // The same stages fed from memory: no parser at work.
