@@ -65,7 +65,7 @@ const OUTSIDE_SECONDS: f64 = 6e-6;
 /// wait for a core behind them when woken: `perf sched latency` on the planned MLP with
 /// `subpass run` measured the chunker's waits at 1.3 ms on average and up to 4 ms. With a queue
 /// of 2 chunks (1.9 ms of work) its workers waited for input 16% of the run; 4 chunks (3.8 ms)
-/// left 6-8%, 6 chunks (5.7 ms) 2-3%.
+/// left 6-8%, 6 chunks (5.7 ms) 3-4%.
 const FEED_SECONDS: f64 = 6e-3;
 
 /// The deepest queue the plan gives the fed stage: tiny chunks need no more to cover
