@@ -589,7 +589,7 @@ impl Planned {
             );
         }
         let _ = writeln!(out, "\nstages on {} cores:", self.cores);
-        for s in &self.stages {
+        for (i, s) in self.stages.iter().enumerate() {
             let _ = writeln!(
                 out,
                 "  {}: {} layer(s) [{}], replicas {}, {:.3} µs/record on one core{}{}{}",
@@ -607,9 +607,12 @@ impl Planned {
                 } else {
                     ""
                 },
-                match s.queue {
-                    DEFAULT_QUEUE => String::new(),
-                    q => format!("; queue {q}, so that it has work while the threads that feed it wait for a core"),
+                // The plan sizes only the first stage's queue; a file kept as written says why
+                // its own queues are what they are, not the plan.
+                match (s.queue, i == 0 && !self.kept_as_written) {
+                    (DEFAULT_QUEUE, _) => String::new(),
+                    (q, true) => format!("; queue {q}, so that it has work while the threads that feed it wait for a core"),
+                    (q, false) => format!("; queue {q}"),
                 },
                 if self.bottleneck.as_deref() == Some(s.name.as_str()) {
                     "  <- bottleneck"
