@@ -733,6 +733,78 @@ mod tests {
         }
     }
 
+    /// The prefetches of each column of micro-kernel calls, over all its row groups, cover
+    /// exactly the cache lines the next column in the AVX-512 loops' order reads: each once,
+    /// none outside it, and nothing after the last column.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn each_column_prefetches_exactly_the_next_columns_lines() {
+        use std::collections::BTreeMap;
+        for &(m, n, k) in &[
+            (64usize, 1024usize, 784usize),
+            (16, 48, 600),
+            (130, 40, 401),
+            (9, 15, 7),
+            (8, 16, 200),
+        ] {
+            let panels_n = n.div_ceil(NR);
+            let panels = vec![0.0f32; panels_n * k * NR];
+            let line = |ptr: *const f32| (ptr as usize - panels.as_ptr() as usize) / 64;
+            let kc_max = k.div_ceil(k.div_ceil(KC_512));
+            // The columns in the loops' order: depth blocks, row blocks, pairs of panels.
+            let mut columns = Vec::new();
+            for k0 in (0..k).step_by(kc_max) {
+                let kc = kc_max.min(k - k0);
+                for m0 in (0..m).step_by(MC) {
+                    let m_end = m.min(m0 + MC);
+                    for p in (0..panels_n).step_by(2) {
+                        let width = 2.min(panels_n - p);
+                        columns.push((
+                            Column {
+                                p,
+                                width,
+                                k0,
+                                kc,
+                                last_rows: m_end == m,
+                            },
+                            m_end - m0,
+                        ));
+                    }
+                }
+            }
+            for (i, (column, rows)) in columns.iter().enumerate() {
+                let next = column.next(&panels, panels_n, k, kc_max, 2);
+                let groups = rows.div_ceil(MR_512);
+                let mut fetched = BTreeMap::new();
+                for g in 0..groups {
+                    let pf = next.share(g, groups);
+                    for kk in pf.lo..pf.hi {
+                        for q in 0..pf.width {
+                            let at = pf.panel.wrapping_add(q * pf.stride + kk * NR);
+                            *fetched.entry(line(at)).or_insert(0) += 1;
+                        }
+                    }
+                }
+                let mut wanted = BTreeMap::new();
+                if let Some((after, _)) = columns.get(i + 1) {
+                    for q in after.p..after.p + after.width {
+                        for d in after.k0..after.k0 + after.kc {
+                            wanted.insert((q * k + d) * NR * 4 / 64, 1);
+                        }
+                    }
+                }
+                let right = wanted.keys().filter(|l| fetched.get(l) == Some(&1)).count();
+                assert!(
+                    fetched == wanted,
+                    "{m}x{n}x{k}, column {i}: fetched {} lines, {right} of them once and wanted, \
+                     of the next column's {}",
+                    fetched.len(),
+                    wanted.len()
+                );
+            }
+        }
+    }
+
     /// Every kernel path this CPU runs; AVX-512 says loudly when it is skipped.
     fn isas() -> Vec<Isa> {
         if !Isa::Avx512.available() {
