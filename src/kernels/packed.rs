@@ -468,8 +468,9 @@ struct Column {
 
 #[cfg(target_arch = "x86_64")]
 impl Column {
-    /// The weights the column after this one reads, in the loops' order (panels, then the next
-    /// row block, then the next depth block), for a kernel `max_width` panels wide.
+    /// All the steps of the weights the column after this one reads, in the loops' order
+    /// (panels, then the next row block, then the next depth block), for a kernel `max_width`
+    /// panels wide; [`Prefetch::NONE`] after the last.
     ///
     /// Why: a column's first row group waits on its weights coming from L3 (the MLP's two big
     /// matrices, 7.4 MiB, do not fit a core's 2 MiB of L2), while the other row groups find
@@ -484,7 +485,7 @@ impl Column {
         k: usize,
         kc_max: usize,
         max_width: usize,
-    ) -> Next {
+    ) -> Prefetch {
         let (p, k0, kc) = if self.p + self.width < panels_n {
             (self.p + self.width, self.k0, self.kc)
         } else if !self.last_rows {
@@ -493,44 +494,15 @@ impl Column {
             let k0 = self.k0 + self.kc;
             (0, k0, kc_max.min(k - k0))
         } else {
-            return Next {
-                panel: panels.as_ptr(),
-                width: 0,
-                stride: 0,
-                kc: 0,
-            };
+            return Prefetch::NONE;
         };
-        Next {
+        Prefetch {
             // `wrapping_add`, though it stays in bounds: the pointer is only ever a hint.
             panel: panels.as_ptr().wrapping_add(p * k * NR + k0 * NR),
             width: max_width.min(panels_n - p),
             stride: k * NR,
-            kc,
-        }
-    }
-}
-
-/// The next column's weights: `width` panels `stride` floats apart, `kc` steps of one cache
-/// line each.
-#[cfg(target_arch = "x86_64")]
-struct Next {
-    panel: *const f32,
-    width: usize,
-    stride: usize,
-    kc: usize,
-}
-
-#[cfg(target_arch = "x86_64")]
-impl Next {
-    /// Row group `g` of `groups` fetches an equal share of the steps, so that no one call
-    /// carries the whole column's traffic.
-    fn share(&self, g: usize, groups: usize) -> Prefetch {
-        Prefetch {
-            panel: self.panel,
-            width: self.width,
-            stride: self.stride,
-            lo: g * self.kc / groups,
-            hi: (g + 1) * self.kc / groups,
+            lo: 0,
+            hi: kc,
         }
     }
 }
@@ -556,6 +528,17 @@ impl Prefetch {
         lo: 0,
         hi: 0,
     };
+
+    /// Row group `g` of `groups`'s equal share of the steps, so that no one call carries the
+    /// whole column's traffic.
+    fn share(&self, g: usize, groups: usize) -> Prefetch {
+        let steps = self.hi - self.lo;
+        Prefetch {
+            lo: self.lo + g * steps / groups,
+            hi: self.lo + (g + 1) * steps / groups,
+            ..*self
+        }
+    }
 
     /// Fetches step `kk`'s line of each panel.
     #[inline(always)]
