@@ -186,6 +186,7 @@ pub fn verify(plan: Arc<Plan>, input: Vec<u8>) -> Result<VerifyReport, VerifyErr
     let (tx, rx) = crossbeam_channel::unbounded();
     crate::io::read_lines(
         &input[..],
+        crate::io::MIN_READ_BUFFER,
         usize::MAX,
         usize::MAX,
         format == InputFormat::Text,

@@ -17,7 +17,7 @@ mod text;
 pub use format::{argmax, output_names, write_rejection, OutputFormatter, RecordKey};
 pub use image::ImagePreprocess;
 pub use number::{parse_csv_number, parse_json_number};
-pub use reader::{read_lines, LineText, RawLine};
+pub use reader::{read_lines, LineText, RawLine, MIN_READ_BUFFER};
 pub use record::{ChunkMeta, InputFormat, ParsedChunk, RecordMeta, RecordParser, Rejection};
 pub use streams::{create_output, open_input};
 pub use text::{token_estimate, TextTokenizer};

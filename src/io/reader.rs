@@ -20,17 +20,21 @@ pub enum LineText {
     TooLong(usize),
 }
 
-/// Read `input` to its end, sending lines in batches of at most `batch` lines. A batch is sent
-/// as soon as a read returns, so a trickle of records is not held back waiting for more.
-/// Returns when the input ends or the receiver is gone.
+/// The smallest read buffer [`read_lines`] is given: what a pipe holds.
+pub const MIN_READ_BUFFER: usize = 64 << 10;
+
+/// Read `input` to its end through a buffer of `buffer` bytes, sending lines in batches of at
+/// most `batch` lines. A batch is sent as soon as a read returns, so a trickle of records is
+/// not held back waiting for more. Returns when the input ends or the receiver is gone.
 pub fn read_lines(
     input: impl Read,
+    buffer: usize,
     max_line_bytes: usize,
     batch: usize,
     keep_blank: bool,
     tx: &Sender<Vec<RawLine>>,
 ) -> io::Result<()> {
-    let mut reader = BufReader::with_capacity(64 << 10, input);
+    let mut reader = BufReader::with_capacity(buffer.max(MIN_READ_BUFFER), input);
     let mut line: Vec<u8> = Vec::new();
     // Length of the line once it passed the cap, whether it held anything but whitespace, and
     // whether its last byte so far is a CR (not counted if the line ends there: CR LF).
@@ -142,7 +146,7 @@ mod tests {
 
     fn lines(input: &[u8], max: usize) -> Vec<RawLine> {
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_lines(input, max, 3, false, &tx).unwrap();
+        read_lines(input, MIN_READ_BUFFER, max, 3, false, &tx).unwrap();
         drop(tx);
         rx.iter().flatten().collect()
     }

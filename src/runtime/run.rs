@@ -477,12 +477,20 @@ pub fn run_stream(
     let (lines_tx, lines_rx) = bounded(rio::READER_QUEUE);
     let max_line = options.max_line_bytes;
     let read_batch = plan.batch.size;
+    let read_buffer = plan.read_buffer_bytes();
     let reader_failures = failures_tx.clone();
     // In text, an empty line is a record (the empty text); elsewhere blank lines are skipped.
     let keep_blank = options.format == InputFormat::Text;
     // Not joined: after a signal it may sit in a read() on stdin until the process exits.
     spawn_named("subpass-reader".into(), move || {
-        if let Err(e) = rio::read_lines(input, max_line, read_batch, keep_blank, &lines_tx) {
+        if let Err(e) = rio::read_lines(
+            input,
+            read_buffer,
+            max_line,
+            read_batch,
+            keep_blank,
+            &lines_tx,
+        ) {
             let _ = reader_failures.send(Failure {
                 stage: "reader".into(),
                 message: format!("reading input: {e}"),

@@ -5,7 +5,7 @@
 use std::io::{self, Read};
 
 use proptest::prelude::*;
-use subpass::io::{read_lines, LineText, RawLine};
+use subpass::io::{read_lines, LineText, RawLine, MIN_READ_BUFFER};
 
 use crate::config;
 
@@ -126,7 +126,7 @@ proptest! {
     ) {
         let reader = ChoppyReader { data: data.clone(), pos: 0, sizes, call: 0, interrupted: false };
         let (tx, rx) = crossbeam_channel::unbounded();
-        read_lines(reader, max, batch, keep_blank, &tx).expect("reading from memory");
+        read_lines(reader, MIN_READ_BUFFER, max, batch, keep_blank, &tx).expect("reading from memory");
         drop(tx);
         let batches: Vec<Vec<RawLine>> = rx.iter().collect();
         for b in &batches {

@@ -62,7 +62,7 @@ fn a_first_csv_row_with_numbers_is_a_record_not_a_header() {
 
 fn read(input: &[u8], max: usize, keep_blank: bool) -> Vec<(u64, String)> {
     let (tx, rx) = crossbeam_channel::unbounded();
-    subpass::io::read_lines(input, max, 4, keep_blank, &tx).unwrap();
+    subpass::io::read_lines(input, subpass::io::MIN_READ_BUFFER, max, 4, keep_blank, &tx).unwrap();
     drop(tx);
     rx.iter()
         .flatten()
