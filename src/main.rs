@@ -499,7 +499,7 @@ fn run(
     };
     let streams = (|| {
         Ok::<_, io::Error>((
-            rio::open_input(paths.input.as_deref())?,
+            rio::open_input(paths.input.as_deref(), plan.read_buffer_bytes())?,
             rio::create_output(paths.output.as_deref(), io::stdout)?,
             rio::create_output(paths.errors.as_deref(), io::stderr)?,
         ))
