@@ -11,7 +11,7 @@ fn named(path: Option<&Path>) -> Option<&Path> {
 }
 
 /// The file at `path`, or stdin. A pipe on stdin is asked to hold `read_buffer` bytes (see
-/// [`widen_stdin_pipe`]).
+/// `widen_stdin_pipe`).
 pub fn open_input(path: Option<&Path>, read_buffer: usize) -> io::Result<Box<dyn Read + Send>> {
     match named(path) {
         Some(p) => File::open(p)
