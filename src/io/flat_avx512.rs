@@ -84,11 +84,20 @@ mod x86 {
         })
     }
 
+    /// Blocks whose numbers are found before those found are valued, a round. Valued after
+    /// every block, a block's one or two groups of eight ran 14–21% slower than four blocks'
+    /// five or so at once (`cargo bench --bench numbers -- record_parser`, three alternated
+    /// rounds: `decimals_3` 26.2 → 22.4 µs, `rounded_3` 28.7 → 22.5, `shortest_f32` 50.3 →
+    /// 40.9, `repr_17` 66.8 → 52.5; presumably the group loop's exit, which went one way or the
+    /// other block by block, mispredicted, but this VM has no counters to say). Two blocks gave
+    /// two thirds of that; eight or sixteen no more than four.
+    const ROUND: usize = 4;
+
     /// Numbers whose place is known but whose value is not yet: at most 7 left from the last
-    /// group of eight, plus 32 starts from each of two blocks (a number takes a byte and so does
-    /// the comma or space after it), plus the end at `to`; and room for a block's 32 positions
-    /// written whole past them.
-    const PENDING: usize = 112;
+    /// group of eight, plus 32 starts from each block of a round and from the block before it
+    /// (a number takes a byte and so does the comma or space after it), plus the end at `to`;
+    /// and room for a block's 32 positions written whole past them.
+    const PENDING: usize = 8 + 32 * (ROUND + 2);
 
     /// The values of the numbers in `bytes[from..to]` (an array's inside), or `None`.
     ///
@@ -127,6 +136,7 @@ mod x86 {
         let mut structure_ok = true;
         let mut carry = 0u64; // 1 when the last block ended inside a number
         let mut complete_before = 0usize; // pending numbers whose end an earlier block found
+        let mut blocks = 0usize;
         let (comma, space, tab, lf, cr) = (
             _mm512_set1_epi8(b',' as i8),
             _mm512_set1_epi8(b' ' as i8),
@@ -191,11 +201,16 @@ mod x86 {
                 ends[pending_ends] = to as u32;
                 pending_ends += 1;
             }
-            // Value every whole group of eight numbers that were complete before this block, and
-            // keep the rest for later. A block's positions wait one block before they are read
-            // back as vectors: read at once, the 256-bit loads stall on the stores still in
-            // flight, which cannot forward to them (it cost 12% of this function when the
-            // positions were stored one u32 at a time).
+            // Once a round, value every whole group of eight numbers that were complete before
+            // this block, and keep the rest for later. A block's positions wait one block before
+            // they are read back as vectors: read at once, the 256-bit loads stall on the stores
+            // still in flight, which cannot forward to them (it cost 12% of this function when
+            // the positions were stored one u32 at a time).
+            blocks += 1;
+            if !blocks.is_multiple_of(ROUND) {
+                complete_before = pending_ends;
+                continue;
+            }
             let whole = groups_of_eight(bytes, &starts, &ends, complete_before, out)?;
             complete_before = pending_ends - whole;
             starts.copy_within(whole..pending_starts, 0);
