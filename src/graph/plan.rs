@@ -432,7 +432,8 @@ impl Plan {
     /// wake-up each time: with the MLP's 5 KB lines a 64 KiB buffer made twelve-line hand-offs
     /// and about 20,000 context switches a second, which interrupt the stages computing beside
     /// them; a chunk's worth per read cut them to a third and the run's time by about 5%.
-    /// (Reading a pipe returns at most what the pipe holds, so this changes files, not pipes.)
+    /// (A read from a pipe returns at most what the pipe holds: `run` asks a pipe on stdin to
+    /// hold as much, [`crate::io::open_input`].)
     pub fn read_buffer_bytes(&self) -> usize {
         let numbers = self.config.input.text.is_none() && self.config.input.image.is_none();
         let chunk_text = if numbers {

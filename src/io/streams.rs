@@ -40,7 +40,7 @@ fn widen_stdin_pipe(bytes: usize) {
             return;
         };
         // SAFETY: fstat and fcntl on our own stdin descriptor with a zeroed stat buffer we own;
-        // neither touches memory beyond it, and failure is only reported, never acted on.
+        // neither touches memory beyond it, and a failed call leaves stdin as it was.
         unsafe {
             let mut stat: libc::stat = std::mem::zeroed();
             let pipe =
