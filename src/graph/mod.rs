@@ -344,7 +344,7 @@ impl Graph {
                 let full = format!("{}.{}", layer.params, whole.suffix);
                 if let Some(store) = &store {
                     let fetched = store.fetch(&full, &whole.shape, whole.init).and_then(|v| {
-                        let (part, shape) = slice.apply(&v, &whole.shape);
+                        let (part, shape) = slice.apply(v, &whole.shape);
                         if shape == *pshape {
                             Ok(part)
                         } else {
