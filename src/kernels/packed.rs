@@ -336,6 +336,8 @@ unsafe fn kernel<const R: usize>(
     use std::arch::x86_64::*;
     let mut lo = [_mm256_setzero_ps(); R];
     let mut hi = [_mm256_setzero_ps(); R];
+    // Back to back, not spread as in `kernel_512`: spread, one AVX2 thread ran the MLP 8–10%
+    // slower (`SUBPASS_KERNELS=avx2 subpass bench`'s (a), four alternated runs).
     for kk in 0..kc {
         if (pf.lo..pf.hi).contains(&kk) {
             pf.fetch(kk);
@@ -477,7 +479,9 @@ impl Column {
     /// them in L1 and leave the memory system idle. Fetching the next column's weights while
     /// this one's row groups compute took the MLP's in-memory pipeline from 76k to 80–83k
     /// records/s at batch 64 on a Xeon, and from 62–64k to 67–71k at batch 16 (three
-    /// alternated runs each). Fetching two columns ahead, or into L2 only, gained less.
+    /// alternated runs each). Fetching two columns ahead, or into L2 only, gained less; with
+    /// the share spread over the call's steps, also fetching the column after next into L2
+    /// (`prefetcht1` or `t2`) made one thread 5–10% slower.
     fn next(
         &self,
         panels: &[f32],
@@ -507,8 +511,9 @@ impl Column {
     }
 }
 
-/// The cache lines of steps `lo..hi` of `width` panels from `panel`, fetched into L1 one step
-/// per micro-kernel step.
+/// The cache lines of steps `lo..hi` of `width` panels from `panel`, fetched into L1: spread
+/// over a micro-kernel call's steps on AVX-512 ([`Prefetch::spread`]), one step per step from
+/// step `lo` on AVX2.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Prefetch {
@@ -540,6 +545,21 @@ impl Prefetch {
         }
     }
 
+    /// How a call of `kc` steps spreads this share over its steps: one of the share's steps
+    /// fetched every `every` of its own, `fetches` of them (all, unless the share is longer
+    /// than the call).
+    ///
+    /// Why spread: fetched back to back, from the call's first step, 8 row groups' shares of
+    /// the MLP's columns were 48 lines in 24 steps and then none for 172, presumably a burst
+    /// that filled L1's miss buffers and stalled the weight loads beside it. Spread, one
+    /// thread ran the MLP 11–15% faster at batch 16 and 4% at batch 64 (`subpass bench`'s
+    /// (a), two sets of four to eight alternated runs).
+    fn spread(&self, kc: usize) -> (usize, usize) {
+        let count = self.hi - self.lo;
+        let every = kc.checked_div(count).unwrap_or(kc).max(1);
+        (every, count.min(kc / every))
+    }
+
     /// Fetches step `kk`'s line of each panel.
     #[inline(always)]
     fn fetch(&self, kk: usize) {
@@ -553,39 +573,35 @@ impl Prefetch {
     }
 }
 
-/// Steps `from..to` of [`kernel_512`], fetching the next column's lines where `PF`. The row
+/// `steps` steps of [`kernel_512`] from `x` and `panel`, which it advances past them. The row
 /// offsets come in precomputed and `x` and the panel advance by a pointer step: computing each
 /// row's address from `r·row + kk·depth` made a step about 40 instructions for its 16 FMAs; it
 /// is now 31 (2 weight loads, 8 broadcasts, 16 FMAs, 5 for the pointers and the loop).
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[inline]
-unsafe fn steps_512<const R: usize, const P: usize, const PF: bool>(
+unsafe fn steps_512<const R: usize, const P: usize>(
     t: &Tile512,
     rows: &[usize; R],
     acc: &mut [[std::arch::x86_64::__m512; P]; R],
-    from: usize,
-    to: usize,
+    x: &mut *const f32,
+    panel: &mut *const f32,
+    steps: usize,
 ) {
     use std::arch::x86_64::*;
-    let mut x = t.x.add(from * t.xl.depth);
-    let mut panel = t.panel.add(from * NR);
-    for kk in from..to {
-        if PF {
-            t.pf.fetch(kk);
-        }
+    for _ in 0..steps {
         let mut w = [_mm512_setzero_ps(); P];
         for (q, wq) in w.iter_mut().enumerate() {
             *wq = _mm512_loadu_ps(panel.add(q * t.panel_stride));
         }
-        panel = panel.add(NR);
+        *panel = panel.add(NR);
         for (r, acc_r) in acc.iter_mut().enumerate() {
             let xv = _mm512_set1_ps(*x.add(rows[r]));
             for q in 0..P {
                 acc_r[q] = _mm512_fmadd_ps(xv, w[q], acc_r[q]);
             }
         }
-        x = x.add(t.xl.depth);
+        *x = x.add(t.xl.depth);
     }
 }
 
@@ -601,11 +617,20 @@ unsafe fn kernel_512<const R: usize, const P: usize>(t: &Tile512) {
     // addresses a row's value as base + offset·4. `black_box` hides that the offsets are
     // multiples of one stride: knowing it, LLVM walks them as a running sum, an add per row.
     let rows: [usize; R] = std::hint::black_box(std::array::from_fn(|r| r * t.xl.row));
-    let hi = t.pf.hi.min(t.kc);
-    let lo = t.pf.lo.min(hi);
-    steps_512::<R, P, false>(t, &rows, &mut acc, 0, lo);
-    steps_512::<R, P, true>(t, &rows, &mut acc, lo, hi);
-    steps_512::<R, P, false>(t, &rows, &mut acc, hi, t.kc);
+    let (mut x, mut panel) = (t.x, t.panel);
+    let (every, fetches) = t.pf.spread(t.kc);
+    for j in 0..fetches {
+        t.pf.fetch(t.pf.lo + j);
+        steps_512::<R, P>(t, &rows, &mut acc, &mut x, &mut panel, every);
+    }
+    steps_512::<R, P>(
+        t,
+        &rows,
+        &mut acc,
+        &mut x,
+        &mut panel,
+        t.kc - fetches * every,
+    );
     for (r, acc_r) in acc.iter().enumerate() {
         for (q, a) in acc_r.iter().enumerate() {
             let Some(left) = t.cols.checked_sub(q * NR).filter(|&l| l > 0) else {
