@@ -42,8 +42,10 @@ pub fn read_lines(
     let mut number: u64 = 0;
     let mut out: Vec<RawLine> = Vec::new();
 
+    // `text` is the line's bytes: `line`, or straight from the read buffer when the whole line
+    // lies in it (most lines), which spares a copy of every such line into `line`.
     let mut finish_line =
-        |line: &mut Vec<u8>, too_long: &mut Option<(usize, bool, bool)>, out: &mut Vec<RawLine>| {
+        |text: &[u8], too_long: &mut Option<(usize, bool, bool)>, out: &mut Vec<RawLine>| {
             number += 1;
             let text = match too_long.take() {
                 // An over-long blank line is still a blank line, skipped where blanks are; where
@@ -51,30 +53,23 @@ pub fn read_lines(
                 Some((_, false, _)) if !keep_blank => return,
                 Some((len, _, cr)) => LineText::TooLong(len - usize::from(cr)),
                 None => {
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
+                    let text = text.strip_suffix(b"\r").unwrap_or(text);
                     // Blank before too long, so that a blank line is skipped whatever its length.
-                    if !keep_blank && line.iter().all(u8::is_ascii_whitespace) {
-                        line.clear();
+                    if !keep_blank && text.iter().all(u8::is_ascii_whitespace) {
                         return;
                     }
-                    if line.len() > max_line_bytes {
+                    if text.len() > max_line_bytes {
                         // Only the CR of a CRLF ending was allowed past the cap.
-                        let len = line.len();
-                        line.clear();
                         out.push(RawLine {
                             number,
-                            text: LineText::TooLong(len),
+                            text: LineText::TooLong(text.len()),
                         });
                         return;
                     }
                     // An exact-size copy: the line held until its record is written takes its
-                    // length, not the doubled capacity of the growing buffer (the memory bound
-                    // counts lines at their length), and the buffer is reused for the next line.
-                    let text = LineText::Bytes(line.as_slice().to_vec());
-                    line.clear();
-                    text
+                    // length, not the doubled capacity of a growing buffer (the memory bound
+                    // counts lines at their length).
+                    LineText::Bytes(text.to_vec())
                 }
             };
             out.push(RawLine { number, text });
@@ -88,7 +83,7 @@ pub fn read_lines(
         };
         if available.is_empty() {
             if !line.is_empty() || too_long.is_some() {
-                finish_line(&mut line, &mut too_long, &mut out);
+                finish_line(&line, &mut too_long, &mut out);
             }
             if !out.is_empty() {
                 let _ = tx.send(out);
@@ -120,11 +115,17 @@ pub fn read_lines(
                     ));
                     line = Vec::new(); // give the memory back now, not at the next line
                 }
+                // The whole line is in the buffer: finished from there below.
+                None if line.is_empty() && complete.is_some() => {}
                 None => line.extend_from_slice(segment),
             }
             match complete {
                 Some(skip) => {
-                    finish_line(&mut line, &mut too_long, &mut out);
+                    // A line begun in an earlier read was gathered in `line`; a whole one is
+                    // read where it lies (and an over-long one is not read at all).
+                    let text = if line.is_empty() { segment } else { &line[..] };
+                    finish_line(text, &mut too_long, &mut out);
+                    line.clear();
                     rest = &rest[skip..];
                     if out.len() >= batch && tx.send(std::mem::take(&mut out)).is_err() {
                         return Ok(());
