@@ -98,12 +98,18 @@ impl DenseWeights {
             };
         }
         let panels_n = n.div_ceil(NR);
-        let mut panels = vec![PanelRow([0.0; NR]); panels_n * k];
-        for (col, row) in weight.chunks_exact(k).enumerate() {
-            let (p, c) = (col / NR, col % NR);
-            let panel = &mut panels[p * k..(p + 1) * k];
-            for (kk, w) in row.iter().enumerate() {
-                panel[kk].0[c] = *w;
+        // Written once, in order, each row gathered from its panel's 16 columns (zero past
+        // `n`): filling with zeros and then scattering each column down its panel wrote every
+        // value twice and touched 16 rows' lines per value.
+        let mut panels = Vec::with_capacity(panels_n * k);
+        for columns in weight.chunks(NR * k) {
+            let width = columns.len() / k;
+            for kk in 0..k {
+                let mut row = PanelRow([0.0; NR]);
+                for (c, value) in row.0[..width].iter_mut().enumerate() {
+                    *value = columns[c * k + kk];
+                }
+                panels.push(row);
             }
         }
         DenseWeights {
