@@ -42,6 +42,9 @@ pub enum TileSize {
     F4,
 }
 
+/// The largest `α` of any tile size.
+const MAX_ALPHA: usize = 6;
+
 impl TileSize {
     /// `m`: outputs per tile side.
     pub fn m(self) -> usize {
@@ -51,7 +54,7 @@ impl TileSize {
         }
     }
 
-    /// `α = m + 2`: inputs per tile side.
+    /// `α = m + 2`: inputs per tile side, at most [`MAX_ALPHA`].
     pub fn alpha(self) -> usize {
         self.m() + 2
     }
@@ -143,7 +146,9 @@ impl Winograd {
             // U[ξ = (a, b)][f][c] = Σ_ij G[a][i] w[f][c][i][j] G[b][j], in f64.
             let mut u = vec![vec![0.0f32; fg * cg]; a2];
             for (fc, w) in wg.chunks_exact(9).enumerate() {
-                let mut gw = vec![[0.0f64; 3]; alpha];
+                // On the stack: a vector here was a million allocations for ResNet-18 (a
+                // tenth of its start-up in malloc and free).
+                let mut gw = [[0.0f64; 3]; MAX_ALPHA];
                 for (a, ga) in g.iter().enumerate() {
                     for j in 0..3 {
                         gw[a][j] = (0..3).map(|i| ga[i] * w[i * 3 + j] as f64).sum();
