@@ -131,7 +131,25 @@ impl DenseWeights {
     /// `y[m×n] += x[m×k] · Wᵀ`, row-major and contiguous.
     pub fn matmul_acc(&self, m: usize, x: &[f32], y: &mut [f32]) {
         let (n, k) = self.shape();
-        self.matmul_acc_strided(m, x, XLayout { row: k, depth: 1 }, y, n);
+        self.product(m, x, XLayout { row: k, depth: 1 }, y, n, Onto::Y);
+    }
+
+    /// `y[m×n] = bias + x[m×k] · Wᵀ`, row-major and contiguous; `y`'s values are not read, so
+    /// it may be any buffer of the right length (a recycled output). Panics unless `bias` has
+    /// `n` values.
+    ///
+    /// Why not fill `y` with the bias and add: that wrote every output once more and made the
+    /// kernels' first pass read it back, from L3 where `y` is large (MiniLM's 1,536-wide layers
+    /// over a chunk's tokens); the kernels now start their sums from the bias row itself.
+    pub fn matmul_bias(&self, m: usize, x: &[f32], bias: &[f32], y: &mut [f32]) {
+        let (n, k) = self.shape();
+        assert_eq!(
+            bias.len(),
+            n,
+            "dense: a bias of {} for {n} columns",
+            bias.len()
+        );
+        self.product(m, x, XLayout { row: k, depth: 1 }, y, n, Onto::Row(bias));
     }
 
     /// `(n, k)`: output columns and depth.
@@ -159,7 +177,27 @@ impl DenseWeights {
         y: &mut [f32],
         y_row: usize,
     ) {
+        self.product(m, x, xl, y, y_row, Onto::Y)
+    }
+
+    /// `y = onto + x · Wᵀ` in the layouts of [`DenseWeights::matmul_acc_strided`].
+    fn product(&self, m: usize, x: &[f32], xl: XLayout, y: &mut [f32], y_row: usize, onto: Onto) {
         let (n, k) = self.shape();
+        if let (Onto::Row(row), true) = (onto, m > 0 && n > 0) {
+            assert!(
+                row.len() >= n,
+                "dense: a row of {} to add to {n} columns",
+                row.len()
+            );
+            if k == 0 || matches!(self.layout, Layout::Plain(_)) {
+                // No kernel of ours to start from the row: write it into `y`, then add.
+                assert!(span(m - 1, y_row, n - 1).is_some_and(|l| l < y.len()));
+                for r in 0..m {
+                    y[r * y_row..r * y_row + n].copy_from_slice(&row[..n]);
+                }
+                return self.product(m, x, xl, y, y_row, Onto::Y);
+            }
+        }
         if m == 0 || n == 0 || k == 0 {
             return;
         }
@@ -196,18 +234,51 @@ impl DenseWeights {
                 // The assert above, in checked arithmetic, keeps the last element of `x` the
                 // kernel reads, at (m-1)·row + (k-1)·depth, and the last of `y` it writes, at
                 // (m-1)·y_row + n-1, inside the slices; partial panels write only
-                // `cols ≤ n - p·16` columns, and `y_row ≥ n` keeps rows from overlapping.
+                // `cols ≤ n - p·16` columns, and `y_row ≥ n` keeps rows from overlapping. An
+                // `Onto::Row` has at least `n` values (asserted above), the columns read of it.
                 unsafe {
                     let panels = PanelRow::floats(panels);
                     if *wide && m > 1 {
-                        packed_acc_512(m, n, k, x, xl, panels, y, y_row)
+                        packed_acc_512(m, n, k, x, xl, panels, y, y_row, onto)
                     } else {
-                        packed_acc(m, n, k, x, xl, panels, y, y_row)
+                        packed_acc(m, n, k, x, xl, panels, y, y_row, onto)
                     }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("packed weights are x86-64 only: {}", panels.len())
             }
+        }
+    }
+}
+
+/// What a product's sums are added to: `y`'s own values, or one row (a bias) for every row of
+/// `y`, whose values are then never read.
+#[derive(Debug, Clone, Copy)]
+enum Onto<'a> {
+    Y,
+    Row(&'a [f32]),
+}
+
+/// Where a micro-kernel call reads the values its sums are added to: `y`'s tile itself, or, in
+/// the first depth block of a product onto a row, that row's columns for every row (`row` 0).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Base {
+    at: *const f32,
+    row: usize,
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Base {
+    /// The base of the tile of `y` at `y` (rows `y_row` apart), `col` columns in, over
+    /// depths from `k0`.
+    fn of(onto: Onto, k0: usize, col: usize, y: *const f32, y_row: usize) -> Base {
+        match onto {
+            Onto::Row(row) if k0 == 0 => Base {
+                at: row.as_ptr().wrapping_add(col),
+                row: 0,
+            },
+            _ => Base { at: y, row: y_row },
         }
     }
 }
@@ -231,6 +302,7 @@ unsafe fn packed_acc(
     panels: &[f32],
     y: &mut [f32],
     y_row: usize,
+    onto: Onto,
 ) {
     let panels_n = n.div_ceil(NR);
     if m == 1 {
@@ -238,24 +310,28 @@ unsafe fn packed_acc(
         // the FMA units waiting on their own latency: run four panels side by side instead.
         let mut p = 0;
         while p + 4 <= panels_n && (p + 4) * NR <= n {
+            let yp = y.as_mut_ptr().add(p * NR);
             row_kernel_4(
                 k,
                 x.as_ptr(),
                 xl.depth,
                 panels.as_ptr().add(p * k * NR),
                 k * NR,
-                y.as_mut_ptr().add(p * NR),
+                yp,
+                Base::of(onto, 0, p * NR, yp, y_row).at,
             );
             p += 4;
         }
         for p in p..panels_n {
+            let yp = y.as_mut_ptr().add(p * NR);
             kernel::<1>(
                 k,
                 x.as_ptr(),
                 xl,
                 panels.as_ptr().add(p * k * NR),
-                y.as_mut_ptr().add(p * NR),
+                yp,
                 y_row,
+                Base::of(onto, 0, p * NR, yp, y_row),
                 NR.min(n - p * NR),
                 Prefetch::NONE,
             );
@@ -287,13 +363,14 @@ unsafe fn packed_acc(
                     let xp = x.as_ptr().add(r0 * xl.row + k0 * xl.depth);
                     let yp = y.as_mut_ptr().add(r0 * y_row + p * NR);
                     let pf = next.share((r0 - m0) / MR, groups);
+                    let b = Base::of(onto, k0, p * NR, yp, y_row);
                     match rows {
-                        6 => kernel::<6>(kc, xp, xl, panel, yp, y_row, cols, pf),
-                        5 => kernel::<5>(kc, xp, xl, panel, yp, y_row, cols, pf),
-                        4 => kernel::<4>(kc, xp, xl, panel, yp, y_row, cols, pf),
-                        3 => kernel::<3>(kc, xp, xl, panel, yp, y_row, cols, pf),
-                        2 => kernel::<2>(kc, xp, xl, panel, yp, y_row, cols, pf),
-                        _ => kernel::<1>(kc, xp, xl, panel, yp, y_row, cols, pf),
+                        6 => kernel::<6>(kc, xp, xl, panel, yp, y_row, b, cols, pf),
+                        5 => kernel::<5>(kc, xp, xl, panel, yp, y_row, b, cols, pf),
+                        4 => kernel::<4>(kc, xp, xl, panel, yp, y_row, b, cols, pf),
+                        3 => kernel::<3>(kc, xp, xl, panel, yp, y_row, b, cols, pf),
+                        2 => kernel::<2>(kc, xp, xl, panel, yp, y_row, b, cols, pf),
+                        _ => kernel::<1>(kc, xp, xl, panel, yp, y_row, b, cols, pf),
                     }
                     r0 += rows;
                 }
@@ -302,7 +379,8 @@ unsafe fn packed_acc(
     }
 }
 
-/// One row × 64 columns (four whole panels, `panel_stride` apart) over `k` steps, added into `y`.
+/// One row × 64 columns (four whole panels, `panel_stride` apart) over `k` steps, added to the
+/// 64 values at `base` and written to `y`.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 unsafe fn row_kernel_4(
@@ -312,6 +390,7 @@ unsafe fn row_kernel_4(
     panel: *const f32,
     panel_stride: usize,
     y: *mut f32,
+    base: *const f32,
 ) {
     use std::arch::x86_64::*;
     let mut acc = [_mm256_setzero_ps(); 8];
@@ -324,13 +403,15 @@ unsafe fn row_kernel_4(
         }
     }
     for (i, a) in acc.iter().enumerate() {
-        let yp = y.add(i * 8);
-        _mm256_storeu_ps(yp, _mm256_add_ps(_mm256_loadu_ps(yp), *a));
+        _mm256_storeu_ps(
+            y.add(i * 8),
+            _mm256_add_ps(_mm256_loadu_ps(base.add(i * 8)), *a),
+        );
     }
 }
 
-/// `R` rows × 16 columns over `kc` steps, added into `y`, fetching `pf`'s share of the next
-/// column's weights on the way.
+/// `R` rows × 16 columns over `kc` steps, added to `base`'s values and written to `y`,
+/// fetching `pf`'s share of the next column's weights on the way.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
 #[inline]
@@ -342,6 +423,7 @@ unsafe fn kernel<const R: usize>(
     panel: *const f32,
     y: *mut f32,
     y_stride: usize,
+    base: Base,
     cols: usize,
     pf: Prefetch,
 ) {
@@ -363,16 +445,16 @@ unsafe fn kernel<const R: usize>(
         }
     }
     for r in 0..R {
-        let yr = y.add(r * y_stride);
+        let (yr, br) = (y.add(r * y_stride), base.at.add(r * base.row));
         if cols == NR {
-            _mm256_storeu_ps(yr, _mm256_add_ps(_mm256_loadu_ps(yr), lo[r]));
-            _mm256_storeu_ps(yr.add(8), _mm256_add_ps(_mm256_loadu_ps(yr.add(8)), hi[r]));
+            _mm256_storeu_ps(yr, _mm256_add_ps(_mm256_loadu_ps(br), lo[r]));
+            _mm256_storeu_ps(yr.add(8), _mm256_add_ps(_mm256_loadu_ps(br.add(8)), hi[r]));
         } else {
             let mut tmp = [0.0f32; NR];
             _mm256_storeu_ps(tmp.as_mut_ptr(), lo[r]);
             _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi[r]);
             for (c, t) in tmp.iter().enumerate().take(cols) {
-                *yr.add(c) += t;
+                *yr.add(c) = *br.add(c) + t;
             }
         }
     }
@@ -393,6 +475,7 @@ unsafe fn packed_acc_512(
     panels: &[f32],
     y: &mut [f32],
     y_row: usize,
+    onto: Onto,
 ) {
     let panels_n = n.div_ceil(NR);
     let kc_max = k.div_ceil(k.div_ceil(KC_512));
@@ -417,14 +500,16 @@ unsafe fn packed_acc_512(
                 let mut r0 = m0;
                 while r0 < m_end {
                     let rows = MR_512.min(m_end - r0);
+                    let yp = y.as_mut_ptr().add(r0 * y_row + p * NR);
                     let t = Tile512 {
                         kc,
                         x: x.as_ptr().add(r0 * xl.row + k0 * xl.depth),
                         xl,
                         panel,
                         panel_stride: k * NR,
-                        y: y.as_mut_ptr().add(r0 * y_row + p * NR),
+                        y: yp,
                         y_row,
+                        base: Base::of(onto, k0, p * NR, yp, y_row),
                         cols,
                         pf: next.share((r0 - m0) / MR_512, groups),
                     };
@@ -455,7 +540,7 @@ unsafe fn packed_acc_512(
 }
 
 /// One AVX-512 micro-kernel call: `kc` steps of rows from `x` against the panels from `panel`
-/// (`panel_stride` apart), added into `y`'s first `cols` columns.
+/// (`panel_stride` apart), added to `base`'s values and written to `y`'s first `cols` columns.
 #[cfg(target_arch = "x86_64")]
 struct Tile512 {
     kc: usize,
@@ -465,6 +550,7 @@ struct Tile512 {
     panel_stride: usize,
     y: *mut f32,
     y_row: usize,
+    base: Base,
     cols: usize,
     pf: Prefetch,
 }
@@ -617,7 +703,8 @@ unsafe fn steps_512<const R: usize, const P: usize>(
     }
 }
 
-/// `R` rows × `P` panels of 16 columns over `t.kc` steps, added into `y`; the columns past
+/// `R` rows × `P` panels of 16 columns over `t.kc` steps, added to `t.base`'s values and
+/// written to `y`; the columns past
 /// `t.cols` (a partial last panel's zero padding) are masked off, never touched.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
@@ -655,8 +742,8 @@ unsafe fn kernel_512<const R: usize, const P: usize>(t: &Tile512) {
             } else {
                 ((1u32 << left) - 1) as __mmask16
             };
+            let old = _mm512_maskz_loadu_ps(mask, t.base.at.add(r * t.base.row + q * NR));
             let yp = t.y.add(r * t.y_row + q * NR);
-            let old = _mm512_maskz_loadu_ps(mask, yp);
             _mm512_mask_storeu_ps(yp, mask, _mm512_add_ps(old, *a));
         }
     }
@@ -749,6 +836,54 @@ mod tests {
                         );
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_product_onto_a_bias_never_reads_what_y_held() {
+        // `y` starts as NaN, as a recycled buffer might hold: any value read from it would
+        // poison its sum. Shapes cover one row (the four-panel row kernel and a lone panel),
+        // row groups of 8 and 6 with ragged ends, partial panels, one depth block and several
+        // (KC_512 is 200, KC 256), and more rows than a row block (MC).
+        for &(m, n, k) in &[
+            (1, 64, 9),
+            (1, 100, 785),
+            (3, 20, 1),
+            (16, 48, 600),
+            (19, 40, 201),
+            (130, 33, 256),
+            (64, 1024, 784),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+                .collect();
+            let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 3.0).collect();
+            for isa in isas() {
+                let dense = DenseWeights::for_isa(w.clone(), n, k, isa);
+                let mut y = vec![f32::NAN; m * n];
+                dense.matmul_bias(m, &x, &bias, &mut y);
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = bias[j] as f64
+                            + (0..k)
+                                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                                .sum::<f64>();
+                        let got = y[i * n + j] as f64;
+                        assert!(
+                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                            "{} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
+                            isa.name()
+                        );
+                    }
+                }
+                // The same sums as filling `y` with the bias and adding, bit for bit.
+                let mut filled: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
+                dense.matmul_acc(m, &x, &mut filled);
+                assert_eq!(y, filled, "{} {m}x{n}x{k}", isa.name());
             }
         }
     }

@@ -328,19 +328,14 @@ impl Layer for Attention {
         let (h, inner) = (self.hidden, self.shape.inner);
         let tokens = x.len() / h;
         let seqs = chunk.seqs();
+        let mut out = scratch.output(tokens * h);
         let (qkv, rest) = scratch.slots(self.scratch(tokens));
         // Every token's Q, K and V at once: [tokens, 3·inner].
-        for row in qkv.chunks_exact_mut(3 * inner) {
-            row.copy_from_slice(&self.qkv_bias);
-        }
-        self.qkv.matmul_acc(tokens, &x, qkv);
+        self.qkv.matmul_bias(tokens, &x, &self.qkv_bias, qkv);
         let (context, scores) = rest.split_at_mut(tokens * inner);
         attend(self.shape, qkv, context, scores, seqs, chunk.records);
-        let mut out = Vec::with_capacity(tokens * h);
-        for _ in 0..tokens {
-            out.extend_from_slice(&self.out_bias);
-        }
-        self.out.matmul_acc(tokens, context, &mut out);
+        self.out
+            .matmul_bias(tokens, context, &self.out_bias, &mut out);
         tensor(vec![tokens, h], out)
     }
 

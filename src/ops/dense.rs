@@ -154,7 +154,8 @@ impl Op for DenseOp {
                 inputs: k,
                 units: self.units,
                 weights: weight_columns(weight, self.units, &depths),
-                bias,
+                has_bias: bias.is_some(),
+                bias: bias.unwrap_or_else(|| vec![0.0; self.units]),
                 activation: self.activation,
                 flat_input: self.flat_input,
             }),
@@ -206,14 +207,16 @@ struct Dense {
     units: usize,
     /// The weight matrix, or with a flat input one block of its columns per input.
     weights: Vec<DenseWeights>,
-    bias: Option<Vec<f32>>,
+    /// What the sums start from: the bias, or zeros for a layer without one.
+    bias: Vec<f32>,
+    has_bias: bool,
     activation: Activation,
     /// See [`DenseOp::flat_input`]: a row per record, whatever the inputs' shapes.
     flat_input: bool,
 }
 
 impl Layer for Dense {
-    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         let (rows, shape) = match self.flat_input {
             true => {
                 let records = inputs[0].shape()[0];
@@ -225,14 +228,15 @@ impl Layer for Dense {
                 (inputs[0].len() / self.inputs, shape)
             }
         };
-        let mut out = Vec::with_capacity(rows * self.units);
-        match &self.bias {
-            Some(b) => (0..rows).for_each(|_| out.extend_from_slice(b)),
-            None => out.resize(rows * self.units, 0.0),
-        }
-        // Bias first, then each input's block of columns adds its part of every sum.
-        for (x, w) in inputs.iter().zip(&self.weights) {
-            w.matmul_acc(rows, &contiguous(x), &mut out);
+        // Written whole by the first product, so a dropped output of the worker's will do.
+        let mut out = scratch.output(rows * self.units);
+        // The first input's block of columns starts every sum from the bias, then each other
+        // input's block adds its part.
+        for (i, (x, w)) in inputs.iter().zip(&self.weights).enumerate() {
+            match i {
+                0 => w.matmul_bias(rows, &contiguous(x), &self.bias, &mut out),
+                _ => w.matmul_acc(rows, &contiguous(x), &mut out),
+            }
         }
         apply_activation(self.activation, &mut out, self.units);
         tensor(shape, out)
@@ -240,7 +244,11 @@ impl Layer for Dense {
 
     fn param_bytes(&self) -> u64 {
         self.weights.iter().map(DenseWeights::bytes).sum::<u64>()
-            + self.bias.as_ref().map_or(0, |b| b.len() as u64 * 4)
+            + if self.has_bias {
+                self.bias.len() as u64 * 4
+            } else {
+                0
+            }
     }
 }
 
