@@ -31,6 +31,7 @@ pub mod graph;
 pub mod io;
 pub mod kernels;
 pub mod ops;
+pub mod par;
 pub mod planner;
 pub mod runtime;
 pub mod top;

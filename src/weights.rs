@@ -7,8 +7,9 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use rayon::prelude::*;
 use safetensors::{Dtype, SafeTensors};
+
+use crate::par;
 
 /// Where parameters come from, opened once for the whole plan.
 pub enum WeightStore {
@@ -113,10 +114,9 @@ impl WeightStore {
 /// 90 MB took most of their start-up one core at a time.
 fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     fn each<const N: usize>(data: &[u8], f: impl Fn([u8; N]) -> f32 + Sync) -> Vec<f32> {
-        data.par_chunks_exact(N)
-            .with_min_len(PARALLEL_PIECE)
-            .map(|b| f(b.try_into().expect("chunks of N bytes")))
-            .collect()
+        par::map_indices(data.len() / N, par::PIECE, |i| {
+            f(data[i * N..i * N + N].try_into().expect("N bytes"))
+        })
     }
     Some(match dtype {
         Dtype::F32 => each(data, f32::from_le_bytes),
@@ -180,24 +180,19 @@ fn seeded_value(start: u64, i: usize) -> f32 {
     ))
 }
 
-/// Values at least this many to a piece of work when a tensor is generated or converted on
-/// every core: a few tens of microseconds each, so the hand-offs cost next to nothing.
-const PARALLEL_PIECE: usize = 1 << 15;
-
 /// `init`'s values for one tensor, generated on every core: the 1.9 M weights of the MLP took
 /// a fifth of `subpass run`'s start-up one after another (with the page faults of writing
 /// them, which now happen on every core too).
 fn generate(seed: u64, name: &str, len: usize, init: InitKind) -> Vec<f32> {
     let start = stream_start(seed, name);
-    let values = (0..len).into_par_iter().with_min_len(PARALLEL_PIECE);
     match init {
         InitKind::Constant(c) => vec![c; len],
-        InitKind::Between { low, high } => values
-            .map(|i| low + (seeded_value(start, i) + 1.0) * 0.5 * (high - low))
-            .collect(),
+        InitKind::Between { low, high } => par::map_indices(len, par::PIECE, |i| {
+            low + (seeded_value(start, i) + 1.0) * 0.5 * (high - low)
+        }),
         InitKind::Uniform { fan_in } => {
             let bound = 1.0 / (fan_in.max(1) as f32).sqrt();
-            values.map(|i| seeded_value(start, i) * bound).collect()
+            par::map_indices(len, par::PIECE, |i| seeded_value(start, i) * bound)
         }
     }
 }
@@ -259,7 +254,7 @@ mod tests {
     fn a_tensor_generated_on_every_core_is_the_stream_drawn_in_order() {
         // Several pieces of work and a ragged last one: each value must still be the one the
         // stream gives at its place (the Python fixtures' generator draws them in order).
-        let len = 3 * PARALLEL_PIECE + 77;
+        let len = 3 * par::PIECE + 77;
         let mut next = seeded_stream(7, "fc1.weight");
         let in_order: Vec<f32> = (0..len).map(|_| next() * 0.5).collect();
         let generated = generate(7, "fc1.weight", len, InitKind::Uniform { fan_in: 4 });
@@ -275,7 +270,7 @@ mod tests {
 
     #[test]
     fn every_dtype_converts_to_the_same_f32_on_every_core() {
-        let len = 2 * PARALLEL_PIECE + 5;
+        let len = 2 * par::PIECE + 5;
         let values: Vec<f32> = (0..len).map(|i| i as f32 * 0.25 - 1000.0).collect();
         let f32_bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(to_f32(Dtype::F32, &f32_bytes), Some(values.clone()));

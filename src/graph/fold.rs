@@ -36,8 +36,6 @@
 
 use std::sync::Arc;
 
-use rayon::prelude::*;
-
 use super::{carried_shape, Node, ValueId};
 use crate::ops::{ChannelAffine, Chunk, KernelKind, Layer, Op, Rows, Scratch, Tensor};
 
@@ -224,28 +222,30 @@ pub(super) fn build_layers(
         }
     }
     // Each layer's kernel is built (its weights packed, transformed) on whichever core is
-    // free: one after another, ResNet-18 took a quarter of a second to start.
-    let nodes = &*nodes;
-    let ops = &ops;
-    tensors
-        .into_par_iter()
-        .enumerate()
-        .map(|(i, values)| -> Box<dyn Layer> {
-            let values = values.expect("every node has its tensors");
-            let node = &nodes[i];
-            if node.folded_into.is_some() {
-                return Box::new(FoldedAway);
-            }
-            // What the inputs carry: a pool that runs the convolution before it reads that
-            // convolution's input, passed on under the convolution's name.
-            let shapes: Vec<&[usize]> = node
-                .inputs
-                .iter()
-                .map(|v| carried_shape(nodes, input_shape, *v))
-                .collect();
-            ops[i].build(kernels, &shapes, &node.shape, values)
-        })
-        .collect()
+    // free: one after another, ResNet-18 took a quarter of a second to start. A small model's
+    // layers are built in the time it takes to hand them over.
+    let heavy = tensors
+        .iter()
+        .flatten()
+        .flatten()
+        .map(Vec::len)
+        .sum::<usize>()
+        >= crate::par::PIECE;
+    crate::par::map_vec(tensors, heavy, |i, values| -> Box<dyn Layer> {
+        let values = values.expect("every node has its tensors");
+        let node = &nodes[i];
+        if node.folded_into.is_some() {
+            return Box::new(FoldedAway);
+        }
+        // What the inputs carry: a pool that runs the convolution before it reads that
+        // convolution's input, passed on under the convolution's name.
+        let shapes: Vec<&[usize]> = node
+            .inputs
+            .iter()
+            .map(|v| carried_shape(nodes, input_shape, *v))
+            .collect();
+        ops[i].build(kernels, &shapes, &node.shape, values)
+    })
 }
 
 /// A convolution folded into the residual `add` that alone reads it: the add's node runs the

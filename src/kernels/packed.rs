@@ -13,8 +13,6 @@
 //! 16 lanes, against AVX2's 8 loads for 12 FMAs of 8 lanes. Zen 4 runs a 512-bit FMA on both
 //! 256-bit pipes, so the peak is the same; the gain is fewer instructions and loads per FLOP.
 
-use rayon::prelude::*;
-
 use super::gemm::{matmul_acc_strided, Strides};
 use super::{cpu_has_avx2_fma, cpu_has_avx512, span, Isa};
 
@@ -105,19 +103,15 @@ impl DenseWeights {
         // value twice and touched 16 rows' lines per value. On every core: one after another,
         // packing (and the page faults of writing the panels) took a seventh of the MLP's
         // start-up.
-        let panels: Vec<PanelRow> = (0..panels_n * k)
-            .into_par_iter()
-            .with_min_len(1 << 11)
-            .map(|at| {
-                let (panel, kk) = (at / k, at % k);
-                let columns = &weight[panel * NR * k..((panel + 1) * NR * k).min(n * k)];
-                let mut row = PanelRow([0.0; NR]);
-                for (c, value) in row.0[..columns.len() / k].iter_mut().enumerate() {
-                    *value = columns[c * k + kk];
-                }
-                row
-            })
-            .collect();
+        let panels: Vec<PanelRow> = crate::par::map_indices(panels_n * k, 1 << 11, |at| {
+            let (panel, kk) = (at / k, at % k);
+            let columns = &weight[panel * NR * k..((panel + 1) * NR * k).min(n * k)];
+            let mut row = PanelRow([0.0; NR]);
+            for (c, value) in row.0[..columns.len() / k].iter_mut().enumerate() {
+                *value = columns[c * k + kk];
+            }
+            row
+        });
         DenseWeights {
             n,
             k,
