@@ -806,30 +806,48 @@ mod tests {
             (9, 15, 7),
             (130, 33, 256),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
-                .collect();
+            let (x, w) = operands(m, n, k);
             for isa in isas() {
                 let dense = DenseWeights::for_isa(w.clone(), n, k, isa);
                 let mut y = vec![0.25f32; m * n];
                 dense.matmul_acc(m, &x, &mut y);
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = 0.25
-                            + (0..k)
-                                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                                .sum::<f64>();
-                        let got = y[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
-                            isa.name()
-                        );
-                    }
-                }
+                assert_naive(&y, &x, &w, [m, n, k], |_| 0.25, isa);
+            }
+        }
+    }
+
+    /// `x` `[m, k]` and `w` `[n, k]` of small exact values.
+    fn operands(m: usize, n: usize, k: usize) -> (Vec<f32>, Vec<f32>) {
+        let x = (0..m * k)
+            .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
+            .collect();
+        let w = (0..n * k)
+            .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
+            .collect();
+        (x, w)
+    }
+
+    /// `y` is `base(j) + x · wᵀ`, the sums taken in f64 from the definition.
+    fn assert_naive(
+        y: &[f32],
+        x: &[f32],
+        w: &[f32],
+        [m, n, k]: [usize; 3],
+        base: impl Fn(usize) -> f64,
+        isa: Isa,
+    ) {
+        for i in 0..m {
+            for j in 0..n {
+                let want: f64 = base(j)
+                    + (0..k)
+                        .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                        .sum::<f64>();
+                let got = y[i * n + j] as f64;
+                assert!(
+                    (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
+                    "{} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
+                    isa.name()
+                );
             }
         }
     }
@@ -849,31 +867,13 @@ mod tests {
             (130, 33, 256),
             (64, 1024, 784),
         ] {
-            let x: Vec<f32> = (0..m * k)
-                .map(|i| ((i * 7 % 13) as f32 - 6.0) / 7.0)
-                .collect();
-            let w: Vec<f32> = (0..n * k)
-                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 5.0)
-                .collect();
+            let (x, w) = operands(m, n, k);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 3.0).collect();
             for isa in isas() {
                 let dense = DenseWeights::for_isa(w.clone(), n, k, isa);
                 let mut y = vec![f32::NAN; m * n];
                 dense.matmul_bias(m, &x, &bias, &mut y);
-                for i in 0..m {
-                    for j in 0..n {
-                        let want: f64 = bias[j] as f64
-                            + (0..k)
-                                .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
-                                .sum::<f64>();
-                        let got = y[i * n + j] as f64;
-                        assert!(
-                            (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                            "{} {m}x{n}x{k} [{i},{j}]: {got} vs {want}",
-                            isa.name()
-                        );
-                    }
-                }
+                assert_naive(&y, &x, &w, [m, n, k], |j| bias[j] as f64, isa);
                 // The same sums as filling `y` with the bias and adding, bit for bit.
                 let mut filled: Vec<f32> = bias.iter().copied().cycle().take(m * n).collect();
                 dense.matmul_acc(m, &x, &mut filled);

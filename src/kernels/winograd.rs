@@ -54,7 +54,7 @@ impl TileSize {
         }
     }
 
-    /// `α = m + 2`: inputs per tile side, at most [`MAX_ALPHA`].
+    /// `α = m + 2`: inputs per tile side (at most `MAX_ALPHA`).
     pub fn alpha(self) -> usize {
         self.m() + 2
     }
