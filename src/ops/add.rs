@@ -74,14 +74,27 @@ struct AddLayer {
 }
 
 impl Layer for AddLayer {
-    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         match self.kind {
             KernelKind::Fast => {
-                let mut out = inputs[0].as_standard_layout().into_owned();
-                for other in &inputs[1..] {
-                    out += *other;
+                // One pass writes the first two inputs' sum into a buffer of the worker's (a
+                // copy of the first, then an add, were two); the others, if any, add into it.
+                let first = contiguous(inputs[0]);
+                let mut out = scratch.output(first.len());
+                match &inputs[1..] {
+                    [] => out.copy_from_slice(&first),
+                    [second, rest @ ..] => {
+                        let second = contiguous(second);
+                        for ((y, a), b) in out.iter_mut().zip(first.iter()).zip(second.iter()) {
+                            *y = a + b;
+                        }
+                        for other in rest {
+                            let other = contiguous(other);
+                            out.iter_mut().zip(other.iter()).for_each(|(y, v)| *y += v);
+                        }
+                    }
                 }
-                out
+                tensor(inputs[0].shape().to_vec(), out)
             }
             KernelKind::Reference => {
                 let mut sum: Vec<f64> = contiguous(inputs[0]).iter().map(|v| *v as f64).collect();

@@ -75,36 +75,37 @@ impl Op for LayerNormOp {
     }
 }
 
-/// Each row of `data` (rows as long as `weight`) normalised in place, on the widest vectors the
-/// CPU has.
-fn normalize(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+/// Each row of `x` (rows as long as `weight`) normalised into the same row of `out`, on the
+/// widest vectors the CPU has. Written whole, so `out` may hold anything: copying the input
+/// and normalising the copy in place was one more pass over every token.
+fn normalize(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::isa().has_avx2_fma() {
         // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when the CPU has
         // them.
-        unsafe { normalize_avx2(data, weight, bias, eps) };
+        unsafe { normalize_avx2(x, out, weight, bias, eps) };
         return;
     }
-    normalize_rows(data, weight, bias, eps);
+    normalize_rows(x, out, weight, bias, eps);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn normalize_avx2(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
-    normalize_rows(data, weight, bias, eps);
+fn normalize_avx2(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+    normalize_rows(x, out, weight, bias, eps);
 }
 
 /// Two passes in f32, each summed in eight independent lanes (one vector register): the mean,
 /// then the variance around it, so a row with a large mean keeps an accurate variance.
 #[inline(always)]
-fn normalize_rows(data: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
+fn normalize_rows(x: &[f32], out: &mut [f32], weight: &[f32], bias: &[f32], eps: f32) {
     let d = weight.len();
-    for row in data.chunks_exact_mut(d) {
+    for (row, out) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
         let mean = lane_sum(row, |x| x) / d as f32;
         let var = lane_sum(row, |x| (x - mean) * (x - mean)) / d as f32;
         let inv = 1.0 / (var + eps).sqrt();
-        for ((x, w), b) in row.iter_mut().zip(weight).zip(bias) {
-            *x = (*x - mean) * inv * w + b;
+        for (((y, x), w), b) in out.iter_mut().zip(row).zip(weight).zip(bias) {
+            *y = (*x - mean) * inv * w + b;
         }
     }
 }
@@ -132,14 +133,14 @@ struct LayerNorm {
 }
 
 impl Layer for LayerNorm {
-    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, _scratch: &mut Scratch) -> Tensor {
+    fn forward(&self, inputs: &[&Tensor], _chunk: &Chunk, scratch: &mut Scratch) -> Tensor {
         let d = self.weight.len();
         match self.kind {
             KernelKind::Fast => {
-                let mut out = inputs[0].as_standard_layout().into_owned();
-                let data = out.as_slice_mut().expect("standard layout");
-                normalize(data, &self.weight, &self.bias, self.eps as f32);
-                out
+                let x = contiguous(inputs[0]);
+                let mut out = scratch.output(x.len());
+                normalize(&x, &mut out, &self.weight, &self.bias, self.eps as f32);
+                tensor(inputs[0].shape().to_vec(), out)
             }
             KernelKind::Reference => {
                 let x = contiguous(inputs[0]);
