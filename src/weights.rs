@@ -131,31 +131,7 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 /// state only counts up by a constant, so value `i` of a stream is a function of `i` alone
 /// ([`seeded_value`]): a large tensor is generated on every core at once, the same values as
 /// one after another.
-struct SplitMix64(u64);
-
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(GOLDEN_GAMMA);
-        mix(self.0)
-    }
-
-    fn symmetric(&mut self) -> f32 {
-        symmetric(self.next())
-    }
-}
-
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
-}
-
-/// Uniform in [-1, 1), from the top 24 bits so every value is an exact f32.
-fn symmetric(bits: u64) -> f32 {
-    ((bits >> 40) as f32 / (1u64 << 23) as f32) - 1.0
-}
 
 /// The state a stream labelled `label` starts from.
 fn stream_start(seed: u64, label: &str) -> u64 {
@@ -167,17 +143,24 @@ fn stream_start(seed: u64, label: &str) -> u64 {
     seed ^ h
 }
 
-/// A stream of pseudo-random values in [-1, 1) that depends only on `seed` and `label`.
-pub fn seeded_stream(seed: u64, label: &str) -> impl FnMut() -> f32 {
-    let mut rng = SplitMix64(stream_start(seed, label));
-    move || rng.symmetric()
+/// Value `i` of the stream that starts at `start`, uniform in [-1, 1) from the top 24 bits of
+/// splitmix64's output, so that every value is an exact f32.
+fn seeded_value(start: u64, i: usize) -> f32 {
+    let mut z = start.wrapping_add(GOLDEN_GAMMA.wrapping_mul(i as u64 + 1));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 40) as f32 / (1u64 << 23) as f32) - 1.0
 }
 
-/// Value `i` of the stream that starts at `start`: the `i + 1`-th call of its `next`.
-fn seeded_value(start: u64, i: usize) -> f32 {
-    symmetric(mix(
-        start.wrapping_add(GOLDEN_GAMMA.wrapping_mul(i as u64 + 1))
-    ))
+/// A stream of pseudo-random values in [-1, 1) that depends only on `seed` and `label`.
+pub fn seeded_stream(seed: u64, label: &str) -> impl FnMut() -> f32 {
+    let start = stream_start(seed, label);
+    let mut i = 0;
+    move || {
+        i += 1;
+        seeded_value(start, i - 1)
+    }
 }
 
 /// `init`'s values for one tensor, generated on every core: the 1.9 M weights of the MLP took
