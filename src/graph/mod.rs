@@ -526,28 +526,47 @@ impl Graph {
         frees: &[Vec<ValueId>],
         scratch: &mut ops::Scratch,
     ) {
-        for (j, &i) in layers.iter().enumerate() {
-            let node = &self.nodes[i];
-            if node.op.passes_through() || node.folded_into.is_some() {
-                // identity, dropout and folded batch norms: the same tensor under a new name,
-                // shared, not copied.
-                let same = env.get(node.inputs[0]).clone();
-                env.set(ValueId::of_layer(i), same);
-                self.free(layers, env, frees.get(j), scratch);
-                continue;
-            }
-            let inputs: Vec<std::sync::Arc<ops::Tensor>> =
-                node.inputs.iter().map(|v| env.get(*v).clone()).collect();
-            let refs: Vec<&ops::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
-            let chunk = Chunk {
-                records: env.records,
-                seqs: env.seqs.as_deref(),
-            };
-            let out = self.layers[i].forward(&refs, &chunk, scratch);
-            drop(inputs);
-            env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
-            self.free(layers, env, frees.get(j), scratch);
+        for j in 0..layers.len() {
+            self.eval_at(layers, j, env, frees, scratch);
         }
+    }
+
+    /// Evaluate `layers[j]` alone, as [`Graph::eval`] does in its turn: a stage runs its
+    /// layers one call at a time to know, after a panic, which one failed.
+    ///
+    /// Why the whole list and not a one-layer slice: a value dropped after `layers[j]` was
+    /// mostly computed by an earlier layer of the list, and only the list says that its
+    /// storage is the stage's own to recycle. Called with `[j..=j]`, a stage recycled nothing,
+    /// and the MLP allocated and zeroed two 256 KiB outputs a chunk.
+    pub fn eval_at(
+        &self,
+        layers: &[usize],
+        j: usize,
+        env: &mut Env,
+        frees: &[Vec<ValueId>],
+        scratch: &mut ops::Scratch,
+    ) {
+        let i = layers[j];
+        let node = &self.nodes[i];
+        if node.op.passes_through() || node.folded_into.is_some() {
+            // identity, dropout and folded batch norms: the same tensor under a new name,
+            // shared, not copied.
+            let same = env.get(node.inputs[0]).clone();
+            env.set(ValueId::of_layer(i), same);
+            self.free(layers, env, frees.get(j), scratch);
+            return;
+        }
+        let inputs: Vec<std::sync::Arc<ops::Tensor>> =
+            node.inputs.iter().map(|v| env.get(*v).clone()).collect();
+        let refs: Vec<&ops::Tensor> = inputs.iter().map(|t| t.as_ref()).collect();
+        let chunk = Chunk {
+            records: env.records,
+            seqs: env.seqs.as_deref(),
+        };
+        let out = self.layers[i].forward(&refs, &chunk, scratch);
+        drop(inputs);
+        env.set(ValueId::of_layer(i), std::sync::Arc::new(out));
+        self.free(layers, env, frees.get(j), scratch);
     }
 
     /// Drop the values no later layer of `layers` reads. The outputs `layers` computed go to
@@ -698,5 +717,48 @@ fn find_cycle(
         )
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stage evaluates its layers one call at a time (`eval_at`); an output dropped in a later
+    /// call than the one that made it must still go to the worker's spare outputs, for the next
+    /// chunk to write over instead of allocating and zeroing its own.
+    #[test]
+    fn layers_evaluated_one_call_at_a_time_recycle_the_outputs_they_drop() {
+        let text = "name: t\ninput: {shape: [8]}\ninit: {seed: 1}\nlayers:\n  \
+            - {name: a, op: dense, units: 32, activation: relu}\n  \
+            - {name: b, op: dense, units: 32}\n  \
+            - {name: c, op: dense, units: 4}\n";
+        let config = PipelineConfig::parse(text, std::path::Path::new(".")).unwrap();
+        let plan = Plan::build(&config).unwrap();
+        let stage = &plan.stages[0];
+        assert_eq!(stage.layers.len(), 3);
+        let records = 5;
+        let chunk = |scratch: &mut ops::Scratch| -> *const f32 {
+            let input = ops::Tensor::from_shape_vec(vec![records, 8], vec![0.5; records * 8]);
+            let mut env = Env::new(plan.graph.nodes.len(), records, None);
+            env.set(ValueId::INPUT, std::sync::Arc::new(input.unwrap()));
+            let mut a = std::ptr::null();
+            for j in 0..stage.layers.len() {
+                plan.graph
+                    .eval_at(&stage.layers, j, &mut env, &stage.frees, scratch);
+                if j == 0 {
+                    a = env.get(ValueId::of_layer(stage.layers[0])).as_ptr();
+                }
+            }
+            a
+        };
+        let mut scratch = ops::Scratch::default();
+        chunk(&mut scratch);
+        // `b`'s output, dropped after `c` ran (`a`'s, dropped after `b`, went back when `c`
+        // allocated its own: the memory bound's rule); `c`'s leaves the stage.
+        assert_eq!(scratch.spare_floats(), records * 32);
+        let kept = scratch.spare_ptrs()[0];
+        // The next chunk's `a` writes over it.
+        assert_eq!(chunk(&mut scratch), kept);
     }
 }

@@ -534,6 +534,12 @@ impl Scratch {
         self.spare.iter().map(Vec::capacity).sum()
     }
 
+    /// Where each spare output's storage is, in the order kept.
+    #[cfg(test)]
+    pub(crate) fn spare_ptrs(&self) -> Vec<*const f32> {
+        self.spare.iter().map(|v| v.as_ptr()).collect()
+    }
+
     /// Bytes held now.
     pub fn held_bytes(&self) -> usize {
         self.slots.iter().map(|s| s.capacity() * 4).sum()

@@ -201,7 +201,7 @@ impl StageWorker {
         for j in run.from..stage.layers.len() {
             self.plan
                 .graph
-                .eval(&stage.layers[j..=j], env, &stage.frees[j..=j], scratch);
+                .eval_at(&stage.layers, j, env, &stage.frees, scratch);
             *done = j + 1;
             after(Some(j), env);
         }
