@@ -493,12 +493,15 @@ impl Scratch {
     /// zeroing the output, a pass over memory the kernel then writes again: for ResNet-18, 9 MB
     /// an image, at batch 1 on the stage's thread while its team waits.
     ///
-    /// Why this stays within the memory bound, which counts every output of the worker's
-    /// layers at the full batch (`S`) once: call `M` what the spare outputs and the chunk's live
-    /// outputs hold. Taking a spare or recycling a dropped output leaves `M` as it is. A fresh
-    /// allocation first gives back at least as much of the spare list, or all of it, so `M`
-    /// either does not grow or becomes the live outputs alone, at most `S`. `M` starts at 0,
-    /// so it is never more than `S`.
+    /// Why this stays within the memory bound, which counts a stage's peak live set at the
+    /// full batch (`P`: its inputs and its layers' outputs still live, at the layer where they
+    /// hold the most): call `M` what the spare outputs and the chunk's live outputs hold, and
+    /// `I` what its inputs still alive hold. As a chunk starts, the worker keeps at most `P`
+    /// less a full chunk's inputs ([`Scratch::keep_at_most`]), so `I + M <= P`. Taking a spare
+    /// or recycling a dropped output leaves `M` as it is, and dropping an input or sending an
+    /// output on only lowers a side. A fresh allocation first gives back at least as much of
+    /// the spare list, or all of it: `M` does not grow, or becomes the live outputs alone, and
+    /// `I` plus those is at most `P` by its definition.
     pub fn output(&mut self, len: usize) -> Vec<f32> {
         if let Some(i) = self.spare.iter().position(|v| v.len() == len) {
             return self.spare.swap_remove(i);
@@ -511,6 +514,19 @@ impl Scratch {
             }
         }
         vec![0.0; len]
+    }
+
+    /// Give back spare outputs until they hold at most `floats`. A stage's worker calls it as
+    /// each chunk starts, with its peak live set less its inputs ([`Scratch::output`] says
+    /// why).
+    pub fn keep_at_most(&mut self, floats: usize) {
+        let mut held = self.spare_floats();
+        while held > floats {
+            match self.spare.pop() {
+                Some(v) => held -= v.capacity(),
+                None => break,
+            }
+        }
     }
 
     /// Keep the storage of `value`, an output of one of this worker's layers that no layer
@@ -668,8 +684,9 @@ mod tests {
 
     /// A dropped output is reused for the next output of its length, as it is (no zeroing);
     /// and over chunks of outputs whose sizes change (a full chunk, a short one, full again,
-    /// in a chain and a residual pattern), the spare and live outputs together never hold more
-    /// than the outputs of one full chunk, which is what the memory bound counts.
+    /// in a chain and a residual pattern), the input, the spare and the live outputs together
+    /// never hold more than the stage's peak live set at the full batch, which is what the
+    /// memory bound counts.
     #[test]
     fn spare_outputs_are_reused_within_the_bound() {
         let mut s = Scratch::default();
@@ -683,27 +700,48 @@ mod tests {
         s.recycle(shared);
         assert_eq!(s.spare_floats(), 0, "a tensor held elsewhere is not kept");
 
-        // Per chunk: outputs of these sizes at the full batch (scaled for a short chunk); each
-        // is freed two layers later, as a residual's input is.
-        let full = [300usize, 80, 80, 80, 40, 40, 10];
-        let bound: usize = full.iter().sum();
+        // Per chunk: an input dropped after the first layer, and layers of these output sizes
+        // at the full batch, each output dropped after the layer listed with it (a residual's
+        // input two layers on; three read by a last join); the last output leaves the stage.
+        // Sizes scale with the chunk.
+        let input = 250usize;
+        let layers: [(usize, &[usize]); 7] = [
+            (300, &[]),
+            (80, &[]),
+            (300, &[0]),
+            (80, &[1]),
+            (40, &[]),
+            (40, &[]),
+            (10, &[2, 3, 4, 5]),
+        ];
+        let mut peak = 0;
+        let mut live_sum = input;
+        for (at, (n, frees)) in layers.iter().enumerate() {
+            live_sum += n;
+            peak = peak.max(live_sum);
+            live_sum -= frees.iter().map(|&f| layers[f].0).sum::<usize>();
+            if at == 0 {
+                live_sum -= input;
+            }
+        }
         // Thirds of the full batch: full, full, a third, full, two thirds, full.
         for scale in [3, 3, 1, 3, 2, 3] {
-            let mut live: Vec<Vec<f32>> = Vec::new();
-            for &n in &full {
-                let out = s.output(n * scale / 3);
-                live.push(out);
-                if live.len() > 2 {
-                    let freed = live.remove(0);
+            s.keep_at_most(peak - input);
+            let mut input_held = input * scale / 3;
+            let mut live: Vec<Option<Vec<f32>>> = Vec::new();
+            for (at, (n, frees)) in layers.iter().enumerate() {
+                live.push(Some(s.output(n * scale / 3)));
+                let held = input_held + live.iter().flatten().map(Vec::capacity).sum::<usize>();
+                assert!(
+                    held + s.spare_floats() <= peak,
+                    "layer {at}: {held} + spare > {peak}"
+                );
+                input_held = 0;
+                for &f in *frees {
+                    let freed = live[f].take().unwrap();
                     s.recycle(std::sync::Arc::new(tensor(vec![freed.len()], freed)));
                 }
-                let held: usize = live.iter().map(Vec::capacity).sum::<usize>() + s.spare_floats();
-                assert!(held <= bound, "{held} floats held, bound {bound}");
             }
-            for freed in live {
-                s.recycle(std::sync::Arc::new(tensor(vec![freed.len()], freed)));
-            }
-            assert!(s.spare_floats() <= bound);
         }
     }
 }

@@ -76,10 +76,16 @@ impl StageWorker {
         let last = ready.iter().copied().max().flatten();
         let patience = super::patience(stage.core);
         let mut sent = vec![false; ready.len()];
+        // What the spare outputs may hold as a chunk starts (see `Scratch::output`).
+        let spare_floats = stage
+            .activation_bytes_per_chunk
+            .saturating_sub(stage.input_bytes_per_chunk) as usize
+            / 4;
         loop {
             let Some((mut tags, mut env, waited)) = self.next_chunk(patience) else {
                 break;
             };
+            scratch.keep_at_most(spare_floats);
             let t1 = Instant::now();
             let whole = Attempt {
                 from: 0,
