@@ -32,6 +32,25 @@ const MR_512: usize = 8;
 /// alternated rounds), though the two panels' slices then take 25 of L1's 32 KiB and the rows
 /// of `x` stream from L2.
 const KC_512: usize = 200;
+/// Deepest k block of the AVX-512 path when each row of the left operand is contiguous (dense
+/// layers): a whole 784- or 1024-deep layer of the MLP in one block. A column's weights then no
+/// longer fit L1 (the second row group re-reads them from L2), but each output tile is loaded,
+/// added to and stored once instead of four or five times, and the kernel runs four to five
+/// times longer between those passes. Measured on the Xeon, `subpass bench` of the planned MLP,
+/// alternated sets of four to six runs: one thread 6–8% faster at batch 16 and about 2% at
+/// batch 64; the two-worker pipeline at batch 16 68.3k against 60.7k records/s (a noisy hour);
+/// MiniLM's whole command 24.4 against 26.5 s (three rounds). Not for an im2col left operand
+/// (`depth` > 1): there each depth step of a row group reads its own cache line of `x`, and a
+/// deep block's lines (59 KiB at 922 deep) fall out of L1; ResNet-18 ran 5% slower so.
+const KC_512_ROWS: usize = 1024;
+
+/// The depth of the AVX-512 path's k blocks: `k` cut into equal blocks of at most
+/// [`KC_512_ROWS`] (contiguous rows of `x`) or [`KC_512`] (1,001 is 6 × 167, not 5 × 200 + 1:
+/// a shallow last block pays a whole pass over `y` for a few steps).
+fn kc_512(k: usize, xl: XLayout) -> usize {
+    let cap = if xl.depth == 1 { KC_512_ROWS } else { KC_512 };
+    k.div_ceil(k.div_ceil(cap))
+}
 /// Rows of one row block: its `MC × KC` slice of the left operand (120 KiB) stays in L2 while
 /// every panel passes over it. Without it a chunk of ~1000 tokens re-read its whole left operand
 /// (1.5 MiB, more than L2) from L3 once per panel.
@@ -454,9 +473,8 @@ unsafe fn kernel<const R: usize>(
     }
 }
 
-/// [`packed_acc`] on AVX-512: `y[m×n] += x · panels`, 8 rows × 2 panels per micro-kernel call.
-/// Depth is cut into equal blocks of at most [`KC_512`] (1,001 is 6 × 167, not 5 × 200 + 1:
-/// a shallow last block pays a whole pass over `y` for a few steps).
+/// [`packed_acc`] on AVX-512: `y[m×n] += x · panels`, 8 rows × 2 panels per micro-kernel call,
+/// over k blocks of [`kc_512`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 #[allow(clippy::too_many_arguments)]
@@ -472,7 +490,7 @@ unsafe fn packed_acc_512(
     onto: Onto,
 ) {
     let panels_n = n.div_ceil(NR);
-    let kc_max = k.div_ceil(k.div_ceil(KC_512));
+    let kc_max = kc_512(k, xl);
     for k0 in (0..k).step_by(kc_max) {
         let kc = kc_max.min(k - k0);
         for m0 in (0..m).step_by(MC) {
@@ -749,8 +767,14 @@ mod tests {
 
     #[test]
     fn strided_left_operand_reads_im2col_in_place() {
-        // x given transposed, [k, m], as im2col writes it; y rows strided wider than n.
-        let (m, n, k, y_row) = (23, 20, 37, 25);
+        // x given transposed, [k, m], as im2col writes it; y rows strided wider than n. Depths
+        // of one k block and of three (KC_512 is 200 for such an operand).
+        for k in [37, 450] {
+            strided_product(23, 20, k, 25);
+        }
+    }
+
+    fn strided_product(m: usize, n: usize, k: usize, y_row: usize) {
         let xt: Vec<f32> = (0..k * m)
             .map(|i| ((i * 3 % 17) as f32 - 8.0) / 9.0)
             .collect();
@@ -774,7 +798,7 @@ mod tests {
                     let got = y[i * y_row + j] as f64;
                     assert!(
                         (got - want).abs() <= 1e-4 * (1.0 + want.abs()),
-                        "{} [{i},{j}]: {got} vs {want}",
+                        "{} k {k} [{i},{j}]: {got} vs {want}",
                         isa.name()
                     );
                 }
@@ -798,11 +822,12 @@ mod tests {
             (13, 10, 64),
             (64, 100, 785),
             // Row groups of 8 and ragged ones, pairs of panels and a lone partial one, depths
-            // cut into equal blocks (600 = 3 × 200, 401 = 134 + 134 + 133) and a depth of one
+            // cut into equal blocks (2500 = 3 × 834 - 2, 2049 = 683 × 3) and a depth of one
             // block plus one.
+            (16, 48, 2500),
+            (16, 48, 2049),
+            (19, 40, 1025),
             (16, 48, 600),
-            (16, 48, 401),
-            (19, 40, 201),
             (9, 15, 7),
             (130, 33, 256),
         ] {
@@ -857,15 +882,16 @@ mod tests {
         // `y` starts as NaN, as a recycled buffer might hold: any value read from it would
         // poison its sum. Shapes cover one row (the four-panel row kernel and a lone panel),
         // row groups of 8 and 6 with ragged ends, partial panels, one depth block and several
-        // (KC_512 is 200, KC 256), and more rows than a row block (MC).
+        // (KC_512_ROWS is 1024, KC 256), and more rows than a row block (MC).
         for &(m, n, k) in &[
             (1, 64, 9),
             (1, 100, 785),
             (3, 20, 1),
             (16, 48, 600),
-            (19, 40, 201),
+            (19, 40, 1025),
             (130, 33, 256),
             (64, 1024, 784),
+            (16, 40, 2500),
         ] {
             let (x, w) = operands(m, n, k);
             let bias: Vec<f32> = (0..n).map(|j| j as f32 * 0.5 - 3.0).collect();
@@ -889,17 +915,22 @@ mod tests {
     #[test]
     fn each_column_prefetches_exactly_the_next_columns_lines() {
         use std::collections::BTreeMap;
-        for &(m, n, k) in &[
-            (64usize, 1024usize, 784usize),
-            (16, 48, 600),
-            (130, 40, 401),
-            (9, 15, 7),
-            (8, 16, 200),
+        // Both left operands' block depths: rows contiguous (`depth` 1) and im2col's.
+        for &(m, n, k, depth) in &[
+            (64usize, 1024usize, 784usize, 1usize),
+            (64, 1024, 784, 64),
+            (16, 48, 2600, 1),
+            (16, 48, 600, 16),
+            (130, 40, 401, 130),
+            (130, 40, 1500, 1),
+            (9, 15, 7, 1),
+            (8, 16, 200, 8),
         ] {
             let panels_n = n.div_ceil(NR);
             let panels = vec![0.0f32; panels_n * k * NR];
             let line = |ptr: *const f32| (ptr as usize - panels.as_ptr() as usize) / 64;
-            let kc_max = k.div_ceil(k.div_ceil(KC_512));
+            let row = if depth == 1 { k } else { 1 };
+            let kc_max = kc_512(k, XLayout { row, depth });
             // The columns in the loops' order: depth blocks, row blocks, pairs of panels.
             let mut columns = Vec::new();
             for k0 in (0..k).step_by(kc_max) {
