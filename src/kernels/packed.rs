@@ -3,8 +3,9 @@
 //! `y[m×n] += x[m×k] · Wᵀ` with PyTorch's `W[n×k]`. The gemm crate repacks the weight matrix on
 //! every call, which for a layer applied to chunk after chunk is pure waste: here the weights are
 //! laid out once into panels of 16 output columns, k-major, so the micro-kernel streams them
-//! contiguously. Loops are blocked so a 256-deep slice of a panel (16 KiB) stays in L1 while every
-//! row block of the chunk passes over it.
+//! contiguously. Loops are blocked in depth: on AVX2 a 256-deep slice of a panel (16 KiB) stays in
+//! L1 while every row block of the chunk passes over it; on AVX-512 the blocks are deeper where
+//! the rows of `x` are contiguous (see `KC_512_ROWS`).
 //!
 //! The micro-kernel needs AVX2 and FMA, detected at run time; elsewhere (or with
 //! `SUBPASS_KERNELS=portable`) the gemm crate does the work on the unpacked weights. Where the
