@@ -38,11 +38,11 @@ const KC_512: usize = 200;
 /// longer fit L1 (the second row group re-reads them from L2), but each output tile is loaded,
 /// added to and stored once instead of four or five times, and the kernel runs four to five
 /// times longer between those passes. Measured on the Xeon, `subpass bench` of the planned MLP,
-/// alternated sets of four to six runs: one thread 6–8% faster at batch 16 and about 2% at
-/// batch 64; the two-worker pipeline at batch 16 68.3k against 60.7k records/s (a noisy hour);
-/// MiniLM's whole command 24.4 against 26.5 s (three rounds). Not for an im2col left operand
+/// four alternated runs: one thread 35.7k → 37.3k records/s at batch 16 and 42.0k → 43.9k at
+/// 64; two workers level at 16 and 81.6k → 84.5k at 64. Not for an im2col left operand
 /// (`depth` > 1): there each depth step of a row group reads its own cache line of `x`, and a
-/// deep block's lines (59 KiB at 922 deep) fall out of L1; ResNet-18 ran 5% slower so.
+/// deep block's lines (59 KiB at 922 deep) fall out of L1; with 1024 there too, ResNet-18 ran
+/// about 5% slower in a noisy set.
 const KC_512_ROWS: usize = 1024;
 
 /// The depth of the AVX-512 path's k blocks: `k` cut into equal blocks of at most
