@@ -127,10 +127,7 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
-/// splitmix64: tiny, fast, and the same on every machine, which is all `init` needs. Its
-/// state only counts up by a constant, so value `i` of a stream is a function of `i` alone
-/// ([`seeded_value`]): a large tensor is generated on every core at once, the same values as
-/// one after another.
+/// splitmix64's step: its state only counts up by this constant.
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
 /// The state a stream labelled `label` starts from.
@@ -144,7 +141,10 @@ fn stream_start(seed: u64, label: &str) -> u64 {
 }
 
 /// Value `i` of the stream that starts at `start`, uniform in [-1, 1) from the top 24 bits of
-/// splitmix64's output, so that every value is an exact f32.
+/// splitmix64's output, so that every value is an exact f32. splitmix64 is tiny, fast, and the
+/// same on every machine, which is all `init` needs; its state only counts up, so value `i` is
+/// a function of `i` alone, and a large tensor is generated on every core at once, the same
+/// values as one after another.
 fn seeded_value(start: u64, i: usize) -> f32 {
     let mut z = start.wrapping_add(GOLDEN_GAMMA.wrapping_mul(i as u64 + 1));
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

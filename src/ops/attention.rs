@@ -194,7 +194,8 @@ struct Heads {
 }
 
 /// Every record's attention: from `qkv` (`[tokens, 3·inner]`) into `context`
-/// (`[tokens, inner]`), one query row of `scores` at a time. On the widest vectors the CPU has.
+/// (`[tokens, inner]`), in `work` ([`attend_work`] floats; see [`attend_loop`]). On the widest
+/// vectors the CPU has.
 fn attend(shape: Heads, qkv: &[f32], context: &mut [f32], work: &mut [f32], seqs: &[usize]) {
     #[cfg(target_arch = "x86_64")]
     if crate::kernels::isa().has_avx2_fma() {
