@@ -127,6 +127,26 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
     })
 }
 
+/// Sets every subnormal value (nonzero, below `f32::MIN_POSITIVE` ≈ 1.2e-38 in magnitude) to
+/// zero and returns how many there were.
+///
+/// Why: on x86 a multiply that reads a subnormal takes a microcode assist of a hundred-odd
+/// cycles, and one subnormal in a 16-wide weight vector makes every FMA that loads it take one.
+/// Training with weight decay leaves such weights on inputs that never fire: the digits MLP's
+/// `fc1` has 7 of 4,096, and its product ran 6.7× slower for them (1.71 → 11.4 µs a chunk of
+/// 32). Read as zero, a product changes by less than 1.2e-38 · Σ|x|, below an f32 ulp of any
+/// output that is not itself almost zero.
+pub fn flush_subnormals(values: &mut [f32]) -> usize {
+    let mut flushed = 0;
+    for v in values {
+        if v.is_subnormal() {
+            *v = 0.0;
+            flushed += 1;
+        }
+    }
+    flushed
+}
+
 /// splitmix64's step: its state only counts up by this constant.
 const GOLDEN_GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 
@@ -222,6 +242,41 @@ pub fn write_safetensors(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_subnormals_are_zeroed() {
+        let tiny = f32::MIN_POSITIVE;
+        let mut values = [
+            0.0,
+            -0.0,
+            1e-40,
+            -f32::from_bits(1),
+            tiny,
+            -tiny,
+            tiny * (1.0 - f32::EPSILON),
+            1.0,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        assert_eq!(flush_subnormals(&mut values), 3);
+        let bits: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
+        let want: Vec<u32> = [
+            0.0,
+            -0.0,
+            0.0,
+            0.0,
+            tiny,
+            -tiny,
+            0.0,
+            1.0,
+            f32::INFINITY,
+            f32::NAN,
+        ]
+        .iter()
+        .map(|v| v.to_bits())
+        .collect();
+        assert_eq!(bits, want);
+    }
 
     #[test]
     fn init_is_deterministic_and_bounded() {

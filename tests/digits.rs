@@ -110,6 +110,36 @@ fn shipped_models_verify() {
     }
 }
 
+/// Training left subnormal weights (|w| < 1.2e-38) on inputs that never fire; the fast kernels
+/// read them as zero, since every product with one takes a microcode assist on x86 (the MLP ran
+/// 4× slower), and `validate` says which layers and how many. The counts are numpy's:
+/// `((w != 0) & (abs(w) < np.finfo(np.float32).tiny)).sum()` on each tensor of the file. That
+/// the outputs still match numpy's forward pass on the file's values is the tests above.
+#[test]
+fn validate_names_the_subnormal_weights_the_fast_kernels_read_as_zero() {
+    for (model, counts) in [
+        ("mlp", &["  fc1: 7"][..]),
+        ("cnn", &["  hidden: 90", "  logits: 8"][..]),
+    ] {
+        let out = subpass()
+            .args(["validate", &format!("configs/digits-{model}.yaml")])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{text}");
+        let listed = text
+            .split_once("subnormal parameters")
+            .unwrap_or_else(|| panic!("{model}: no subnormal list in\n{text}"))
+            .1;
+        let lines: Vec<&str> = listed
+            .lines()
+            .skip(1)
+            .take_while(|l| l.starts_with("  "))
+            .collect();
+        assert_eq!(lines, counts, "{model}");
+    }
+}
+
 #[test]
 fn a_label_the_pipeline_does_not_pass_through_is_refused_before_reading() {
     // stdin stays open: a run that started reading would wait on it.

@@ -28,6 +28,10 @@
 //! `a` and `b` themselves and sums `W[:, ..ka] · a + W[:, ka..] · b` (the CNN's merge, flat,
 //! fc1 is one op, and two copies of the activations fewer).
 //!
+//! The fast kernels read subnormal parameters (below 1.2e-38 in magnitude, which training with
+//! weight decay leaves behind) as zero, after the folds: on x86 each product with one takes a
+//! microcode assist ([`crate::weights::flush_subnormals`]). `validate` lists how many per layer.
+//!
 //! The rewrites are made while the kernels are built, and only for the fast kernels: the graph
 //! keeps both nodes (stages, routes and `export` still see the file's layers and tensors), the
 //! convolution's kernel is built from the folded tensors and the batch norm passes its input
@@ -231,12 +235,21 @@ pub(super) fn build_layers(
         .map(Vec::len)
         .sum::<usize>()
         >= crate::par::PIECE;
-    crate::par::map_vec(tensors, heavy, |i, values| -> Box<dyn Layer> {
-        let values = values.expect("every node has its tensors");
+    let built = crate::par::map_vec(tensors, heavy, |i, values| -> (Box<dyn Layer>, usize) {
+        let mut values = values.expect("every node has its tensors");
         let node = &nodes[i];
         if node.folded_into.is_some() {
-            return Box::new(FoldedAway);
+            return (Box::new(FoldedAway), 0);
         }
+        // After the folds, whose products can underflow too. The reference kernels, which
+        // `verify` checks these against, keep the file's values.
+        let zeroed = match kernels {
+            KernelKind::Fast => values
+                .iter_mut()
+                .map(|t| crate::weights::flush_subnormals(t))
+                .sum(),
+            KernelKind::Reference => 0,
+        };
         // What the inputs carry: a pool that runs the convolution before it reads that
         // convolution's input, passed on under the convolution's name.
         let shapes: Vec<&[usize]> = node
@@ -244,8 +257,16 @@ pub(super) fn build_layers(
             .iter()
             .map(|v| carried_shape(nodes, input_shape, *v))
             .collect();
-        ops[i].build(kernels, &shapes, &node.shape, values)
-    })
+        (ops[i].build(kernels, &shapes, &node.shape, values), zeroed)
+    });
+    built
+        .into_iter()
+        .zip(nodes.iter_mut())
+        .map(|((layer, zeroed), node)| {
+            node.subnormals_zeroed = zeroed;
+            layer
+        })
+        .collect()
 }
 
 /// A convolution folded into the residual `add` that alone reads it: the add's node runs the

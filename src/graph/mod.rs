@@ -67,6 +67,9 @@ pub struct Node {
     /// reads it. The node then passes its first input through, under its own name; a dense layer
     /// folded with a concat reads the concat's other inputs as inputs of its own.
     pub folded_into: Option<usize>,
+    /// How many of the layer's parameters were subnormal and are read as zero by the fast
+    /// kernels ([`crate::weights::flush_subnormals`]); 0 for the reference kernels.
+    pub subnormals_zeroed: usize,
     /// Key path of the layer in the pipeline file.
     pub path: String,
     /// For a shard of a layer split by `shards: k`: the unsplit op, whose tensors it cuts.
@@ -400,6 +403,7 @@ impl Graph {
                 flops_per_record: flops,
                 buffers,
                 folded_into: None,
+                subnormals_zeroed: 0,
                 path: layer.path.clone(),
                 whole: layer.shard.as_ref().map(|s| s.whole.clone()),
             });
