@@ -137,14 +137,21 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 /// 32). Read as zero, a product changes by less than 1.2e-38 · Σ|x|, below an f32 ulp of any
 /// output that is not itself almost zero.
 pub fn flush_subnormals(values: &mut [f32]) -> usize {
-    let mut flushed = 0;
-    for v in values {
-        if v.is_subnormal() {
+    // Counted first, in a loop that only reads and that LLVM vectorizes: almost every tensor
+    // has none, and a branch per value (`is_subnormal`, then a store) made this pass 7% of the
+    // MLP's start-up. A magnitude's bits minus one are below 0x7f_ffff exactly when the value
+    // is subnormal (zero wraps to the top).
+    let subnormal = |v: f32| (v.to_bits() & 0x7fff_ffff).wrapping_sub(1) < 0x007f_ffff;
+    let count = values
+        .chunks(1 << 12)
+        .map(|c| c.iter().map(|&v| subnormal(v) as u32).sum::<u32>() as usize)
+        .sum();
+    if count > 0 {
+        for v in values.iter_mut().filter(|v| subnormal(**v)) {
             *v = 0.0;
-            flushed += 1;
         }
     }
-    flushed
+    count
 }
 
 /// splitmix64's step: its state only counts up by this constant.
