@@ -130,7 +130,7 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 /// Sets every subnormal value (nonzero, below `f32::MIN_POSITIVE` ≈ 1.2e-38 in magnitude) to
 /// zero and returns how many there were.
 ///
-/// Why: on x86 a multiply that reads a subnormal takes a microcode assist of a hundred-odd
+/// Why: on Intel cores a multiply that reads a subnormal takes a microcode assist of a hundred-odd
 /// cycles, and one subnormal in a 16-wide weight vector makes every FMA that loads it take one.
 /// Training with weight decay leaves such weights on inputs that never fire: the digits MLP's
 /// `fc1` has 7 of 4,096, and its product ran 6.7× slower for them (1.71 → 11.4 µs a chunk of

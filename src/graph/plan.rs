@@ -548,7 +548,7 @@ impl Plan {
         if !zeroed.is_empty() {
             let _ = writeln!(
                 out,
-                "\nsubnormal parameters (below 1.2e-38 in magnitude) the fast kernels read as zero: on x86 every product with one takes a microcode assist, which made the digits MLP 4x slower:\n{}",
+                "\nsubnormal parameters (below 1.2e-38 in magnitude) the fast kernels read as zero: on Intel cores every product with one takes a microcode assist, which made the digits MLP 4x slower:\n{}",
                 zeroed.join("\n")
             );
         }
