@@ -130,17 +130,19 @@ fn to_f32(dtype: Dtype, data: &[u8]) -> Option<Vec<f32>> {
 /// Sets every subnormal value (nonzero, below `f32::MIN_POSITIVE` ≈ 1.2e-38 in magnitude) to
 /// zero and returns how many there were.
 ///
-/// Why: on Intel cores a multiply that reads a subnormal takes a microcode assist of a hundred-odd
-/// cycles, and one subnormal in a 16-wide weight vector makes every FMA that loads it take one.
+/// Why: on Intel cores a multiply that reads a subnormal takes a microcode assist of a
+/// hundred-odd cycles, and one subnormal in a 16-wide weight vector makes every FMA that loads
+/// it take one.
 /// Training with weight decay leaves such weights on inputs that never fire: the digits MLP's
 /// `fc1` has 7 of 4,096, and its product ran 6.7× slower for them (1.71 → 11.4 µs a chunk of
 /// 32). Read as zero, a product changes by less than 1.2e-38 · Σ|x|, below an f32 ulp of any
 /// output that is not itself almost zero.
 pub fn flush_subnormals(values: &mut [f32]) -> usize {
-    // Counted first, in a loop that only reads and that LLVM vectorizes: almost every tensor
-    // has none, and a branch per value (`is_subnormal`, then a store) made this pass 7% of the
-    // MLP's start-up. A magnitude's bits minus one are below 0x7f_ffff exactly when the value
-    // is subnormal (zero wraps to the top).
+    // Counted first, in a loop that only reads and that LLVM vectorizes (u32 sums, a block at
+    // a time, so that none can overflow): almost every tensor has none, and a branch per value
+    // (`is_subnormal`, then a store) made this pass 7% of the MLP's start-up. A magnitude's
+    // bits minus one are below 0x7f_ffff exactly when the value is subnormal (zero wraps to
+    // the top).
     let subnormal = |v: f32| (v.to_bits() & 0x7fff_ffff).wrapping_sub(1) < 0x007f_ffff;
     let count = values
         .chunks(1 << 12)

@@ -111,8 +111,8 @@ fn shipped_models_verify() {
 }
 
 /// Training left subnormal weights (|w| < 1.2e-38) on inputs that never fire; the fast kernels
-/// read them as zero, since every product with one takes a microcode assist on Intel cores (the MLP ran
-/// 4× slower), and `validate` says which layers and how many. The counts are numpy's:
+/// read them as zero, since every product with one takes a microcode assist on Intel cores (the
+/// MLP ran 4× slower), and `validate` says which layers and how many. The counts are numpy's:
 /// `((w != 0) & (abs(w) < np.finfo(np.float32).tiny)).sum()` on each tensor of the file. That
 /// the outputs still match numpy's forward pass on the file's values is the tests above.
 #[test]

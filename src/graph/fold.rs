@@ -29,8 +29,9 @@
 //! fc1 is one op, and two copies of the activations fewer).
 //!
 //! The fast kernels read subnormal parameters (below 1.2e-38 in magnitude, which training with
-//! weight decay leaves behind) as zero, after the folds: on Intel cores each product with one takes a
-//! microcode assist ([`crate::weights::flush_subnormals`]). `validate` lists how many per layer.
+//! weight decay leaves behind) as zero, after the folds: on Intel cores each product with one
+//! takes a microcode assist ([`crate::weights::flush_subnormals`]). `validate` lists how many
+//! per layer.
 //!
 //! The rewrites are made while the kernels are built, and only for the fast kernels: the graph
 //! keeps both nodes (stages, routes and `export` still see the file's layers and tensors), the
