@@ -522,36 +522,18 @@ impl Plan {
                 inputs.join(", ")
             );
         }
-        let folds: Vec<String> = g
-            .nodes
-            .iter()
-            .filter_map(|n| {
-                Some(format!(
-                    "  {} folded into {}",
-                    n.name, g.nodes[n.folded_into?].name
-                ))
-            })
-            .collect();
-        if !folds.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nfolded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add or the 2x2 max pool that alone reads it (the add or pool runs it and adds, or pools, as it writes), a flatten and the concat on channels before it into the dense layer that alone reads it (which reads the concat's inputs in place):\n{}",
-                folds.join("\n")
-            );
-        }
-        let zeroed: Vec<String> = g
-            .nodes
-            .iter()
-            .filter(|n| n.subnormals_zeroed > 0)
-            .map(|n| format!("  {}: {}", n.name, n.subnormals_zeroed))
-            .collect();
-        if !zeroed.is_empty() {
-            let _ = writeln!(
-                out,
-                "\nsubnormal parameters (below 1.2e-38 in magnitude) the fast kernels read as zero: on Intel cores every product with one takes a microcode assist, which made the digits MLP 4x slower:\n{}",
-                zeroed.join("\n")
-            );
-        }
+        node_section(
+            &mut out,
+            g,
+            "folded for the fast kernels (`verify` compares with the unfolded graph): batch norms and activations into the convolution before them, a convolution into the residual add or the 2x2 max pool that alone reads it (the add or pool runs it and adds, or pools, as it writes), a flatten and the concat on channels before it into the dense layer that alone reads it (which reads the concat's inputs in place):",
+            |n| Some(format!("{} folded into {}", n.name, g.nodes[n.folded_into?].name)),
+        );
+        node_section(
+            &mut out,
+            g,
+            "subnormal parameters (below 1.2e-38 in magnitude) the fast kernels read as zero: on Intel cores every product with one takes a microcode assist, which made the digits MLP 4x slower:",
+            |n| (n.subnormals_zeroed > 0).then(|| format!("{}: {}", n.name, n.subnormals_zeroed)),
+        );
         if self.config.auto_stages {
             let _ = writeln!(
                 out,
@@ -1041,4 +1023,21 @@ fn check_stage_cycles(stages: &[StagePlan], configs: &[StageConfig]) -> Result<(
             stuck.join(", ")
         ),
     }]))
+}
+
+/// A blank line, `heading`, and one indented line for each node `line` has one for; nothing at
+/// all when it has none.
+fn node_section(
+    out: &mut String,
+    g: &Graph,
+    heading: &str,
+    line: impl Fn(&super::Node) -> Option<String>,
+) {
+    let lines: Vec<String> = g.nodes.iter().filter_map(line).collect();
+    if !lines.is_empty() {
+        let _ = writeln!(out, "\n{heading}");
+        for l in lines {
+            let _ = writeln!(out, "  {l}");
+        }
+    }
 }
