@@ -58,7 +58,18 @@ fn run(pipeline: &str, input: &Path, args: &[&str], failpoints: Option<&str>) ->
     let reader = std::thread::spawn(move || std::io::read_to_string(stderr).unwrap());
     let status = wait_with_timeout(&mut child, Duration::from_secs(60));
     let stderr = reader.join().unwrap();
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap_or_default();
+    // Whatever the exit, every line is whole: a run that stops on an error must not exit in the
+    // middle of a write (it once did, now and then, cutting its last error line in two).
+    let read = |p: &Path| {
+        let text = std::fs::read_to_string(p).unwrap_or_default();
+        assert!(
+            text.is_empty() || text.ends_with('\n'),
+            "{} ends in a cut line: {:?}",
+            p.display(),
+            &text[text.rfind('\n').map_or(0, |i| i + 1)..]
+        );
+        text
+    };
     let errors = read(&errors)
         .lines()
         .map(|l| {

@@ -4,7 +4,7 @@
 use std::io::{self, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering::Relaxed;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -498,11 +498,16 @@ pub fn run_stream(
         }
     });
 
-    // The writer starts with the first version; each version hands it to the next.
-    let writer = JsonOutput {
-        formatter: OutputFormatter::new("", false, &[], &[]),
+    // The writer starts with the first version; each version hands it to the next. The run
+    // keeps a handle on its streams to close them if it stops on an error.
+    let streams = Arc::new(Mutex::new(Streams {
         out: BufWriter::with_capacity(64 << 10, output),
         errors,
+        closed: false,
+    }));
+    let writer = JsonOutput {
+        formatter: OutputFormatter::new("", false, &[], &[]),
+        streams: streams.clone(),
         strict: options.strict,
         label: None,
         records: records.clone(),
@@ -595,6 +600,9 @@ pub fn run_stream(
         }),
         (r, _) => r,
     };
+    if result.is_err() {
+        close_streams(&streams);
+    }
     drop(stop_stats_tx);
     if result.is_ok() {
         for t in threads.into_iter().chain(current.threads) {
@@ -646,11 +654,35 @@ fn publish_metrics(
     }))
 }
 
+/// Where output lines and error lines go. The writer holds the lock while it writes a chunk's
+/// lines; a run stopping on an error takes it before it returns, so the process never exits in
+/// the middle of a write: a killed `write` to a file can stop at any page boundary, and cut a
+/// line in two.
+struct Streams {
+    out: BufWriter<Box<dyn Write + Send>>,
+    errors: Box<dyn Write + Send>,
+    /// Set by [`close_streams`]: nothing more is written.
+    closed: bool,
+}
+
+/// Wait for the writer to finish the chunk it is writing, write out what it has buffered, and
+/// close the streams to it: a run that stops on an error leaves whole lines, every one it wrote.
+fn close_streams(streams: &Mutex<Streams>) {
+    // A writer that panicked holding the lock left whole lines too: its writes are `write_all`s
+    // of whole lines, and a panic cannot interrupt one halfway.
+    let mut s = streams.lock().unwrap_or_else(|e| e.into_inner());
+    if !s.closed {
+        s.closed = true;
+        // The run is failing already; a failure here has nothing to add to its error.
+        let _ = s.out.flush();
+        let _ = s.errors.flush();
+    }
+}
+
 /// Writes JSON output lines and error lines.
 struct JsonOutput {
     formatter: OutputFormatter,
-    out: BufWriter<Box<dyn Write + Send>>,
-    errors: Box<dyn Write + Send>,
+    streams: Arc<Mutex<Streams>>,
     strict: bool,
     label: Option<Label>,
     records: Arc<RecordCounters>,
@@ -720,33 +752,42 @@ impl ChunkOutput for JsonOutput {
                 label.tally(rec, parts[0], r);
             }
         }
-        self.out.write_all(&self.buf).map_err(output_error)?;
+        self.ebuf.clear();
+        for rej in bad {
+            write_rejection(&mut self.ebuf, rej);
+        }
+        let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if s.closed {
+            return Err(RunError::Internal("the output was closed".into()));
+        }
+        s.out.write_all(&self.buf).map_err(output_error)?;
+        if !self.ebuf.is_empty() {
+            s.errors.write_all(&self.ebuf).map_err(RunError::Output)?;
+            s.errors.flush().map_err(RunError::Output)?;
+        }
+        if first_bad.is_some() {
+            s.out.flush().map_err(output_error)?;
+        }
+        drop(s);
         self.records.latency.observe(meta.admitted_at.elapsed());
         r.records_in.fetch_add(written + bad.len() as u64, Relaxed);
         r.records_out.fetch_add(written, Relaxed);
-        if !bad.is_empty() {
-            self.ebuf.clear();
-            for rej in bad {
-                write_rejection(&mut self.ebuf, rej);
-            }
-            r.records_rejected.fetch_add(bad.len() as u64, Relaxed);
-            self.errors
-                .write_all(&self.ebuf)
-                .map_err(RunError::Output)?;
-            self.errors.flush().map_err(RunError::Output)?;
-        }
-        if let Some(b) = first_bad {
-            self.out.flush().map_err(output_error)?;
-            return Err(RunError::Strict {
+        r.records_rejected.fetch_add(bad.len() as u64, Relaxed);
+        match first_bad {
+            Some(b) => Err(RunError::Strict {
                 line: b.line,
                 error: b.error.clone(),
-            });
+            }),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), RunError> {
-        self.out.flush().map_err(output_error)
+        let mut s = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        if s.closed {
+            return Ok(());
+        }
+        s.out.flush().map_err(output_error)
     }
 }
 
