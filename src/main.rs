@@ -301,16 +301,26 @@ fn main() -> ExitCode {
                     } else {
                         print!("{}", report.describe());
                     }
-                    // Stages from `subpass plan`: how its prediction compares.
+                    // Stages from `subpass plan`: how its prediction compares, when it was made
+                    // for what this run measured (a plan for batch 64 says nothing of batch 16).
                     if let Some(p) = prediction {
-                        eprintln!(
-                            "planner predicted {:.0} records/s (for {} cores, batch {}); measured {:.0}: {:+.1}%",
-                            p.records_per_s,
-                            p.cores,
-                            p.batch,
-                            report.pipeline_records_per_s,
-                            100.0 * (report.pipeline_records_per_s / p.records_per_s - 1.0)
+                        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+                        let predicted = format!(
+                            "planner predicted {:.0} records/s (for {} cores, batch {})",
+                            p.records_per_s, p.cores, p.batch
                         );
+                        if p.batch == report.batch_size && p.cores == cores {
+                            eprintln!(
+                                "{predicted}; measured {:.0}: {:+.1}%",
+                                report.pipeline_records_per_s,
+                                100.0 * (report.pipeline_records_per_s / p.records_per_s - 1.0)
+                            );
+                        } else {
+                            eprintln!(
+                                "{predicted}; this run is batch {} on {cores} cores, not comparable",
+                                report.batch_size
+                            );
+                        }
                     }
                     ExitCode::SUCCESS
                 }

@@ -392,3 +392,56 @@ fn a_parsing_stage_queue_sizes_the_chunkers_queue() {
     // A chunk of 64 MLP records takes a worker a millisecond or more on any machine this runs.
     assert!((3..=16).contains(&queue), "{stage}");
 }
+
+/// `bench` on a planned file sets the planner's prediction beside its measurement only when
+/// the run is what the prediction was for: the same batch on the same number of cores. A plan
+/// for batch 32 says nothing of batch 8, and a percentage between the two would read as the
+/// planner's error.
+#[test]
+fn bench_compares_with_the_prediction_only_at_the_planned_batch() {
+    let dir = tempdir();
+    let out = dir.path().join("planned.yaml");
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let planned = subpass()
+        .args([
+            "plan",
+            "configs/digits-mlp.yaml",
+            "--batch",
+            "32",
+            "--write",
+        ])
+        .arg(&out)
+        .args(["--cores", &cores.to_string()])
+        .output()
+        .unwrap();
+    assert!(
+        planned.status.success(),
+        "{}",
+        String::from_utf8_lossy(&planned.stderr)
+    );
+    let bench = |batch: &str| {
+        let run = subpass()
+            .args(["bench", out.to_str().unwrap(), "--records", "2000"])
+            .args(["--batch-size", batch])
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&run.stderr).into_owned();
+        assert!(run.status.success(), "{err}");
+        err.lines()
+            .find(|l| l.starts_with("planner predicted"))
+            .unwrap_or_else(|| panic!("no prediction line in:\n{err}"))
+            .to_owned()
+    };
+    let same = bench("32");
+    assert!(
+        same.contains("(for ") && same.contains("batch 32)") && same.contains("; measured "),
+        "{same}"
+    );
+    assert!(same.trim_end().ends_with('%'), "{same}");
+    let other = bench("8");
+    assert!(
+        other.contains("this run is batch 8") && other.contains("not comparable"),
+        "{other}"
+    );
+    assert!(!other.contains('%'), "{other}");
+}
