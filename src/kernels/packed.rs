@@ -260,6 +260,10 @@ impl DenseWeights {
                         packed_acc(m, n, k, x, xl, panels, y, y_row, onto)
                     }
                 }
+                #[cfg(target_arch = "x86_64")]
+                for r in 0..m {
+                    flush_subnormals(&mut y[r * y_row..r * y_row + n]);
+                }
                 #[cfg(not(target_arch = "x86_64"))]
                 unreachable!("packed weights are x86-64 only: {}", panels.len())
             }
@@ -395,6 +399,67 @@ unsafe fn packed_acc(
     }
 }
 
+/// Where every accumulator starts, taken off again as the sums are written: 2^-110.
+///
+/// Why: an FMA whose result is subnormal (nonzero, below 1.2e-38) takes a microcode assist on
+/// Intel cores, and so does one that reads a subnormal: 23 and 40 ns instead of 0.15 (one
+/// thread, a loop of dependent 512-bit FMAs). Records of tiny values (the MLP fed 1e-37s) made
+/// sums that started from zero crawl through the subnormal range, and a chunk took 60 times as
+/// long. Started from 2^-110, a sum of tiny products is a normal number close to it; and for any
+/// partial sum of 2^-86 (1.3e-26) or more, 2^-110 is under half an ulp, so adding it and taking
+/// it off changes no bit. What a tiny sum loses is what the CPU's flush-to-zero mode would: its
+/// products below 2^-134, at most k·2^-134 in all (6e-38 at depth 1024). Rust forbids setting
+/// that mode (`_mm_setcsr` is undefined behaviour), so the kernels do it in their arithmetic.
+const OFFSET: f32 = f32::from_bits((127 - 110) << 23);
+
+/// `base + (acc - OFFSET)`: what a product writes (see [`flush_subnormals`] for the rest).
+fn finish(base: f32, acc: f32) -> f32 {
+    base + (acc - OFFSET)
+}
+
+/// Zero in place of every subnormal of `v`, after a product: the next layer never reads one.
+///
+/// A pass of its own, not in the kernels' stores: there, the flush's constants moved LLVM's
+/// registers around the step loop, which then reloaded more of its row offsets from the stack,
+/// and one thread ran the MLP 4–5% slower at batch 16 (`subpass bench`'s (a), six alternated
+/// rounds). Over `y` while it is still in L1 or L2, the pass costs a fraction of a percent.
+fn flush_subnormals(v: &mut [f32]) {
+    for x in v {
+        // As `is_subnormal`, in integer operations the compiler vectorises.
+        let bits = x.to_bits();
+        let exponent_zero = bits & 0x7f80_0000 == 0;
+        *x = f32::from_bits(if exponent_zero {
+            bits & 0x8000_0000
+        } else {
+            bits
+        });
+    }
+}
+
+/// [`finish`] on eight lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+fn finish_256(
+    base: std::arch::x86_64::__m256,
+    acc: std::arch::x86_64::__m256,
+) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    _mm256_add_ps(base, _mm256_sub_ps(acc, _mm256_set1_ps(OFFSET)))
+}
+
+/// [`finish`] on sixteen lanes.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn finish_512(
+    base: std::arch::x86_64::__m512,
+    acc: std::arch::x86_64::__m512,
+) -> std::arch::x86_64::__m512 {
+    use std::arch::x86_64::*;
+    _mm512_add_ps(base, _mm512_sub_ps(acc, _mm512_set1_ps(OFFSET)))
+}
+
 /// One row × 64 columns (four whole panels, `panel_stride` apart) over `k` steps, added to the
 /// 64 values at `base` and written to `y`.
 #[cfg(target_arch = "x86_64")]
@@ -409,7 +474,7 @@ unsafe fn row_kernel_4(
     base: *const f32,
 ) {
     use std::arch::x86_64::*;
-    let mut acc = [_mm256_setzero_ps(); 8];
+    let mut acc = [_mm256_set1_ps(OFFSET); 8];
     for kk in 0..k {
         let xv = _mm256_broadcast_ss(&*x.add(kk * x_depth));
         for q in 0..4 {
@@ -421,7 +486,7 @@ unsafe fn row_kernel_4(
     for (i, a) in acc.iter().enumerate() {
         _mm256_storeu_ps(
             y.add(i * 8),
-            _mm256_add_ps(_mm256_loadu_ps(base.add(i * 8)), *a),
+            finish_256(_mm256_loadu_ps(base.add(i * 8)), *a),
         );
     }
 }
@@ -444,8 +509,8 @@ unsafe fn kernel<const R: usize>(
     pf: Prefetch,
 ) {
     use std::arch::x86_64::*;
-    let mut lo = [_mm256_setzero_ps(); R];
-    let mut hi = [_mm256_setzero_ps(); R];
+    let mut lo = [_mm256_set1_ps(OFFSET); R];
+    let mut hi = [_mm256_set1_ps(OFFSET); R];
     // Back to back, not spread as in `kernel_512`: spread, one AVX2 thread ran the MLP 8–10%
     // slower (`SUBPASS_KERNELS=avx2 subpass bench`'s (a), four alternated runs).
     for kk in 0..kc {
@@ -463,14 +528,14 @@ unsafe fn kernel<const R: usize>(
     for r in 0..R {
         let (yr, br) = (y.add(r * y_stride), base.at.add(r * base.row));
         if cols == NR {
-            _mm256_storeu_ps(yr, _mm256_add_ps(_mm256_loadu_ps(br), lo[r]));
-            _mm256_storeu_ps(yr.add(8), _mm256_add_ps(_mm256_loadu_ps(br.add(8)), hi[r]));
+            _mm256_storeu_ps(yr, finish_256(_mm256_loadu_ps(br), lo[r]));
+            _mm256_storeu_ps(yr.add(8), finish_256(_mm256_loadu_ps(br.add(8)), hi[r]));
         } else {
             let mut tmp = [0.0f32; NR];
             _mm256_storeu_ps(tmp.as_mut_ptr(), lo[r]);
             _mm256_storeu_ps(tmp.as_mut_ptr().add(8), hi[r]);
             for (c, t) in tmp.iter().enumerate().take(cols) {
-                *yr.add(c) = *br.add(c) + t;
+                *yr.add(c) = finish(*br.add(c), *t);
             }
         }
     }
@@ -812,7 +877,7 @@ unsafe fn blocks_512<const R: usize, const P: usize>(
 #[inline]
 unsafe fn kernel_512<const R: usize, const P: usize>(t: &Tile512) {
     use std::arch::x86_64::*;
-    let mut acc = [[_mm512_setzero_ps(); P]; R];
+    let mut acc = [[_mm512_set1_ps(OFFSET); P]; R];
     // Each row's offset from the step's first element, computed once, so that the loop
     // addresses a row's value as base + offset·4. `black_box` hides that the offsets are
     // multiples of one stride: knowing it, LLVM walks them as a running sum, an add per row.
@@ -849,7 +914,7 @@ unsafe fn kernel_512<const R: usize, const P: usize>(t: &Tile512) {
             };
             let old = _mm512_maskz_loadu_ps(mask, t.base.at.add(r * t.base.row + q * NR));
             let yp = t.y.add(r * t.y_row + q * NR);
-            _mm512_mask_storeu_ps(yp, mask, _mm512_add_ps(old, *a));
+            _mm512_mask_storeu_ps(yp, mask, finish_512(old, *a));
         }
     }
 }
@@ -930,6 +995,56 @@ mod tests {
                 let mut y = vec![0.25f32; m * n];
                 dense.matmul_acc(m, &x, &mut y);
                 assert_naive(&y, &x, &w, [m, n, k], |_| 0.25, isa);
+            }
+        }
+    }
+
+    /// Records of tiny values (the products subnormal, the sums around 1e-37) come out as the
+    /// CPU's flush-to-zero mode would make them: no output subnormal, for the next layer to read,
+    /// and each within `k·2^-134` (what the kernels' offset rounds away) plus the smallest
+    /// normal (what is flushed) of the exact sum. Shapes: the one-row kernels, row groups of 8
+    /// with ragged ends, partial panels, one depth block and two.
+    #[test]
+    fn tiny_values_come_out_normal_or_zero_and_close_to_the_exact_sum() {
+        for &(m, n, k) in &[
+            (1, 64, 784),
+            (1, 20, 300),
+            (16, 48, 784),
+            (13, 40, 1025),
+            (64, 100, 300),
+        ] {
+            let x: Vec<f32> = (0..m * k)
+                .map(|i| ((i * 7 % 13) as f32 - 6.0) * 2e-38)
+                .collect();
+            let w: Vec<f32> = (0..n * k)
+                .map(|i| ((i * 5 % 11) as f32 - 5.0) / 100.0)
+                .collect();
+            for isa in isas() {
+                let dense = DenseWeights::for_isa(w.clone(), n, k, isa);
+                let mut y = vec![0.0f32; m * n];
+                dense.matmul_acc(m, &x, &mut y);
+                let slack = k as f64 * 2f64.powi(-134) + f32::MIN_POSITIVE as f64;
+                for i in 0..m {
+                    for j in 0..n {
+                        let want: f64 = (0..k)
+                            .map(|p| x[i * k + p] as f64 * w[j * k + p] as f64)
+                            .sum();
+                        let got = y[i * n + j];
+                        // The portable path is the gemm crate's, which we do not reach into.
+                        if isa.has_avx2_fma() {
+                            assert!(
+                                !got.is_subnormal(),
+                                "{} {m}x{n}x{k} [{i},{j}]: {got:e}",
+                                isa.name()
+                            );
+                        }
+                        assert!(
+                            (got as f64 - want).abs() <= slack + 1e-6 * want.abs(),
+                            "{} {m}x{n}x{k} [{i},{j}]: {got:e} vs {want:e}",
+                            isa.name()
+                        );
+                    }
+                }
             }
         }
     }
