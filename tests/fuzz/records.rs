@@ -15,7 +15,7 @@ use subpass::io::{
     TextTokenizer,
 };
 
-use crate::{config, root, same_as_serde};
+use crate::{config, flushed, root, same_as_serde};
 
 /// An error line quotes at most a short piece of the input, however long the line.
 const MAX_ERROR_CHARS: usize = 400;
@@ -115,7 +115,7 @@ fn reference_csv(line: &[u8], len: usize) -> Option<Vec<f32>> {
             .and_then(|f| f.strip_suffix('"'))
             .unwrap_or(field);
         match field.parse::<f32>() {
-            Ok(v) if v.is_finite() => out.push(v),
+            Ok(v) if v.is_finite() => out.push(flushed(v)),
             _ => return None,
         }
     }
