@@ -252,7 +252,8 @@ impl DenseWeights {
                 // (m-1)·y_row + n-1, inside the slices; partial panels write only
                 // `cols ≤ n - p·16` columns, and `y_row ≥ n` keeps rows from overlapping. An
                 // `Onto::Row` has at least `n` values (asserted above), the columns read of it.
-                // The flush after needs AVX2 only; its row slices are inside `y` by that assert.
+                // The flush after needs AVX2, or AVX-512F where `wide`; its row slices are inside
+                // `y` by that assert.
                 unsafe {
                     let panels = PanelRow::floats(panels);
                     if *wide && m > 1 {
@@ -260,8 +261,17 @@ impl DenseWeights {
                     } else {
                         packed_acc(m, n, k, x, xl, panels, y, y_row, onto)
                     }
-                    for r in 0..m {
-                        flush_subnormals_avx2(&mut y[r * y_row..r * y_row + n]);
+                    // Rows back to back are one slice: a call per row of a narrow layer cost
+                    // more than the zeroing itself.
+                    let rows = if y_row == n { 1 } else { m };
+                    let len = if y_row == n { m * n } else { n };
+                    for r in 0..rows {
+                        let row = &mut y[r * y_row..r * y_row + len];
+                        if *wide {
+                            flush_subnormals_512(row)
+                        } else {
+                            flush_subnormals_avx2(row)
+                        }
                     }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
@@ -442,6 +452,13 @@ fn flush_subnormals(v: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 fn flush_subnormals_avx2(v: &mut [f32]) {
+    flush_subnormals(v)
+}
+
+/// [`flush_subnormals`] in 512-bit vectors, where the AVX-512 kernel ran.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn flush_subnormals_512(v: &mut [f32]) {
     flush_subnormals(v)
 }
 
