@@ -54,6 +54,9 @@ pub struct BenchReport {
     pub speedup: f64,
     /// GFLOP/s of the decomposed pipeline, from the plan's FLOP count.
     pub gflops: f64,
+    /// The cores this machine gives the process: what `peak_gflops` was measured on, and what
+    /// a plan's prediction must have been made for to compare with this run.
+    pub cores: usize,
     /// This machine's FMA peak, every core at once (`kernels::peak`), measured by this run.
     pub peak_gflops: f64,
     /// `gflops` over `peak_gflops`.
@@ -339,6 +342,7 @@ pub fn bench(plan: Arc<Plan>, options: &BenchOptions) -> Result<BenchReport, Run
         io_records_per_s: io_rate,
         speedup: piped / mono,
         gflops,
+        cores,
         peak_gflops,
         efficiency: gflops / peak_gflops,
         monolithic_gflops: mono * flops / 1e9,

@@ -304,12 +304,11 @@ fn main() -> ExitCode {
                     // Stages from `subpass plan`: how its prediction compares, when it was made
                     // for what this run measured (a plan for batch 64 says nothing of batch 16).
                     if let Some(p) = prediction {
-                        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
                         let predicted = format!(
                             "planner predicted {:.0} records/s (for {} cores, batch {})",
                             p.records_per_s, p.cores, p.batch
                         );
-                        if p.batch == report.batch_size && p.cores == cores {
+                        if p.batch == report.batch_size && p.cores == report.cores {
                             eprintln!(
                                 "{predicted}; measured {:.0}: {:+.1}%",
                                 report.pipeline_records_per_s,
@@ -317,8 +316,8 @@ fn main() -> ExitCode {
                             );
                         } else {
                             eprintln!(
-                                "{predicted}; this run is batch {} on {cores} cores, not comparable",
-                                report.batch_size
+                                "{predicted}; this run is batch {} on {} cores, not comparable",
+                                report.batch_size, report.cores
                             );
                         }
                     }

@@ -261,16 +261,20 @@ impl DenseWeights {
                     } else {
                         packed_acc(m, n, k, x, xl, panels, y, y_row, onto)
                     }
-                    // Rows back to back are one slice: a call per row of a narrow layer cost
-                    // more than the zeroing itself.
-                    let rows = if y_row == n { 1 } else { m };
-                    let len = if y_row == n { m * n } else { n };
-                    for r in 0..rows {
-                        let row = &mut y[r * y_row..r * y_row + len];
+                    let flush = |v: &mut [f32]| {
                         if *wide {
-                            flush_subnormals_512(row)
+                            flush_subnormals_512(v)
                         } else {
-                            flush_subnormals_avx2(row)
+                            flush_subnormals_avx2(v)
+                        }
+                    };
+                    // Rows back to back as one slice: a call per row of a narrow layer cost more
+                    // than the zeroing itself.
+                    if y_row == n {
+                        flush(&mut y[..m * n]);
+                    } else {
+                        for r in 0..m {
+                            flush(&mut y[r * y_row..r * y_row + n]);
                         }
                     }
                 }

@@ -65,10 +65,6 @@ fn env_u32(name: &str) -> Option<u32> {
     }
 }
 
-/// Whether `ours` is serde_json's reading of a number (`serde`, an f64) rounded to f32. They may
-/// differ only where rounding twice differs from rounding once: when `serde` lies exactly halfway
-/// between `ours` and the f32 next to it on `serde`'s side (2^128 past `f32::MAX`, where rounding
-/// the f64 overflows and the decimal may not), both being as near.
 /// `v` as subpass reads it: a subnormal is read as zero of its sign (`src/io/number.rs` says
 /// why), everything else as it is.
 pub fn flushed(v: f32) -> f32 {
@@ -79,6 +75,10 @@ pub fn flushed(v: f32) -> f32 {
     }
 }
 
+/// Whether `ours` is serde_json's reading of a number (`serde`, an f64) rounded to f32. They may
+/// differ only where rounding twice differs from rounding once: when `serde` lies exactly halfway
+/// between `ours` and the f32 next to it on `serde`'s side (2^128 past `f32::MAX`, where rounding
+/// the f64 overflows and the decimal may not), both being as near.
 pub fn same_as_serde(ours: f32, serde: f64) -> bool {
     if ours.to_bits() == flushed(serde as f32).to_bits() {
         return true;
