@@ -13,6 +13,7 @@ pub mod conv_direct;
 pub mod conv_lanes;
 pub mod gemm;
 pub mod im2col;
+pub mod math;
 pub mod packed;
 pub mod peak;
 mod short;

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use crate::kernels::math;
+
 use super::{
     contiguous, tensor, Attrs, Chunk, KernelKind, Layer, Op, OpFamily, Scratch, ShapeError, Tensor,
 };
@@ -73,77 +75,40 @@ pub fn apply_activation(act: Activation, data: &mut [f32], last_axis: usize) {
                 *x *= LEAKY_SLOPE
             }
         }),
-        Activation::Sigmoid => data.iter_mut().for_each(|x| *x = 1.0 / (1.0 + (-*x).exp())),
-        Activation::Tanh => data.iter_mut().for_each(|x| *x = x.tanh()),
+        // Branch-free, so that they run in vectors (`kernels::math` says what libm's cost).
+        Activation::Sigmoid => math::map(data, math::sigmoid),
+        Activation::Tanh => math::map(data, math::tanh),
         // Exact GELU, as PyTorch's default: x·Φ(x) through erf (not the tanh approximation).
-        Activation::Gelu => gelu(data),
+        Activation::Gelu => math::map(data, |x| {
+            0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
+        }),
         Activation::Softmax => {
             if last_axis == 0 {
                 return;
             }
-            for row in data.chunks_exact_mut(last_axis) {
-                // Subtract the maximum so exp never overflows.
-                let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                let mut sum = 0.0f32;
-                for x in row.iter_mut() {
-                    *x = (*x - max).exp();
-                    sum += *x;
-                }
-                let inv = 1.0 / sum;
-                row.iter_mut().for_each(|x| *x *= inv);
+            #[cfg(target_arch = "x86_64")]
+            if crate::kernels::isa().has_avx2_fma() {
+                // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when
+                // the CPU has them.
+                unsafe { softmax_rows_avx2(data, last_axis) };
+                return;
             }
+            softmax_rows(data, last_axis);
         }
     }
 }
 
-/// GELU in place, on the widest vectors this CPU has.
-fn gelu(data: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if crate::kernels::isa().has_avx2_fma() {
-        // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when the CPU has
-        // them.
-        unsafe { gelu_avx2(data) };
-        return;
-    }
-    gelu_loop(data);
+/// [`math::softmax`] over each `last_axis` values of `data`.
+#[inline(always)]
+fn softmax_rows(data: &mut [f32], last_axis: usize) {
+    data.chunks_exact_mut(last_axis).for_each(math::softmax);
 }
 
-/// [`gelu_loop`] compiled for AVX2 and FMA: eight lanes at a time.
+/// [`softmax_rows`] compiled for AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn gelu_avx2(data: &mut [f32]) {
-    gelu_loop(data);
-}
-
-#[inline(always)]
-fn gelu_loop(data: &mut [f32]) {
-    for x in data.iter_mut() {
-        *x = 0.5 * *x * (1.0 + erf(*x * std::f32::consts::FRAC_1_SQRT_2));
-    }
-}
-
-/// erf in f32 as a rational function of x on [-4, 4] (beyond which erf is ±1 in f32): the
-/// approximation Eigen and XLA use, within 3.2e-7 of the exact erf everywhere (measured against
-/// f64 quadrature on a 0.001 grid over [-6, 6]; `tests` below checks it against `libm::erf`).
-/// Unlike libm's erff it has no branches and no table, so the GELU loop vectorises: it took 12%
-/// of all-MiniLM-L6-v2's time through libm.
-#[inline(always)]
-#[allow(clippy::excessive_precision)] // the published coefficients, as published
-fn erf(x: f32) -> f32 {
-    // `clamp` is two comparisons, which vectorise (unlike `f32::min`/`max`'s NaN rules).
-    let x = x.clamp(-4.0, 4.0);
-    let x2 = x * x;
-    let mut p = x2 * -2.72614225801306e-10 + 2.77068142495902e-08;
-    p = x2 * p - 2.10102402082508e-06;
-    p = x2 * p - 5.69250639462346e-05;
-    p = x2 * p - 7.34990630326855e-04;
-    p = x2 * p - 2.95459980854025e-03;
-    p = x2 * p - 1.60960333262415e-02;
-    let mut q = x2 * -1.45660718464996e-05 - 2.13374055278905e-04;
-    q = x2 * q - 1.68282697438203e-03;
-    q = x2 * q - 7.37332916720468e-03;
-    q = x2 * q - 1.42647390514189e-02;
-    x * p / q
+fn softmax_rows_avx2(data: &mut [f32], last_axis: usize) {
+    softmax_rows(data, last_axis);
 }
 
 /// The reference: each function from its definition, in f64.
@@ -242,20 +207,5 @@ impl Layer for ActivationLayer {
                 )
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_erf_is_within_4e_7_of_erf() {
-        let mut worst = 0.0f64;
-        for i in -6000..=6000 {
-            let x = i as f64 / 1000.0;
-            worst = worst.max((erf(x as f32) as f64 - libm::erf(x)).abs());
-        }
-        assert!(worst < 4e-7, "{worst:e}");
     }
 }

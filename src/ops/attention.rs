@@ -13,6 +13,7 @@ use super::{
     contiguous, tensor, AttrDefault, AttrKind, AttrSpec, Attrs, Chunk, KernelKind, Layer, Op,
     OpFamily, Rows, Scratch, ScratchNeed, ShapeError, Tensor, TensorSpec,
 };
+use crate::kernels::math;
 use crate::kernels::packed::DenseWeights;
 
 #[derive(Debug)]
@@ -337,7 +338,7 @@ impl Sequence<'_> {
         for row in scores.chunks_exact_mut(wide).take(Q) {
             let row = &mut row[..n];
             row.iter_mut().for_each(|s| *s *= shape.scale);
-            softmax(row);
+            math::softmax(row);
         }
         let value =
             |j: usize, from: usize, len: usize| &qkv[(self.start + j) * 3 * h + v0 + from..][..len];
@@ -369,46 +370,6 @@ impl Sequence<'_> {
             }
         }
     }
-}
-
-/// Softmax over `row` in place, the maximum subtracted so exp never overflows.
-#[inline(always)]
-fn softmax(row: &mut [f32]) {
-    // The maximum in lanes, so that it vectorises (a single running `max` is a scalar chain).
-    let mut lanes = [f32::NEG_INFINITY; SCORE_LANES];
-    for chunk in row.chunks(SCORE_LANES) {
-        for (m, &x) in lanes.iter_mut().zip(chunk) {
-            *m = m.max(x);
-        }
-    }
-    let max = lanes.into_iter().fold(f32::NEG_INFINITY, f32::max);
-    for x in row.iter_mut() {
-        *x = exp(*x - max);
-    }
-    let sum: f32 = row.iter().sum();
-    let inv = 1.0 / sum;
-    row.iter_mut().for_each(|x| *x *= inv);
-}
-
-/// eˣ for x ≤ 0 (a softmax's shifted scores), as 2ⁿ·p(r) with r = x − n·ln 2 in [−ln2/2, ln2/2]
-/// and p Cephes' degree-6 polynomial: within 2 ulp of `f32::exp` (checked in `tests` below).
-/// Unlike libm's expf it is branch-free, so the loop over a row of scores vectorises.
-#[inline(always)]
-#[allow(clippy::excessive_precision)] // Cephes' coefficients, as published
-fn exp(x: f32) -> f32 {
-    // Below −87.3, eˣ is under f32's smallest normal: flush to e^−87.3 ≈ 1e−38, a zero weight.
-    let x = x.clamp(-87.3, 0.0);
-    let n = (x * std::f32::consts::LOG2_E + 0.5).floor();
-    // ln 2 in two parts, so n·ln2 is subtracted without losing r's low bits.
-    let r = x - n * 0.693_359_375 + n * 2.121_944_4e-4;
-    let mut p = 1.987_569_1e-4;
-    p = p * r + 1.398_199_9e-3;
-    p = p * r + 8.333_452e-3;
-    p = p * r + 4.166_579_6e-2;
-    p = p * r + 1.666_666_5e-1;
-    p = p * r + 5.000_000_1e-1;
-    let p = p * r * r + r + 1.0;
-    p * f32::from_bits(((n as i32 + 127) as u32) << 23)
 }
 
 #[derive(Debug)]
@@ -526,22 +487,5 @@ impl Layer for AttentionReference {
     fn param_bytes(&self) -> u64 {
         let w: usize = self.weights.iter().chain(&self.biases).map(Vec::len).sum();
         w as u64 * 4
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fast_exp_is_within_2_ulp_on_softmax_inputs() {
-        for i in 0..=87_000 {
-            let x = -(i as f32) / 1000.0;
-            let (got, want) = (exp(x), x.exp());
-            assert!(
-                (got - want).abs() <= 2.0 * f32::EPSILON * want,
-                "exp({x}) = {got}, not {want}"
-            );
-        }
     }
 }
