@@ -445,3 +445,34 @@ fn bench_compares_with_the_prediction_only_at_the_planned_batch() {
     );
     assert!(!other.contains('%'), "{other}");
 }
+
+/// A model whose layers cost a chunk less CPU than its hand-offs (8 numbers through two 8-unit
+/// layers: well under a microsecond a chunk on any machine, against the planner's 11 µs of
+/// hand-offs) gets a line saying so and naming a bigger batch to plan for; a model whose layers
+/// dominate (the MLP, about a millisecond a chunk) does not.
+#[test]
+fn plan_says_when_hand_offs_outweigh_the_layers_and_names_a_bigger_batch() {
+    let dir = tempdir();
+    let tiny = dir.path().join("tiny.yaml");
+    std::fs::write(
+        &tiny,
+        "input: {shape: [8]}\ninit: {seed: 1}\nlayers:\n  - {name: a, op: dense, units: 8, activation: relu}\n  - {name: b, op: dense, units: 8}\nbatch: {size: 16, max_delay_ms: 1}\n",
+    )
+    .unwrap();
+    let shown = plan_and_write(tiny.to_str().unwrap(), &dir.path().join("t.yaml"), &[]);
+    let note = shown
+        .lines()
+        .find(|l| l.starts_with("hand-offs:"))
+        .unwrap_or_else(|| panic!("no hand-offs line in:\n{shown}"));
+    assert!(note.contains("at batch 16"), "{note}");
+    let batch: usize = note
+        .split("`--batch ")
+        .nth(1)
+        .and_then(|s| s.split('`').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no batch named in: {note}"));
+    assert!(batch > 16 && batch.is_multiple_of(16), "{note}");
+
+    let shown = plan_and_write("configs/mlp.yaml", &dir.path().join("m.yaml"), &[]);
+    assert!(!shown.contains("hand-offs:"), "{shown}");
+}

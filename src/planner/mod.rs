@@ -499,6 +499,25 @@ fn stage_configs(stages: &[PlannedStage]) -> Vec<StageConfig> {
 }
 
 impl Planned {
+    /// When a chunk's hand-offs cost it more CPU than its layers (tiny models at small
+    /// batches): a line saying so, and the batch at which they would be a quarter of the layers'
+    /// time. Nothing for a latency plan, which is about one chunk's time, not the CPU per record.
+    fn hand_off_note(&self) -> Option<String> {
+        let layers = self.profile.layers.iter().sum::<f64>() * self.batch as f64;
+        let outside = HOP_SECONDS * self.stages.len() as f64 + OUTSIDE_SECONDS;
+        if self.latency.is_some() || outside <= layers || layers <= 0.0 {
+            return None;
+        }
+        let batch = self.batch * ((4.0 * outside / layers).ceil() as usize).next_power_of_two();
+        Some(format!(
+            "hand-offs: a chunk costs about {:.0} µs of CPU outside its layers, more than its layers' {:.1} µs at batch {}; bigger chunks spread that over more records (not the parse, {:.2} µs a record), for more latency and memory a chunk: plan again with `--batch {batch}` to profile a batch where it would be under a quarter",
+            outside * 1e6,
+            layers * 1e6,
+            self.batch,
+            self.profile.parse * 1e6,
+        ))
+    }
+
     /// The threads of a latency plan's one stage on a team; 1 otherwise.
     fn team_threads(&self) -> usize {
         match &self.stages[..] {
@@ -630,6 +649,9 @@ impl Planned {
                 .clone()
                 .unwrap_or_else(|| format!("the {} cores as a whole", self.cores))
         );
+        if let Some(note) = self.hand_off_note() {
+            let _ = writeln!(out, "{note}");
+        }
         if let Some((ours, theirs)) = self.confirmed {
             let _ = writeln!(
                 out,
