@@ -10,24 +10,29 @@
 //! None of them returns a subnormal for any input: a product that reads one takes a microcode
 //! assist on Intel cores (see `kernels::packed`), and the next layer reads what these write.
 
-/// `f` applied to every value of `data`, compiled for AVX2 and FMA where the CPU has them, so
-/// that the functions of this module run in vectors.
+/// `f` applied to every value of `data`, in vectors where the CPU has them ([`vectorised`]).
 #[inline(always)]
 pub fn map(data: &mut [f32], f: impl Fn(f32) -> f32) {
+    vectorised(|| data.iter_mut().for_each(|x| *x = f(*x)))
+}
+
+/// `work`, compiled for AVX2 and FMA where the CPU has them: loops over the functions of this
+/// module inlined into it then run eight lanes at a time.
+#[inline(always)]
+pub fn vectorised<R>(work: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     if super::isa().has_avx2_fma() {
         // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when the CPU has
         // them.
-        unsafe { map_avx2(data, f) };
-        return;
+        return unsafe { on_avx2(work) };
     }
-    data.iter_mut().for_each(|x| *x = f(*x));
+    work()
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-fn map_avx2(data: &mut [f32], f: impl Fn(f32) -> f32) {
-    data.iter_mut().for_each(|x| *x = f(*x));
+fn on_avx2<R>(work: impl FnOnce() -> R) -> R {
+    work()
 }
 
 /// eˣ as 2ⁿ·p(r), with r = x − n·ln 2 in [−ln2/2, ln2/2] and p Cephes' degree-6 polynomial:

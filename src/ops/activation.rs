@@ -83,32 +83,11 @@ pub fn apply_activation(act: Activation, data: &mut [f32], last_axis: usize) {
             0.5 * x * (1.0 + math::erf(x * std::f32::consts::FRAC_1_SQRT_2))
         }),
         Activation::Softmax => {
-            if last_axis == 0 {
-                return;
+            if last_axis > 0 {
+                math::vectorised(|| data.chunks_exact_mut(last_axis).for_each(math::softmax));
             }
-            #[cfg(target_arch = "x86_64")]
-            if crate::kernels::isa().has_avx2_fma() {
-                // SAFETY: `isa()` reports AVX2+FMA, or AVX-512 (which needs both), only when
-                // the CPU has them.
-                unsafe { softmax_rows_avx2(data, last_axis) };
-                return;
-            }
-            softmax_rows(data, last_axis);
         }
     }
-}
-
-/// [`math::softmax`] over each `last_axis` values of `data`.
-#[inline(always)]
-fn softmax_rows(data: &mut [f32], last_axis: usize) {
-    data.chunks_exact_mut(last_axis).for_each(math::softmax);
-}
-
-/// [`softmax_rows`] compiled for AVX2 and FMA.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-fn softmax_rows_avx2(data: &mut [f32], last_axis: usize) {
-    softmax_rows(data, last_axis);
 }
 
 /// The reference: each function from its definition, in f64.
