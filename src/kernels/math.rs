@@ -7,8 +7,11 @@
 //! `tanh` output of `configs/residual.yaml` took a quarter of its one-thread time, and erf in
 //! GELU 12% of all-MiniLM-L6-v2's.
 //!
-//! None of them returns a subnormal for any input: a product that reads one takes a microcode
-//! assist on Intel cores (see `kernels::packed`), and the next layer reads what these write.
+//! A product that reads a subnormal takes a microcode assist on Intel cores (see
+//! `kernels::packed`), and the next layer reads what these write. `exp` and `sigmoid` never
+//! return one, and `tanh` and `erf` only for a subnormal argument (the parser and the dense
+//! kernels pass none on). Two can still make one of a normal value: GELU of x within about
+//! 2.4e−38 of zero, and a softmax weight below the smallest normal times its row's sum.
 
 /// `f` applied to every value of `data`, in vectors where the CPU has them ([`vectorised`]).
 #[inline(always)]
@@ -37,9 +40,9 @@ fn on_avx2<R>(work: impl FnOnce() -> R) -> R {
 
 /// eˣ as 2ⁿ·p(r), with r = x − n·ln 2 in [−ln2/2, ln2/2] and p Cephes' degree-6 polynomial:
 /// within 1 ulp of `f32::exp` over [−87.3, 88] (`tests` checks a 0.001 grid; a 1e−6 grid
-/// agreed). Beyond, x is clamped there: below −87.3, eˣ would be subnormal (e^−87.3 ≈ 1.2e−38, the smallest normal, stands
-/// for it), and above 88 the result would overflow 2ⁿ's exponent (e^88 ≈ 1.7e38 stands for it;
-/// f32's largest is 3.4e38).
+/// agreed). Beyond, x is clamped there: below −87.3, eˣ would be subnormal (e^−87.3 ≈ 1.2e−38,
+/// the smallest normal, stands for it), and above 88 the result would overflow 2ⁿ's exponent
+/// (e^88 ≈ 1.7e38 stands for it; f32's largest is 3.4e38).
 #[inline(always)]
 #[allow(clippy::excessive_precision)] // Cephes' coefficients, as published
 pub fn exp(x: f32) -> f32 {
