@@ -1,11 +1,11 @@
 //! `subpass plan` and `stages: auto`: the tool decides the decomposition.
 //!
 //! The planner profiles every layer of a pipeline on this machine at its batch size
-//! ([`profile`]), then chooses contiguous stages (in the graph's evaluation order, so the stage
-//! graph stays acyclic and independent branches in different stages run concurrently) and
-//! replicas that minimise the model's time per record ([`partition`]). The pipeline's own
-//! stages, if it has any, are rated by the same model, and the plan keeps them when the model
-//! finds nothing faster.
+//! ([`profile`]), then chooses stages (sets of layers fed only by themselves and earlier
+//! stages, so the stage graph stays acyclic and independent branches in different stages run
+//! concurrently) and replicas that minimise the model's time per record ([`partition`]). The
+//! pipeline's own stages, if it has any, are rated by the same model, and the plan keeps them
+//! when the model finds nothing faster.
 
 pub mod latency;
 pub mod partition;
@@ -117,6 +117,10 @@ pub struct Planned {
     pub profile: Profile,
     /// Layer names in node order, for the profile table.
     layer_names: Vec<String>,
+    /// The layers in the order the written file's ranges (`first..last`) run over: its
+    /// `layers` as loaded. Empty for a plan that writes shards, whose stages each make one
+    /// range over the shards' layout.
+    file_layers: Vec<String>,
     /// Layers split into shards by the plan (`--objective latency`), with their shard counts.
     pub shards: Vec<(String, usize)>,
     /// With `--objective latency`: (one chunk's predicted seconds through the stages, the same
@@ -161,23 +165,23 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         return plan_latency(plan, options, profile, machine);
     }
     let names: Vec<String> = plan.graph.nodes.iter().map(|n| n.name.clone()).collect();
-    let chosen = choose(&profile.layers, &machine, TIE);
+    let chosen = choose(&profile.layers, &layer_inputs(plan), &machine, TIE);
     let stage_cost = |layers: &[usize]| layers.iter().map(|&l| profile.layers[l]).sum::<f64>();
     let mut stages: Vec<PlannedStage> = chosen
-        .segments
+        .groups
         .iter()
         .zip(&chosen.replicas)
         .enumerate()
-        .map(|(i, (seg, &replicas))| PlannedStage {
-            name: if chosen.segments.len() == 1 {
+        .map(|(i, (group, &replicas))| PlannedStage {
+            name: if chosen.groups.len() == 1 {
                 "all".to_string()
             } else {
                 format!("stage{i}")
             },
-            layers: names[seg.clone()].to_vec(),
+            layers: group.iter().map(|&l| names[l].clone()).collect(),
             replicas,
             threads: 1,
-            seconds_per_record: stage_cost(&seg.clone().collect::<Vec<_>>()),
+            seconds_per_record: stage_cost(group),
             core: None,
             parse: false,
             queue: DEFAULT_QUEUE,
@@ -190,7 +194,7 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
     };
     if let Some(parsing) = parse_in_first_stage(&costs_of(&stages), &best.replicas, &machine, TIE) {
         best = Choice {
-            segments: best.segments,
+            groups: best.groups,
             ..parsing
         };
         stages[0].parse = true;
@@ -282,11 +286,52 @@ pub fn plan(plan: &Plan, options: &PlanOptions) -> Result<Planned, String> {
         kept_as_written: kept,
         confirmed,
         profile,
+        file_layers: names.clone(),
         layer_names: names,
         shards: Vec::new(),
         latency: None,
         latency_check: None,
     })
+}
+
+/// For each layer, the layers whose values it reads (the records themselves left out): what
+/// the partition keeps stages acyclic by.
+fn layer_inputs(plan: &Plan) -> Vec<Vec<usize>> {
+    plan.graph
+        .nodes
+        .iter()
+        .map(|n| {
+            let mut reads: Vec<usize> = n.inputs.iter().filter_map(|v| v.layer()).collect();
+            reads.sort_unstable();
+            reads.dedup();
+            reads
+        })
+        .collect()
+}
+
+/// A stage's `layers` as runs of layers consecutive in `order` (the file's), each
+/// `first{to}last` or one name: a stage holds any set of layers the stages before it feed (a
+/// tower and the head after the other tower), not always one range. Layers not in `order` (a
+/// latency plan's shards, laid out by its `shards:` section) make one run.
+fn layer_runs(layers: &[String], order: &[String], to: &str) -> Vec<String> {
+    let run = |names: &[String]| match names {
+        [one] => one.clone(),
+        [first, .., last] => format!("{first}{to}{last}"),
+        [] => String::new(),
+    };
+    let at = |name: &String| order.iter().position(|n| n == name);
+    let Some(index) = layers.iter().map(at).collect::<Option<Vec<usize>>>() else {
+        return vec![run(layers)];
+    };
+    let mut out = Vec::new();
+    let mut start = 0;
+    for i in 1..=layers.len() {
+        if i == layers.len() || index[i] != index[i - 1] + 1 {
+            out.push(run(&layers[start..i]));
+            start = i;
+        }
+    }
+    out
 }
 
 /// The queue of `stage`, the one the source feeds: enough chunks to hold [`FEED_SECONDS`] of its
@@ -359,6 +404,10 @@ fn plan_latency(
         stages: chosen.stages,
         profile: chosen.profile,
         layer_names: chosen.layer_names,
+        file_layers: match chosen.shards.is_empty() {
+            true => plan.graph.nodes.iter().map(|n| n.name.clone()).collect(),
+            false => Vec::new(),
+        },
         shards: chosen.shards,
         latency: Some((chosen.seconds_per_chunk, chosen.unsplit_seconds_per_chunk)),
         latency_check,
@@ -542,11 +591,7 @@ impl Planned {
             y.push_str("stages:\n");
         }
         for s in &self.stages {
-            let layers = match s.layers.as_slice() {
-                [one] => one.clone(),
-                [first, .., last] => format!("{first}..{last}"),
-                [] => String::new(),
-            };
+            let layers = layer_runs(&s.layers, &self.file_layers, "..").join("\", \"");
             let core = s.core.map(|c| format!(", core: {c}")).unwrap_or_default();
             let threads = match s.threads {
                 1 => String::new(),
@@ -614,11 +659,7 @@ impl Planned {
                 "  {}: {} layer(s) [{}], replicas {}, {:.3} µs/record on one core{}{}{}",
                 s.name,
                 s.layers.len(),
-                match s.layers.as_slice() {
-                    [one] => one.clone(),
-                    [first, .., last] => format!("{first} .. {last}"),
-                    [] => String::new(),
-                },
+                layer_runs(&s.layers, &self.file_layers, " .. ").join(", "),
                 s.replicas,
                 s.seconds_per_record * 1e6,
                 if s.parse {
@@ -928,6 +969,30 @@ mod tests {
             hop: 0.0,
             outside: 0.0,
         }
+    }
+
+    #[test]
+    fn a_stage_of_separate_runs_of_layers_is_written_as_those_runs() {
+        let order: Vec<String> = ["a1", "a2", "b1", "b2", "join", "head"]
+            .map(String::from)
+            .to_vec();
+        let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        // A tower, then the head after the other tower: never `a1..head`, which holds `b1`.
+        assert_eq!(
+            layer_runs(&names(&["a1", "a2", "join", "head"]), &order, ".."),
+            ["a1..a2", "join..head"]
+        );
+        assert_eq!(layer_runs(&names(&["b1"]), &order, ".."), ["b1"]);
+        assert_eq!(
+            layer_runs(&names(&["a1", "b1", "head"]), &order, ".."),
+            ["a1", "b1", "head"]
+        );
+        assert_eq!(layer_runs(&order, &order, " .. "), ["a1 .. head"]);
+        // Shards the file does not list: one run, as before.
+        assert_eq!(
+            layer_runs(&names(&["fc.shard0", "fc.shard1"]), &order, ".."),
+            ["fc.shard0..fc.shard1"]
+        );
     }
 
     #[test]
