@@ -4,8 +4,9 @@
 //!
 //! A stage is any set of layers that the stages before it have fed, so that the stage graph
 //! stays acyclic: in a branchy graph (two towers, a skip connection), the branches may share a
-//! stage or go to stages of their own, whatever the file's order of layers. [`min_bottleneck_graph`]
-//! searches every such split; a chain of layers has only contiguous ones ([`min_bottleneck`]).
+//! stage or go to stages of their own, whatever the file's order of layers.
+//! [`min_bottleneck_graph`] searches every such split; a chain of layers has only contiguous
+//! ones ([`min_bottleneck`]).
 //!
 //! The model: a stage of cost `t` (seconds per record on one core) with `r` replicas passes a
 //! record every `t / r`; all of a pipeline's threads share `cores`, so a record also costs the
@@ -168,7 +169,7 @@ impl LayerSet {
 }
 
 /// Every down-set of the graph (sets of layers that hold whatever their layers read), by size,
-/// the empty set first and all the layers last; `None` past `max_pairs` pairs of them.
+/// the empty set first and all the layers last; `None` once their pairs pass `max_pairs`.
 fn down_sets(inputs: &[Vec<usize>], max_pairs: usize) -> Option<Vec<LayerSet>> {
     let n = inputs.len();
     let mut sets = vec![LayerSet::empty(n)];
